@@ -1,0 +1,38 @@
+# Two entry points on a fresh machine with only python3: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck unit bench system clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# SoftHSM2 is the real PKCS#11 token the HSM backend is tested against.
+system:
+	@bash scripts/install-system-deps.sh
+
+demo: $(STAMP) system
+	$(BIN)/bastion demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy src
+
+unit: $(STAMP) system
+	$(BIN)/pytest
+
+test: lint typecheck unit
+
+bench: $(STAMP) system
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .bastion .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,52 @@
+"""Shared CLI plumbing: --json output, home loading, and operator-safe error reporting."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from bastion.errors import BastionError
+from bastion.home import Home
+
+console = Console()
+err_console = Console(stderr=True)
+
+JSON_OPTION = typer.Option(False, "--json", help="Print machine-readable JSON.")
+HOME_OPTION = typer.Option(
+    None, "--home", envvar="BASTION_HOME", help="Bastion home (default ./.bastion)."
+)
+
+T = TypeVar("T")
+
+
+def emit_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+@contextmanager
+def reported_errors(as_json: bool = False) -> Iterator[None]:
+    """Turn BastionError into a clear message and its exit code; never a traceback."""
+    try:
+        yield
+    except BastionError as exc:
+        if as_json:
+            emit_json({"ok": False, "error": type(exc).__name__, "message": str(exc)})
+        else:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        raise typer.Exit(exc.exit_code) from None
+
+
+def load_home(path: Path | None) -> Home:
+    return Home.load(path)
+
+
+def run_command(as_json: bool, fn: Callable[[], T]) -> T:
+    with reported_errors(as_json):
+        return fn()

@@ -1,0 +1,194 @@
+"""Typed events: what the ledger records. Pure data, shared by every writer and verifier.
+
+Every event names who (``actor``), what (``type`` plus its own fields), why (``reason``)
+and when (``at``). Its ledger entry is the RFC 8785 canonical JSON of the model.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import rfc8785
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+MAX_ENTRY_BYTES = 64 * 1024
+
+
+class Actor(BaseModel):
+    """Who acted, with the attributes Access Transparency shows a customer."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(min_length=1, max_length=256)
+    kind: Literal["operator", "principal", "system", "subject", "auditor", "builder"] = "operator"
+    employer: str | None = None
+    employer_country: str | None = None
+    location_country: str | None = None
+    role: str | None = None
+
+
+SYSTEM = Actor(id="bastion", kind="system")
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    actor: Actor
+    reason: str = Field(min_length=1, max_length=4096)
+    at: str = Field(description="RFC 3339 UTC time the event happened")
+
+
+class FieldRelease(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dataset: str
+    record: str
+    field: str
+    transform: str
+
+
+class AccessDecision(_Event):
+    """A request was decided. Recorded for allows and denials alike, before any data leaves."""
+
+    type: Literal["access.decision"] = "access.decision"
+    request_id: str
+    action: str
+    dataset: str
+    decision: Literal["allow", "deny"]
+    policies: list[str] = []
+    purpose: str | None = None
+    justification_type: str | None = None
+    ticket: str | None = None
+    approval_ids: list[str] = []
+    subjects: list[str] = []
+    released: list[FieldRelease] = []
+    denied_reason: str | None = None
+
+
+class Export(_Event):
+    type: Literal["export"] = "export"
+    dataset: str
+    destination: str
+    records: int
+    fields: list[str]
+
+
+class DeletionReceipt(_Event):
+    """A subject's data key and pseudonym mappings were destroyed (crypto-shredding)."""
+
+    type: Literal["deletion.receipt"] = "deletion.receipt"
+    subject_hash: str = Field(description="keyed hash of the subject id, not the id itself")
+    key_id: str
+    records_affected: int
+    pseudonyms_removed: int
+    method: str = "crypto-shred: data key destroyed"
+
+
+class KeyRotation(_Event):
+    type: Literal["key.rotation"] = "key.rotation"
+    provider: str
+    old_version: int | None
+    new_version: int
+    rewrapped: int
+    retired: list[int] = []
+
+
+class PolicyChange(_Event):
+    type: Literal["policy.change"] = "policy.change"
+    policy_sha256: str
+    previous_sha256: str | None
+    policies: list[str]
+
+
+ApprovalStep = Literal[
+    "requested", "approved", "granted", "denied", "revoked", "expired", "break-glass", "reviewed"
+]
+
+
+class Approval(_Event):
+    type: Literal["approval"] = "approval"
+    request_id: str
+    step: Literal[
+        "requested",
+        "approved",
+        "granted",
+        "denied",
+        "revoked",
+        "expired",
+        "break-glass",
+        "reviewed",
+    ]
+    request_sha256: str | None = None
+    grant_id: str | None = None
+    expires_at: str | None = None
+
+
+class ReleaseApproval(_Event):
+    type: Literal["release.approval"] = "release.approval"
+    artifact_sha256: str
+    app: str
+    channel: str
+    vsa_envelope_sha256: str
+    envelope: dict[str, Any] | None = None
+
+
+class AnalyticsQuery(_Event):
+    type: Literal["analytics.query"] = "analytics.query"
+    analyst: str
+    organization: str
+    template: str
+    parameters: dict[str, Any]
+    epsilon_spent: float
+    keys_released: int
+
+
+class OperatorNote(_Event):
+    """An out-of-band statement, e.g. a data centre's wipe certificate."""
+
+    type: Literal["operator.note"] = "operator.note"
+    subject: str = Field(min_length=1, max_length=1024)
+    detail: dict[str, Any] = {}
+
+
+class AuthFailure(_Event):
+    type: Literal["auth.failure"] = "auth.failure"
+    endpoint: str
+    failure: str
+
+
+Event = Annotated[
+    AccessDecision
+    | Export
+    | DeletionReceipt
+    | KeyRotation
+    | PolicyChange
+    | Approval
+    | ReleaseApproval
+    | AnalyticsQuery
+    | OperatorNote
+    | AuthFailure,
+    Field(discriminator="type"),
+]
+
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+class EntryTooLarge(ValueError):
+    pass
+
+
+def canonical(obj: Any) -> bytes:
+    """RFC 8785 canonical JSON bytes."""
+    return bytes(rfc8785.dumps(obj))
+
+
+def encode_event(event: _Event) -> bytes:
+    """The ledger entry for an event: its canonical JSON, at most 64 KiB."""
+    data = canonical(event.model_dump(mode="json", exclude_none=True))
+    if len(data) > MAX_ENTRY_BYTES:
+        raise EntryTooLarge(f"entry is {len(data)} bytes; the limit is {MAX_ENTRY_BYTES}")
+    return data
+
+
+def decode_event(entry: bytes) -> Event:
+    return EVENT_ADAPTER.validate_json(entry)
