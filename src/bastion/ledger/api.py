@@ -1,0 +1,33 @@
+"""What other parts need from the ledger: append an event, get a receipt.
+
+Parts below the gateway depend on this protocol, never on the log's implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from pydantic import BaseModel
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """Proof of recording: the entry's index in the log and its RFC 6962 leaf hash."""
+
+    index: int
+    leaf_hash: bytes
+
+    def to_json(self) -> dict[str, object]:
+        return {"index": self.index, "leaf_hash": self.leaf_hash.hex()}
+
+
+class LedgerWriter(Protocol):
+    def append(self, event: BaseModel) -> Receipt:
+        """Durably record one event (canonical JSON). Returns only once committed."""
+        ...
+
+    def append_many(self, events: Sequence[BaseModel]) -> list[Receipt]:
+        """Durably record several events in one commit, in order."""
+        ...
