@@ -1,10 +1,10 @@
-"""Entry point: ``bastion``. Each part contributes one sub-command group."""
+"""Entry point: ``bastion``. Each part contributes commands in its own module."""
 
 from __future__ import annotations
 
 import typer
 
-from bastion.cli import home_cmd
+from bastion.cli import groups, home_cmd
 
 app = typer.Typer(
     name="bastion",
@@ -13,6 +13,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+for _group in groups.ALL_GROUPS:
+    app.add_typer(_group)
+
+# Part modules: each exposes register(app) and/or adds commands to its group in groups.py.
 home_cmd.register(app)
 
 

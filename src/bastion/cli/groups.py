@@ -1,0 +1,32 @@
+"""The sub-command groups. Part modules add commands to these; main.py mounts them."""
+
+from __future__ import annotations
+
+import typer
+
+
+def _group(name: str, help_text: str) -> typer.Typer:
+    return typer.Typer(name=name, help=help_text, no_args_is_help=True)
+
+
+vault_app = _group("vault", "Sealed records, per-subject keys, shredding, rotation.")
+keys_app = _group("keys", "Key providers: local keyring or PKCS#11 HSM.")
+ledger_app = _group("ledger", "The transparency log: append, checkpoints, proofs, verification.")
+policy_app = _group("policy", "Cedar policies: validate, load, explain.")
+principals_app = _group("principals", "Principals and their JWT bearer tokens.")
+access_app = _group("access", "Access requests, approvals, grants and break-glass.")
+releases_app = _group(
+    "releases", "Release assurance: reviews, provenance, approvals, verification."
+)
+cleanroom_app = _group("cleanroom", "Differentially private analytics for the ad partner.")
+
+ALL_GROUPS = (
+    vault_app,
+    keys_app,
+    ledger_app,
+    policy_app,
+    principals_app,
+    access_app,
+    releases_app,
+    cleanroom_app,
+)
