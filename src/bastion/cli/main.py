@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from bastion.cli import groups, home_cmd
+from bastion.cli import synth as synth_cmd
 
 app = typer.Typer(
     name="bastion",
@@ -18,6 +19,7 @@ for _group in groups.ALL_GROUPS:
 
 # Part modules: each exposes register(app) and/or adds commands to its group in groups.py.
 home_cmd.register(app)
+synth_cmd.register(app)
 
 
 if __name__ == "__main__":
