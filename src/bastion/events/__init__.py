@@ -130,6 +130,9 @@ class ReleaseApproval(_Event):
     channel: str
     vsa_envelope_sha256: str
     envelope: dict[str, Any] | None = None
+    # The DSSE envelopes the VSA was computed from (e.g. "provenance", "review"), so that the
+    # log alone is the full binary-transparency record.
+    attestations: dict[str, dict[str, Any]] | None = None
 
 
 class AnalyticsQuery(_Event):
