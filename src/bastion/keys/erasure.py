@@ -1,0 +1,130 @@
+"""The erasure store: one secret per subject, kept with the keys and destroyed by a shred.
+
+It is a small SQLite file in the keyring directory (mode 0600), separate from the vault's
+database on purpose: a copy of the database alone never holds what is needed to open a
+shredded subject's values. ``secure_delete`` makes SQLite overwrite a destroyed secret in
+the file instead of merely unlinking its page; the rollback journal (not WAL) keeps no
+long-lived copy of old pages. What the disk itself keeps after an overwrite (SSD wear
+levelling, filesystem snapshots) is outside what software can promise.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sqlite3
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Protocol
+
+from bastion.errors import IntegrityError, KeyUnavailable
+from bastion.keys.provider import ERASURE_SECRET_BYTES
+
+FILE_NAME = "erasure.db"
+_CHUNK = 500
+
+
+class SecretSealer(Protocol):
+    """Protects secrets at rest in the store: identity for the local keyring, the HSM otherwise."""
+
+    def seal(self, secret: bytes, ref: str) -> bytes: ...
+
+    def open(self, blob: bytes, ref: str) -> bytes: ...
+
+
+class PlainSealer:
+    """The local keyring keeps its secrets as it keeps its KEKs: in 0600 files it alone reads."""
+
+    def seal(self, secret: bytes, ref: str) -> bytes:
+        return secret
+
+    def open(self, blob: bytes, ref: str) -> bytes:
+        if len(blob) != ERASURE_SECRET_BYTES:
+            raise IntegrityError("an erasure secret in the keyring has the wrong length")
+        return blob
+
+
+def create_store_file(path: Path) -> None:
+    """Create the store file with mode 0600 before SQLite touches it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.close(fd)
+    os.chmod(path, 0o600)
+
+
+class SqliteErasureStore:
+    def __init__(self, path: Path, sealer: SecretSealer) -> None:
+        if not path.is_file():
+            raise KeyUnavailable(f"erasure store {path} is missing; the keyring is incomplete")
+        self.path = path
+        self._sealer = sealer
+        self._lock = threading.Lock()
+        try:
+            self._conn = sqlite3.connect(
+                path, isolation_level=None, timeout=60, check_same_thread=False
+            )
+            self._conn.execute("PRAGMA secure_delete=ON")
+            self._conn.execute("PRAGMA journal_mode=DELETE")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS erasure_secrets (ref TEXT PRIMARY KEY, secret BLOB)"
+            )
+        except sqlite3.Error as exc:
+            raise KeyUnavailable(f"cannot open erasure store {path}: {exc}") from None
+
+    def create_many(self, refs: Iterable[str]) -> dict[str, bytes]:
+        made = {ref: secrets.token_bytes(ERASURE_SECRET_BYTES) for ref in refs}
+        if not made:
+            return made
+        rows = [(ref, self._sealer.seal(secret, ref)) for ref, secret in made.items()]
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    self._conn.executemany("INSERT INTO erasure_secrets VALUES (?, ?)", rows)
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+                self._conn.execute("COMMIT")
+            except sqlite3.IntegrityError:
+                raise IntegrityError("an erasure secret already exists for a new subject") from None
+            except sqlite3.Error as exc:
+                raise KeyUnavailable(f"erasure store {self.path}: {exc}") from None
+        return made
+
+    def get_many(self, refs: Iterable[str]) -> dict[str, bytes]:
+        wanted = list(dict.fromkeys(refs))
+        found: dict[str, bytes] = {}
+        with self._lock:
+            try:
+                for i in range(0, len(wanted), _CHUNK):
+                    chunk = wanted[i : i + _CHUNK]
+                    marks = ",".join("?" * len(chunk))
+                    for ref, blob in self._conn.execute(
+                        f"SELECT ref, secret FROM erasure_secrets WHERE ref IN ({marks})", chunk
+                    ):
+                        found[ref] = blob
+            except sqlite3.Error as exc:
+                raise KeyUnavailable(f"erasure store {self.path}: {exc}") from None
+        return {ref: self._sealer.open(bytes(blob), ref) for ref, blob in found.items()}
+
+    def destroy(self, ref: str) -> bool:
+        with self._lock:
+            try:
+                cur = self._conn.execute("DELETE FROM erasure_secrets WHERE ref = ?", (ref,))
+            except sqlite3.Error as exc:
+                raise KeyUnavailable(f"erasure store {self.path}: {exc}") from None
+            return cur.rowcount > 0
+
+    def refs(self) -> list[str]:
+        with self._lock:
+            return [r for (r,) in self._conn.execute("SELECT ref FROM erasure_secrets")]
+
+    def count(self) -> int:
+        with self._lock:
+            row = self._conn.execute("SELECT COUNT(*) FROM erasure_secrets").fetchone()
+        return int(row[0]) if row else 0
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

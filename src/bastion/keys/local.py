@@ -1,0 +1,195 @@
+"""The local keyring, the default provider: KEK versions as 0600 files under BASTION_HOME/keys.
+
+Layout::
+
+    keys/kek-v000001.key       32 random bytes, AES-256-GCM key-encryption key, version 1
+    keys/kek-v000001.retired   marker left when version 1 was destroyed
+    keys/erasure.db            per-subject erasure secrets (see erasure.py)
+
+Wrapping is AES-256-GCM from ``cryptography`` with a random 96-bit nonce; the blob is
+``nonce || ciphertext || tag`` and the AEAD authenticates the KEK version and the owner.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import stat
+import threading
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from bastion.errors import IntegrityError, KeyUnavailable
+from bastion.keys.erasure import FILE_NAME, PlainSealer, SqliteErasureStore, create_store_file
+from bastion.keys.provider import KeyVersion, WrappedKey, kek_aad
+
+_KEK_FILE = re.compile(r"^kek-v(\d{6})\.(key|retired)$")
+_NONCE = 12
+
+
+def _kek_path(keys_dir: Path, version: int, suffix: str = "key") -> Path:
+    return keys_dir / f"kek-v{version:06d}.{suffix}"
+
+
+def _write_new_key(path: Path) -> None:
+    """O_EXCL: two processes rotating at once can never overwrite each other's key."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(secrets.token_bytes(32))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+class LocalKeyring:
+    def __init__(self, keys_dir: Path) -> None:
+        self.keys_dir = keys_dir
+        self._lock = threading.Lock()
+        self._aeads: dict[int, AESGCM] = {}
+        self._active: list[int] = []
+        self._retired: list[int] = []
+        if not keys_dir.is_dir():
+            raise KeyUnavailable(f"keyring {keys_dir} does not exist; run `bastion init`")
+        self.refresh()
+        if not self._active:
+            raise KeyUnavailable(f"keyring {keys_dir} holds no key-encryption key")
+        self._erasure = SqliteErasureStore(keys_dir / FILE_NAME, PlainSealer())
+
+    @classmethod
+    def create(cls, keys_dir: Path) -> LocalKeyring:
+        """Create the keyring (idempotent): the directory, KEK version 1, the erasure store."""
+        keys_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(keys_dir, 0o700)
+        has_kek = any(_KEK_FILE.match(p.name) for p in keys_dir.iterdir())
+        if not has_kek:
+            _write_new_key(_kek_path(keys_dir, 1))
+        store = keys_dir / FILE_NAME
+        if not store.exists():
+            create_store_file(store)
+        return cls(keys_dir)
+
+    @property
+    def name(self) -> str:
+        return f"local:{self.keys_dir}"
+
+    @property
+    def erasure(self) -> SqliteErasureStore:
+        return self._erasure
+
+    @property
+    def current_version(self) -> int:
+        with self._lock:
+            if not self._active:
+                raise KeyUnavailable("no active key-encryption key in the keyring")
+            return self._active[-1]
+
+    def refresh(self) -> None:
+        active: list[int] = []
+        retired: list[int] = []
+        try:
+            names = [p.name for p in self.keys_dir.iterdir()]
+        except OSError as exc:
+            raise KeyUnavailable(f"cannot read keyring {self.keys_dir}: {exc.strerror}") from None
+        for name in names:
+            m = _KEK_FILE.match(name)
+            if m:
+                (active if m.group(2) == "key" else retired).append(int(m.group(1)))
+        with self._lock:
+            self._active = sorted(set(active) - set(retired))
+            self._retired = sorted(set(retired))
+            for gone in set(self._aeads) - set(self._active):
+                del self._aeads[gone]
+
+    def _aead(self, version: int) -> AESGCM:
+        with self._lock:
+            aead = self._aeads.get(version)
+            retired = version in self._retired
+        if aead is not None:
+            return aead
+        if retired:
+            raise KeyUnavailable(f"key-encryption key version {version} was retired")
+        path = _kek_path(self.keys_dir, version)
+        try:
+            st = path.stat()
+            if stat.S_IMODE(st.st_mode) & 0o077:
+                raise KeyUnavailable(
+                    f"key file {path.name} is readable by others (mode "
+                    f"{stat.S_IMODE(st.st_mode):o}); refusing to use it"
+                )
+            material = path.read_bytes()
+        except FileNotFoundError:
+            if _kek_path(self.keys_dir, version, "retired").exists():
+                raise KeyUnavailable(f"key-encryption key version {version} was retired") from None
+            raise KeyUnavailable(
+                f"key-encryption key version {version} is missing from {self.keys_dir}"
+            ) from None
+        except OSError as exc:
+            raise KeyUnavailable(f"cannot read key file {path.name}: {exc.strerror}") from None
+        if len(material) != 32:
+            raise KeyUnavailable(f"key file {path.name} is not a 256-bit key")
+        aead = AESGCM(material)
+        with self._lock:
+            self._aeads[version] = aead
+        return aead
+
+    def wrap(self, dek: bytes, aad: bytes = b"") -> WrappedKey:
+        version = self.current_version
+        nonce = secrets.token_bytes(_NONCE)
+        blob = nonce + self._aead(version).encrypt(nonce, dek, kek_aad(version, aad))
+        return WrappedKey(version, blob)
+
+    def unwrap(self, wrapped: WrappedKey, aad: bytes = b"") -> bytes:
+        aead = self._aead(wrapped.version)
+        blob = wrapped.blob
+        if len(blob) < _NONCE + 16:
+            raise IntegrityError("wrapped key is truncated")
+        try:
+            return aead.decrypt(blob[:_NONCE], blob[_NONCE:], kek_aad(wrapped.version, aad))
+        except InvalidTag:
+            raise IntegrityError(
+                f"wrapped key failed authentication under KEK version {wrapped.version}"
+            ) from None
+
+    def rotate(self) -> int:
+        self.refresh()
+        version = max([*self._active, *self._retired, 0]) + 1
+        while True:
+            try:
+                _write_new_key(_kek_path(self.keys_dir, version))
+                break
+            except FileExistsError:
+                version += 1  # another process rotated at the same moment
+        self.refresh()
+        return version
+
+    def retire(self, version: int) -> None:
+        self.refresh()
+        if version not in self._active:
+            state = "already retired" if version in self._retired else "unknown"
+            raise KeyUnavailable(f"key-encryption key version {version} is {state}")
+        if version == self.current_version:
+            raise KeyUnavailable(
+                f"version {version} is the current key-encryption key; rotate before retiring it"
+            )
+        path = _kek_path(self.keys_dir, version)
+        # Overwrite before unlinking so the bytes do not linger in a freed block of the file.
+        with open(path, "r+b") as fh:
+            fh.write(b"\x00" * 32)
+            fh.flush()
+            os.fsync(fh.fileno())
+        marker = _kek_path(self.keys_dir, version, "retired")
+        marker.touch(mode=0o600)
+        path.unlink()
+        self.refresh()
+
+    def versions(self) -> list[KeyVersion]:
+        self.refresh()
+        current = self._active[-1] if self._active else None
+        out = [KeyVersion(v, "current" if v == current else "active") for v in self._active]
+        out += [KeyVersion(v, "retired") for v in self._retired]
+        return sorted(out, key=lambda k: k.version)
+
+    def close(self) -> None:
+        self._erasure.close()

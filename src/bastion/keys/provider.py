@@ -1,0 +1,104 @@
+"""The one interface every key provider implements, and the erasure store behind crypto-shredding.
+
+Two kinds of secret sit outside the database, in the provider's custody:
+
+* **Key-encryption keys (KEKs)**, versioned. They wrap each subject's data key (DEK); the
+  wrapped DEK is stored in the database. Rotation adds a version and rewraps the DEKs;
+  retiring destroys an old version.
+* **Erasure secrets**, one per subject. A subject's field key is derived from its DEK *and*
+  its erasure secret, so the wrapped DEK in an old copy of the database is useless once the
+  erasure secret is destroyed. This is what makes shredding reach backups of the database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+KeyState = Literal["current", "active", "retired"]
+
+DEK_BYTES = 32
+ERASURE_SECRET_BYTES = 32
+
+
+@dataclass(frozen=True)
+class WrappedKey:
+    """A data key wrapped (AEAD, authenticated) under KEK ``version``."""
+
+    version: int
+    blob: bytes
+
+
+@dataclass(frozen=True)
+class KeyVersion:
+    version: int
+    state: KeyState
+
+
+class ErasureStore(Protocol):
+    """Per-subject secrets kept with the keys, never in the database. Destroying one shreds."""
+
+    def create_many(self, refs: Iterable[str]) -> dict[str, bytes]:
+        """Create a fresh random secret for each new ref; an existing ref is an error."""
+        ...
+
+    def get_many(self, refs: Iterable[str]) -> dict[str, bytes]:
+        """The secrets of the refs that exist; destroyed or never-made refs are left out."""
+        ...
+
+    def destroy(self, ref: str) -> bool:
+        """Destroy a ref's secret for good. True if it existed."""
+        ...
+
+    def refs(self) -> list[str]:
+        """Every ref that has a secret (for sweeping orphans)."""
+        ...
+
+    def count(self) -> int: ...
+
+
+class KeyProvider(Protocol):
+    """Wraps and unwraps data keys under versioned KEKs that it alone holds.
+
+    Every failure to reach a key (missing, retired, HSM down, wrong PIN) raises
+    ``KeyUnavailable``; every failed authentication of a wrapped key raises ``IntegrityError``.
+    """
+
+    @property
+    def name(self) -> str:
+        """Provider kind and location, without secrets, e.g. ``local:/home/keys``."""
+        ...
+
+    @property
+    def current_version(self) -> int: ...
+
+    @property
+    def erasure(self) -> ErasureStore: ...
+
+    def wrap(self, dek: bytes, aad: bytes = b"") -> WrappedKey:
+        """Wrap under the current KEK. ``aad`` binds the wrapped key to its owner."""
+        ...
+
+    def unwrap(self, wrapped: WrappedKey, aad: bytes = b"") -> bytes: ...
+
+    def rotate(self) -> int:
+        """Create a new KEK version and make it current. Returns the new version."""
+        ...
+
+    def retire(self, version: int) -> None:
+        """Destroy an old KEK version. Refuses the current one."""
+        ...
+
+    def versions(self) -> list[KeyVersion]: ...
+
+    def refresh(self) -> None:
+        """Re-read which versions exist (another process may have rotated)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def kek_aad(version: int, aad: bytes) -> bytes:
+    """What a KEK's AEAD authenticates: its version (no relabelling) and the owner."""
+    return b"bastion/kek/v1\x00" + version.to_bytes(8, "big") + aad
