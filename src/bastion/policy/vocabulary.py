@@ -1,0 +1,96 @@
+"""The words policies, plans and approvals share: actions, transforms, justifications, filters."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Action(StrEnum):
+    """The Cedar actions of the schema (``Bastion::Action::"read"`` ...)."""
+
+    READ = "read"
+    SEARCH = "search"
+    EXPORT = "export"
+    ANALYZE = "analyze"
+    APPROVE = "approve"
+    ADMINISTER = "administer"
+
+
+# Actions whose resource is a Field: they produce a per-field plan with transforms.
+FIELD_ACTIONS = frozenset({Action.READ, Action.SEARCH, Action.EXPORT})
+
+
+class Transform(StrEnum):
+    """What a field becomes on release, from most to least revealing (see ``REVEAL_ORDER``)."""
+
+    CLEAR = "clear"
+    GENERALIZE = "generalize"
+    MASK = "mask"
+    PSEUDONYM = "pseudonym"
+    DENY = "deny"
+
+
+# Total order used when several permits match one field: the least revealing one wins, so a
+# permit's @transform is an upper bound for everyone it matches. Generalized values (birth
+# year, region, /24) keep more of the value than masked ones (domain, last 4 digits), and a
+# pseudonym keeps only linkability.
+REVEAL_ORDER: dict[Transform, int] = {
+    Transform.DENY: 0,
+    Transform.PSEUDONYM: 1,
+    Transform.MASK: 2,
+    Transform.GENERALIZE: 3,
+    Transform.CLEAR: 4,
+}
+
+
+def least_revealing(transforms: list[Transform]) -> Transform:
+    if not transforms:
+        return Transform.DENY
+    return min(transforms, key=REVEAL_ORDER.__getitem__)
+
+
+class JustificationType(StrEnum):
+    """Why access is asked for; modelled on Google Access Approval's justification reasons.
+
+    ``customer_initiated_support`` (the subject asked for help), ``service_operation``
+    (Google's "Google initiated service"), ``security_review`` (abuse, fraud, security),
+    ``production_alert`` (responding to an outage), ``third_party_data_request`` (legal
+    process or a regulator), ``customer_authorized_workflow`` and ``break_glass``.
+    """
+
+    CUSTOMER_INITIATED_SUPPORT = "customer_initiated_support"
+    SERVICE_OPERATION = "service_operation"
+    SECURITY_REVIEW = "security_review"
+    PRODUCTION_ALERT = "production_alert"
+    THIRD_PARTY_DATA_REQUEST = "third_party_data_request"
+    CUSTOMER_AUTHORIZED_WORKFLOW = "customer_authorized_workflow"
+    BREAK_GLASS = "break_glass"
+
+
+class RowFilterKind(StrEnum):
+    """Row filters a permit may carry with ``@row_filter``."""
+
+    # Only the subjects named in the ticket (the request's ``ticket_subjects``).
+    TICKET_SUBJECTS = "ticket_subjects"
+    # Only the subjects a grant was approved for (added by Bastion whenever a grant is used).
+    GRANT_SUBJECTS = "grant_subjects"
+
+
+# Annotation keys Bastion understands; any other key is refused at load (a typo such as
+# @tranform must not silently fall back to a default).
+ANNOTATION_ID = "id"
+ANNOTATION_DESCRIPTION = "description"
+ANNOTATION_TRANSFORM = "transform"
+ANNOTATION_ROW_FILTER = "row_filter"
+ANNOTATION_APPROVERS = "approvers"
+KNOWN_ANNOTATIONS = frozenset(
+    {
+        ANNOTATION_ID,
+        ANNOTATION_DESCRIPTION,
+        ANNOTATION_TRANSFORM,
+        ANNOTATION_ROW_FILTER,
+        ANNOTATION_APPROVERS,
+    }
+)
+
+MAX_APPROVERS = 9
