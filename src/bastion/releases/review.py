@@ -21,7 +21,7 @@ from bastion.releases.dsse import Envelope, verify_envelope
 from bastion.releases.errors import ReleaseRejected
 from bastion.releases.intoto import PAYLOAD_TYPE, ResourceDescriptor, Statement, parse_statement
 from bastion.releases.policy import ReleasePolicy, StrictModel
-from bastion.releases.slsa import dump, parse_predicate
+from bastion.releases.slsa import parse_predicate
 
 REVIEW_TYPE = "https://bastion.dev/review/v1"
 
@@ -38,7 +38,8 @@ CommitId = Annotated[str, AfterValidator(_commit)]
 
 
 class ReviewRange(StrictModel):
-    base: CommitId | None
+    base: CommitId | None = None
+    """The previous approved reviewed commit; null when the range is the whole history."""
     head: CommitId
 
 
@@ -62,7 +63,9 @@ class ReviewPredicate(StrictModel):
 
 def review_statement(predicate: ReviewPredicate) -> Statement:
     subject = ResourceDescriptor(name=predicate.repository, digest={"gitCommit": predicate.commit})
-    return Statement(subject=[subject], predicateType=REVIEW_TYPE, predicate=dump(predicate))
+    return Statement(
+        subject=[subject], predicateType=REVIEW_TYPE, predicate=predicate.model_dump(mode="json")
+    )
 
 
 @dataclass(frozen=True)
