@@ -101,7 +101,15 @@ class PolicyChange(_Event):
 
 
 ApprovalStep = Literal[
-    "requested", "approved", "granted", "denied", "revoked", "expired", "break-glass", "reviewed"
+    "requested",
+    "approved",
+    "granted",
+    "denied",
+    "revoked",
+    "expired",
+    "break-glass",
+    "reviewed",
+    "refused",
 ]
 
 
@@ -117,10 +125,23 @@ class Approval(_Event):
         "expired",
         "break-glass",
         "reviewed",
+        "refused",  # an attempt the workflow refused (self-approval, not an approver, ...)
     ]
     request_sha256: str | None = None
     grant_id: str | None = None
     expires_at: str | None = None
+    # What was asked for and why (Access Approval / Access Transparency fields).
+    # (Optional and None by default, so entries written before these fields encode the same.)
+    dataset: str | None = None
+    action: str | None = None
+    fields: list[str] | None = None
+    subjects: list[str] | None = None
+    justification_type: str | None = None
+    approvers_required: int | None = None
+    approvers: list[str] | None = None
+    review_id: str | None = None
+    # True when the step must page someone (break-glass, refused approvals).
+    alert: bool | None = None
 
 
 class ReleaseApproval(_Event):

@@ -1,0 +1,1 @@
+"""The shipped Cedar schema and policy pack (data files)."""
