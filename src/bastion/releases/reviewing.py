@@ -59,6 +59,12 @@ DDL = [
         approved_at TEXT NOT NULL,
         PRIMARY KEY (app, channel, artifact_sha256)
     )""",
+    # Tree sizes of the checkpoints handed out in evidence: later evidence carries consistency
+    # proofs from them, so a client that verified an earlier release can check append-only.
+    """CREATE TABLE IF NOT EXISTS releases_served_checkpoints (
+        tree_size {int} PRIMARY KEY,
+        served_at TEXT NOT NULL
+    )""",
 ]
 
 

@@ -1,0 +1,102 @@
+"""File I/O at the edge: the release policy under BASTION_HOME, key files, JSON documents.
+
+The release policy lives in ``$BASTION_HOME/releases/policy.json`` (mode 0600, written
+atomically). Reviews and approvals live in the Database (see ``reviewing.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import ValidationError
+
+from bastion.errors import ConfigError, InputError, KeyUnavailable
+from bastion.releases.intoto import describe_validation_error
+from bastion.releases.policy import ReleasePolicy
+
+
+def policy_path(home_path: Path) -> Path:
+    return home_path / "releases" / "policy.json"
+
+
+def load_policy(home_path: Path) -> ReleasePolicy:
+    """The home's release policy; an empty one (nothing trusted) if none was written yet."""
+    path = policy_path(home_path)
+    if not path.exists():
+        return ReleasePolicy()
+    try:
+        return ReleasePolicy.model_validate_json(path.read_bytes())
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {describe_validation_error(exc)}") from None
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Atomically replace ``path`` with ``data``, mode 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_policy(home_path: Path, policy: ReleasePolicy) -> Path:
+    path = policy_path(home_path)
+    write_private(path, (json.dumps(policy.model_dump(mode="json"), indent=2) + "\n").encode())
+    return path
+
+
+def read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise InputError(f"{what} not found", file=str(path)) from None
+    except ValueError as exc:
+        raise InputError(f"{what} is not valid JSON ({exc})", file=str(path)) from None
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def create_key_file(path: Path) -> Ed25519PrivateKey:
+    """A new Ed25519 key as PKCS#8 PEM, mode 0600; refuses to overwrite an existing file."""
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise InputError("key file already exists; refusing to overwrite", file=str(path)) from None
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+    return key
+
+
+def load_key_file(path: Path) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except FileNotFoundError:
+        raise KeyUnavailable(f"key file {path} not found") from None
+    except (ValueError, TypeError):
+        raise KeyUnavailable(f"key file {path} is not an unencrypted PEM private key") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyUnavailable(f"key file {path} is not an Ed25519 key")
+    return key
