@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from bastion.cli import groups, home_cmd
+from bastion.cli import groups, home_cmd, ledger_verify
 from bastion.cli import synth as synth_cmd
 
 app = typer.Typer(
@@ -20,6 +20,7 @@ for _group in groups.ALL_GROUPS:
 # Part modules: each exposes register(app) and/or adds commands to its group in groups.py.
 home_cmd.register(app)
 synth_cmd.register(app)
+ledger_verify.register(app)
 
 
 if __name__ == "__main__":
