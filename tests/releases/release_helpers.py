@@ -9,9 +9,21 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bastion.events import Actor, ReleaseApproval, encode_event
+from bastion.ledger.checkpoint import Checkpoint, sign_checkpoint
+from bastion.ledger.cosignature import CosignatureSigner
+from bastion.ledger.merkle import (
+    consistency_proof,
+    inclusion_proof,
+    leaf_hash,
+    root_from_leaf_hashes,
+)
+from bastion.ledger.note import NoteSigner
+from bastion.ledger.tlogproof import build_proof
+from bastion.releases.bundle import CustodianTrust, LogTrust, TrustBundle, WitnessTrust
 from bastion.releases.dsse import Envelope, public_key_to_b64, sign_envelope
 from bastion.releases.intoto import PAYLOAD_TYPE, Statement
-from bastion.releases.policy import KeyHolder
+from bastion.releases.policy import KeyHolder, ReleasePolicy
 from bastion.releases.provenance import provenance_statement
 from bastion.releases.review import (
     ReviewerRef,
@@ -20,6 +32,8 @@ from bastion.releases.review import (
     review_statement,
 )
 from bastion.releases.sample import Person
+from bastion.releases.verify import ConsistencyProof, Evidence
+from bastion.releases.vsa import vsa_statement
 
 REPO_NAME = "sample-app"
 REPO_URI = "https://git.example/sample-app"
@@ -104,3 +118,108 @@ def review(
         reviewedAt="2026-01-01T00:00:00Z",
     )
     return sign_envelope(PAYLOAD_TYPE, review_statement(predicate).to_payload(), keys)
+
+
+# --- an in-memory log double, for pure verifier tests that need forks ------------------------
+
+
+ORIGIN = "log.test.example/releases"
+VERIFIER_ID = "urn:bastion:custodian:" + ORIGIN
+
+
+class ToyLog:
+    """Entries in memory; checkpoints signed by the log key and cosigned by witnesses."""
+
+    def __init__(self, signer: NoteSigner, witnesses: list[CosignatureSigner]) -> None:
+        self.signer, self.witnesses = signer, witnesses
+        self.leaves: list[bytes] = []
+
+    def append(self, entry: bytes) -> int:
+        self.leaves.append(leaf_hash(entry))
+        return len(self.leaves) - 1
+
+    def _node(self, level: int, index: int) -> bytes:
+        return root_from_leaf_hashes(self.leaves[index << level : (index + 1) << level])
+
+    def checkpoint_note(self, size: int | None = None, cosigners: int | None = None) -> str:
+        size = len(self.leaves) if size is None else size
+        cp = Checkpoint(ORIGIN, size, root_from_leaf_hashes(self.leaves[:size]))
+        lines = [w.cosign(cp.body(), 1_767_225_600) for w in self.witnesses[:cosigners]]
+        return sign_checkpoint(cp, self.signer) + "".join(lines)
+
+    def evidence(
+        self, entry: bytes, index: int, size: int | None = None, olds: tuple[int, ...] = ()
+    ) -> Evidence:
+        size = len(self.leaves) if size is None else size
+        proof = build_proof(
+            entry, index, inclusion_proof(index, size, self._node), self.checkpoint_note(size)
+        )
+        cons = tuple(
+            ConsistencyProof(o, size, tuple(consistency_proof(o, size, self._node))) for o in olds
+        )
+        return Evidence(entry, proof, cons)
+
+
+def approval_entry(
+    keys: Keys,
+    policy: ReleasePolicy,
+    *,
+    artifact: bytes = ARTIFACT,
+    app: str = "com.example.app",
+    channel: str = "stable",
+    review_env: Envelope | None = None,
+    provenance_env: Envelope | None = None,
+    custodian_key: Ed25519PrivateKey | None = None,
+) -> bytes:
+    sha = hashlib.sha256(artifact).hexdigest()
+    prov = provenance_env or provenance(keys.builder, sha256=sha)
+    rev = review_env or review([keys.alice, keys.bob], [ALICE.email, BOB.email])
+    inputs = {"provenance": prov, "review": rev}
+    vsa = sign_envelope(
+        PAYLOAD_TYPE,
+        vsa_statement(
+            artifact_name="app.tar.gz",
+            artifact_sha256=sha,
+            verifier_id=VERIFIER_ID,
+            time_verified="2026-01-01T00:00:00Z",
+            app=app,
+            channel=channel,
+            policy=policy,
+            inputs=inputs,
+            verified_levels=policy.verified_levels,
+        ).to_payload(),
+        [custodian_key or keys.custodian],
+    )
+    event = ReleaseApproval(
+        actor=Actor(id="custodian"),
+        reason="test",
+        at="2026-01-01T00:00:00Z",
+        artifact_sha256=sha,
+        app=app,
+        channel=channel,
+        vsa_envelope_sha256=vsa.sha256(),
+        envelope=vsa.to_json(),
+        attestations={k: v.to_json() for k, v in inputs.items()},
+    )
+    return encode_event(event)
+
+
+def trust_bundle(
+    keys: Keys,
+    policy: ReleasePolicy,
+    log_vkey: str,
+    witness_vkeys: list[str],
+    quorum: int,
+    *,
+    expires_at: str = "2027-01-01T00:00:00Z",
+) -> TrustBundle:
+    return TrustBundle(
+        issued_at="2025-12-01T00:00:00Z",
+        expires_at=expires_at,
+        custodian=CustodianTrust(
+            verifier_id=VERIFIER_ID, keys=[holder("custodian", keys.custodian)]
+        ),
+        log=LogTrust(origin=ORIGIN, vkey=log_vkey),
+        witnesses=WitnessTrust(vkeys=witness_vkeys, quorum=quorum),
+        policy=policy,
+    )
