@@ -278,7 +278,9 @@ def compile_policies(text: str, *, source: str = "policy") -> CompiledPolicies:
     if tree.templates:
         raise PolicyRejected(["templates are not supported; write static policies"], source=source)
     if not tree.static_policies:
-        raise PolicyRejected(["the policy set is empty (everything would be denied)"], source=source)
+        raise PolicyRejected(
+            ["the policy set is empty (everything would be denied)"], source=source
+        )
 
     errors: list[str] = []
     result = cedarpy.validate_policies(text, bastion_schema())
