@@ -63,6 +63,18 @@ class AccessDecision(_Event):
     subjects: list[str] = []
     released: list[FieldRelease] = []
     denied_reason: str | None = None
+    # Access Transparency and bulk releases (the gateway). ``subjects`` holds keyed hashes
+    # (the vault's ``subject_hash``), never raw subject ids. A bulk release is recorded
+    # compactly: every record in ``released_records`` released every field of
+    # ``released_fields`` (field -> transform); ``released`` lists explicit pairs instead.
+    justification_detail: str | None = None
+    grant_id: str | None = None
+    break_glass: bool | None = None
+    access_request_id: str | None = None
+    policy_sha256: str | None = None
+    row_filter: str | None = None
+    released_fields: dict[str, str] | None = None
+    released_records: list[str] | None = None
 
 
 class Export(_Event):
@@ -174,6 +186,21 @@ class OperatorNote(_Event):
     detail: dict[str, Any] = {}
 
 
+class RequestRejected(_Event):
+    """A request refused before any decision (bad input, unknown names, oversize pages).
+
+    Nothing was released. Recorded so that probing the gateway leaves a trace.
+    """
+
+    type: Literal["request.rejected"] = "request.rejected"
+    request_id: str
+    endpoint: str
+    status: int
+    error: str
+    dataset: str | None = None
+    field: str | None = None
+
+
 class AuthFailure(_Event):
     type: Literal["auth.failure"] = "auth.failure"
     endpoint: str
@@ -190,7 +217,8 @@ Event = Annotated[
     | ReleaseApproval
     | AnalyticsQuery
     | OperatorNote
-    | AuthFailure,
+    | AuthFailure
+    | RequestRejected,
     Field(discriminator="type"),
 ]
 
