@@ -176,6 +176,23 @@ class AnalyticsQuery(_Event):
     parameters: dict[str, Any]
     epsilon_spent: float
     keys_released: int
+    # Added by the clean room (optional, so older entries still decode):
+    query_id: str | None = None
+    delta_spent: float | None = None
+    outcome: Literal["released", "refused"] | None = None
+
+
+class AnalyticsBudgetChange(_Event):
+    """An administrator set, raised or reset a clean-room privacy budget."""
+
+    type: Literal["analytics.budget"] = "analytics.budget"
+    scope: Literal["analyst", "organization"]
+    principal: str
+    action: Literal["set", "reset"]
+    epsilon_limit: float
+    delta_limit: float
+    previous_epsilon_limit: float | None = None
+    previous_epsilon_spent: float | None = None
 
 
 class OperatorNote(_Event):
@@ -216,6 +233,7 @@ Event = Annotated[
     | Approval
     | ReleaseApproval
     | AnalyticsQuery
+    | AnalyticsBudgetChange
     | OperatorNote
     | AuthFailure
     | RequestRejected,
