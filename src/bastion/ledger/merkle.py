@@ -50,10 +50,13 @@ def root_from_leaf_hashes(hashes: Sequence[bytes]) -> bytes:
     if not hashes:
         return EMPTY_ROOT
     level = list(hashes)
+    sha256 = hashlib.sha256  # hot loop: the verifier hashes every node of the tree here
     while len(level) > 1:
         # Pair up; an odd last node is promoted unchanged, which is exactly RFC 6962's split at
         # the largest power of two when applied level by level.
-        nxt = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        nxt = [
+            sha256(b"\x01" + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)
+        ]
         if len(level) % 2:
             nxt.append(level[-1])
         level = nxt

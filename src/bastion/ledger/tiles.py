@@ -178,9 +178,9 @@ def encode_entry_bundle(entries: Sequence[bytes]) -> bytes:
 
 def decode_entry_bundle(data: bytes, width: int | None = None) -> list[bytes]:
     """Split an entry bundle; strict: no truncated entry, and exactly `width` entries if given."""
+    data = bytes(data)
     entries: list[bytes] = []
     pos, end = 0, len(data)
-    view = memoryview(data)
     while pos < end:
         if pos + 2 > end:
             raise TileError("entry bundle ends inside a length prefix")
@@ -188,8 +188,10 @@ def decode_entry_bundle(data: bytes, width: int | None = None) -> list[bytes]:
         pos += 2
         if pos + n > end:
             raise TileError(f"entry bundle truncated inside entry {len(entries)}")
-        entries.append(bytes(view[pos : pos + n]))
+        entries.append(data[pos : pos + n])
         pos += n
+        if len(entries) > TILE_WIDTH:
+            break
     if len(entries) > TILE_WIDTH:
         raise TileError(f"entry bundle holds {len(entries)} entries; at most {TILE_WIDTH}")
     if width is not None and len(entries) != width:

@@ -39,7 +39,7 @@ from bastion.errors import IntegrityError, LedgerUnavailable
 from bastion.ledger import merkle
 from bastion.ledger.checkpoint import Checkpoint
 from bastion.ledger.cosignature import CosignatureVerifier, Cosigner, open_cosigned_checkpoint
-from bastion.ledger.merkle import ProofError, leaf_hash
+from bastion.ledger.merkle import ProofError
 from bastion.ledger.note import NoteError, NoteVerifier
 from bastion.ledger.tiles import (
     TILE_HEIGHT,
@@ -363,26 +363,31 @@ class LogVerifier:
         results = self._fetch_ordered(jobs, tick)
         # Roots of the full tiles checked in this run: what the level above must hold.
         roots: dict[int, bytes] = {}
+        sha256 = hashlib.sha256
         for ref in level0:
             bundle_data = next(results)
             tile_data = next(results)
-            hashes = _tile(tile_data, ref)
+            if len(tile_data) != ref.width * merkle.HASH_SIZE:
+                raise VerificationError(
+                    f"tile {ref.path}: {len(tile_data)} bytes, expected {ref.width} hashes"
+                )
             where = entries_path(ref.index, ref.width)
             try:
                 entries = decode_entry_bundle(bundle_data, ref.width)
             except TileError as exc:
                 raise VerificationError(f"entry bundle {where}: {exc}") from None
-            for i, entry in enumerate(entries):
-                if leaf_hash(entry) != hashes[i]:
-                    raise VerificationError(
-                        f"entry {ref.index * TILE_WIDTH + i} ({where}) does not hash to its "
-                        f"level-0 tile ({ref.path})"
-                    )
+            leaves = [sha256(b"\x00" + e).digest() for e in entries]
+            if b"".join(leaves) != tile_data:
+                bad = next(i for i, h in enumerate(leaves) if h != tile_data[32 * i : 32 * i + 32])
+                raise VerificationError(
+                    f"entry {ref.index * TILE_WIDTH + bad} ({where}) does not hash to its "
+                    f"level-0 tile ({ref.path})"
+                )
             entries_checked += len(entries)
             if ref.is_full:
-                roots[ref.index] = tile_root(hashes)
+                roots[ref.index] = tile_root(leaves)
             if (0, ref.index) in keep_level0:
-                reader.add_tile(0, ref.index, hashes)
+                reader.add_tile(0, ref.index, leaves)
 
         # Levels >= 1: each hash is the root of a full tile below, checked in this run, or an
         # old one (incremental mode) pinned by the stored root.

@@ -1,0 +1,207 @@
+"""Benchmark: full verification of a 1,000,000-entry tiled log by the auditor's verifier.
+
+Builds the log's tiles and entry bundles (entries of about 100 bytes) in a temporary directory,
+serves them with Python's stock ``http.server`` (HTTP/1.1 keep-alive) in a separate process on
+127.0.0.1, and times
+``LogVerifier.verify()`` end to end: checkpoint signature, every bundle against its level-0
+tile, every higher tile, the root, then an incremental re-check. The same run also times
+
+- the bare SHA-256 loop over the same entries (the RFC 6962 leaf hashes alone), and
+- the same verification reading the files directly (no HTTP), to separate transport cost.
+
+Prints one JSON summary. Usage: ``python bench/bench_verify.py [--entries N] [--workers W]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+
+from bastion.ledger.checkpoint import Checkpoint, sign_checkpoint
+from bastion.ledger.merkle import leaf_hash, root_from_leaf_hashes
+from bastion.ledger.note import NoteSigner
+from bastion.ledger.tiles import TILE_WIDTH, encode_entry_bundle, entries_path, tile_path
+from bastion.ledger.verifier import LogVerifier
+
+ORIGIN = "bench.example/log"
+
+
+def make_entries(n: int) -> list[bytes]:
+    """Entries of about 100 bytes, shaped like the log's canonical-JSON events."""
+    out = []
+    for i in range(n):
+        head = f'{{"actor":"svc-{i % 97}","at":"2026-01-01T00:00:00Z","i":{i},"pad":"'
+        out.append((head + "x" * max(0, 96 - len(head)) + '"}').encode())
+    return out
+
+
+def write(root: Path, rel: str, data: bytes) -> None:
+    path = root / "log" / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def build_log(root: Path, entries: list[bytes], signer: NoteSigner) -> bytes:
+    """Write every tile, bundle and the signed checkpoint; return the root hash."""
+    level_hashes: list[bytes] = []
+    for t in range(0, len(entries), TILE_WIDTH):
+        chunk = entries[t : t + TILE_WIDTH]
+        leaves = [leaf_hash(e) for e in chunk]
+        write(root, entries_path(t // TILE_WIDTH, len(chunk)), encode_entry_bundle(chunk))
+        write(root, tile_path(0, t // TILE_WIDTH, len(chunk)), b"".join(leaves))
+        if len(chunk) == TILE_WIDTH:
+            level_hashes.append(root_from_leaf_hashes(leaves))
+    level = 1
+    while level_hashes:
+        nxt = []
+        for t in range(0, len(level_hashes), TILE_WIDTH):
+            chunk = level_hashes[t : t + TILE_WIDTH]
+            write(root, tile_path(level, t // TILE_WIDTH, len(chunk)), b"".join(chunk))
+            if len(chunk) == TILE_WIDTH:
+                nxt.append(root_from_leaf_hashes(chunk))
+        level_hashes, level = nxt, level + 1
+    # The root is computed independently of the tiles, straight from the entries.
+    root_hash = root_from_leaf_hashes([leaf_hash(e) for e in entries])
+    cp = Checkpoint(ORIGIN, len(entries), root_hash)
+    write(root, "checkpoint", sign_checkpoint(cp, signer).encode())
+    return root_hash
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class _KeepAliveHandler(SimpleHTTPRequestHandler):
+    """Stock static file handler, with HTTP/1.1 keep-alive and Nagle off (as any CDN has)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def run_server(directory: str, port: int) -> None:
+    handler = functools.partial(_KeepAliveHandler, directory=directory)
+    ThreadingHTTPServer(("127.0.0.1", port), handler).serve_forever()
+
+
+def serve(root: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Serve `root` from a separate process, so the server does not share our GIL."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve", str(root), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            httpx.get(url + "/log/checkpoint", timeout=1).raise_for_status()
+            return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    proc.terminate()
+    raise RuntimeError("http.server did not start")
+
+
+def file_transport(root: Path) -> httpx.MockTransport:
+    def handler(request: httpx.Request) -> httpx.Response:
+        path = root / request.url.path.lstrip("/")
+        if not path.is_file():
+            return httpx.Response(404)
+        return httpx.Response(200, content=path.read_bytes())
+
+    return httpx.MockTransport(handler)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--entries", type=int, default=1_000_000)
+    ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--serve", help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve:
+        run_server(args.serve, args.port)
+        return
+
+    entries = make_entries(args.entries)
+    signer = NoteSigner.generate(ORIGIN)
+
+    # Baseline: the bare RFC 6962 leaf-hash loop over the same entries.
+    t0 = time.perf_counter()
+    for e in entries:
+        hashlib.sha256(b"\x00" + e).digest()
+    sha_s = time.perf_counter() - t0
+
+    with tempfile.TemporaryDirectory(prefix="bench-verify-") as tmp:
+        root = Path(tmp) / "www"
+        t0 = time.perf_counter()
+        root_hash = build_log(root, entries, signer)
+        build_s = time.perf_counter() - t0
+        del entries
+
+        proc, url = serve(root)
+        try:
+            state = Path(tmp) / "state-http"
+            with LogVerifier(url, signer.vkey, state, workers=args.workers) as v:
+                http_full = v.verify()
+            with LogVerifier(url, signer.vkey, state, workers=args.workers) as v:
+                http_incr = v.verify(incremental=True)
+        finally:
+            proc.terminate()
+            proc.wait()
+        assert http_full.root_hash == root_hash and http_full.entries_checked == args.entries
+
+        client = httpx.Client(transport=file_transport(root))
+        v = LogVerifier("http://files", signer.vkey, Path(tmp) / "state-file", http=client)
+        file_full = v.verify()
+        client.close()
+
+    summary = {
+        "benchmark": "ledger full verification (bastion ledger verify)",
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "entries": args.entries,
+        "entry_bytes_avg": 100,
+        "workers": args.workers,
+        "build_tiles_s": round(build_s, 2),
+        "sha256_leaf_loop_s": round(sha_s, 3),
+        "http": {
+            "full_verify_s": round(http_full.elapsed_s, 2),
+            "entries_per_s": round(args.entries / http_full.elapsed_s),
+            "requests": http_full.tiles_fetched + http_full.bundles_fetched + 1,
+            "mb_fetched": round(http_full.bytes_fetched / 1e6, 1),
+            "ratio_to_sha256_loop": round(http_full.elapsed_s / sha_s, 1),
+            "incremental_noop_s": round(http_incr.elapsed_s, 3),
+        },
+        "file_reads": {
+            "full_verify_s": round(file_full.elapsed_s, 2),
+            "entries_per_s": round(args.entries / file_full.elapsed_s),
+            "ratio_to_sha256_loop": round(file_full.elapsed_s / sha_s, 1),
+        },
+    }
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
