@@ -1,0 +1,85 @@
+"""The vault's identity secret and the keyed hashes derived from it.
+
+One 256-bit secret, wrapped by the KEK like a data key and stored in ``vault_secrets``.
+HKDF derives from it the pseudonym index key (HMAC-SHA256 of identifying values) and the
+receipt key (the keyed subject hash a deletion receipt carries instead of the subject id).
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+
+from cryptography.hazmat.primitives import hashes, hmac
+
+from bastion.errors import KeyUnavailable
+from bastion.keys.provider import KeyProvider, WrappedKey
+from bastion.store import Cursor, Database
+from bastion.vault import codec
+
+IDENTITY_SECRET = "identity"
+
+
+def secret_aad(name: str) -> bytes:
+    return b"bastion/vault-secret/v1\x00" + name.encode()
+
+
+def ensure_identity(cur: Cursor, provider: KeyProvider) -> None:
+    """Create the identity secret if this database has none."""
+    row = cur.execute("SELECT 1 FROM vault_secrets WHERE name = ?", (IDENTITY_SECRET,)).fetchone()
+    if row is None:
+        wrapped = provider.wrap(secrets.token_bytes(32), secret_aad(IDENTITY_SECRET))
+        cur.execute(
+            "INSERT INTO vault_secrets (name, kek_version, wrapped) VALUES (?, ?, ?)",
+            (IDENTITY_SECRET, wrapped.version, wrapped.blob),
+        )
+
+
+class VaultIdentity:
+    """Loads the identity secret once (outside any open transaction) and hashes with it."""
+
+    def __init__(self, db: Database, provider: KeyProvider) -> None:
+        self._db = db
+        self._provider = provider
+        self._lock = threading.Lock()
+        self._keys: tuple[hmac.HMAC, bytes] | None = None
+
+    def load(self) -> tuple[hmac.HMAC, bytes]:
+        with self._lock:
+            if self._keys is not None:
+                return self._keys
+        rows = self._db.query(
+            "SELECT kek_version, wrapped FROM vault_secrets WHERE name = ?", (IDENTITY_SECRET,)
+        )
+        if not rows:
+            raise KeyUnavailable("the vault's identity secret is missing; run `bastion init`")
+        version, blob = rows[0]
+        secret = self._provider.unwrap(
+            WrappedKey(int(version), bytes(blob)), secret_aad(IDENTITY_SECRET)
+        )
+        keys = (
+            hmac.HMAC(codec.derive_vault_key(secret, "pseudonym-index"), hashes.SHA256()),
+            codec.derive_vault_key(secret, "receipt-subject-hash"),
+        )
+        with self._lock:
+            self._keys = keys
+        return keys
+
+    def index(self, value: str) -> str:
+        """HMAC-SHA256 index of an identifying value: finds its token without storing it."""
+        h = self.load()[0].copy()
+        h.update(b"bastion/pseudonym/v1\x00" + value.encode())
+        return h.finalize().hex()
+
+    def _receipt_hmac(self, label: bytes, value: str) -> str:
+        h = hmac.HMAC(self.load()[1], hashes.SHA256())
+        h.update(label + value.encode())
+        return h.finalize().hex()
+
+    def subject_hash(self, subject: str) -> str:
+        """Keyed hash of a subject id for receipts: the custodian can match it, others cannot."""
+        return "hmac-sha256:" + self._receipt_hmac(b"bastion/subject/v1\x00", subject)
+
+    def key_fingerprint(self, token: str) -> str:
+        """A stable name for a subject's data key that reveals neither the subject nor its token."""
+        return self._receipt_hmac(b"bastion/key-id/v1\x00", token)[:32]

@@ -1,0 +1,57 @@
+"""The vault's tables, its writer lock, and small SQL helpers shared by its modules."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TypeVar
+
+# Every writer of keys or records takes this lock (SQLite: BEGIN IMMEDIATE; PostgreSQL: an
+# advisory transaction lock), so an ingest, a shred and a rotation never interleave.
+VAULT_LOCK = "vault:keys"
+IN_CHUNK = 500
+
+SCHEMA = [
+    # Vault-wide secrets wrapped by the KEK (the identity secret behind pseudonym indexes).
+    """CREATE TABLE IF NOT EXISTS vault_secrets (
+        name TEXT PRIMARY KEY,
+        kek_version {int} NOT NULL,
+        wrapped {blob} NOT NULL)""",
+    # One row per subject: its data key wrapped by KEK ``kek_version``. ``token`` is the
+    # subject's pseudonym; the subject id itself is stored nowhere in the vault.
+    """CREATE TABLE IF NOT EXISTS vault_subjects (
+        token TEXT PRIMARY KEY,
+        dek_version {int} NOT NULL,
+        kek_version {int} NOT NULL,
+        wrapped {blob} NOT NULL,
+        records {int} NOT NULL,
+        created_at TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS vault_subjects_kek ON vault_subjects (kek_version)",
+    # HMAC index of an identifying value -> its random token, and the subject who owns it.
+    """CREATE TABLE IF NOT EXISTS vault_pseudonyms (
+        idx TEXT PRIMARY KEY,
+        token TEXT NOT NULL,
+        owner TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS vault_pseudonyms_owner ON vault_pseudonyms (owner)",
+    # One row per record: public values and pseudonyms in ``clear`` (JSON), everything else
+    # sealed field by field in ``sealed`` (see codec.unpack_sealed).
+    """CREATE TABLE IF NOT EXISTS vault_records (
+        dataset TEXT NOT NULL,
+        record_key TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        clear TEXT NOT NULL,
+        sealed {blob} NOT NULL,
+        PRIMARY KEY (dataset, record_key))""",
+    "CREATE INDEX IF NOT EXISTS vault_records_subject ON vault_records (subject, dataset)",
+]
+
+T = TypeVar("T")
+
+
+def chunks(items: Sequence[T], size: int = IN_CHUNK) -> Iterable[Sequence[T]]:
+    """Slices small enough for an ``IN (...)`` list on both backends."""
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def marks(n: int) -> str:
+    return ",".join("?" * n)

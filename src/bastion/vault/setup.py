@@ -1,0 +1,69 @@
+"""Create and open the vault of a home: the composition root calls only these two functions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bastion.catalog import Catalog, default_catalog, load_catalog
+from bastion.clock import Clock, SystemClock
+from bastion.errors import NotInitialized
+from bastion.home import Home
+from bastion.keys.factory import create_key_provider, open_key_provider
+from bastion.store import Database
+from bastion.vault.files import count_rows, read_rows
+from bastion.vault.identity import IDENTITY_SECRET
+from bastion.vault.vault import IngestResult, Vault
+
+CATALOG_FILE = "catalog.yaml"
+
+
+def home_catalog(home: Home) -> Catalog:
+    """The home's own catalog.yaml if it has one, else the shipped synthetic-platform catalog."""
+    path = home.path / CATALOG_FILE
+    return load_catalog(path) if path.is_file() else default_catalog()
+
+
+def initialize_vault(home: Home, db: Database) -> dict[str, Any]:
+    """Create the key provider's keys, the vault's tables and its identity secret (idempotent)."""
+    provider = create_key_provider(home)
+    try:
+        Vault.create_schema(db)
+        vault = Vault(db, provider, home_catalog(home), SystemClock())
+        vault.ensure_identity()
+        return {"key_provider": provider.name, "kek_version": provider.current_version}
+    finally:
+        provider.close()
+
+
+def open_vault(home: Home, db: Database, clock: Clock, *, catalog: Catalog | None = None) -> Vault:
+    """Open the vault; a home or database that was never initialized says so (NotInitialized)."""
+    try:
+        rows = db.query("SELECT COUNT(*) FROM vault_secrets WHERE name = ?", (IDENTITY_SECRET,))
+    except Exception:
+        rows = [(0,)]
+    if not rows or int(rows[0][0]) == 0:
+        raise NotInitialized(
+            f"the vault is not initialized in {db.description}; run `bastion init`"
+        )
+    provider = open_key_provider(home)
+    return Vault(db, provider, catalog or home_catalog(home), clock)
+
+
+def ingest_file(
+    vault: Vault,
+    dataset: str,
+    path: Path,
+    *,
+    batch_size: int = 2000,
+    progress: Callable[[int], None] | None = None,
+) -> IngestResult:
+    """Ingest one CSV, JSONL or Parquet file, all or nothing."""
+    vault.catalog.dataset(dataset)  # an unknown dataset fails before the file is read
+    return vault.ingest_rows(
+        dataset, read_rows(path), source=str(path), batch_size=batch_size, progress=progress
+    )
+
+
+__all__ = ["count_rows", "home_catalog", "ingest_file", "initialize_vault", "open_vault"]

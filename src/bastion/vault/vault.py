@@ -1,0 +1,565 @@
+"""The vault: sealed records under per-subject data keys, pseudonyms, shredding and rotation.
+
+Keys, from the top:
+
+* the provider's **KEK** (local keyring file or HSM object, versioned) wraps each subject's
+  **data key** (DEK, 256 random bits); the wrapped DEK is a row of ``vault_subjects``.
+* the provider's **erasure store** holds one more 256-bit secret per subject, outside the
+  database.
+* a subject's **field key** is HKDF(DEK, salt = erasure secret). Each value is sealed with
+  AES-256-GCM under it; the AAD binds dataset, record, subject, DEK version and field.
+
+Shredding destroys the erasure secret, the wrapped DEK and the subject's pseudonym mappings.
+The field key then cannot be rebuilt from anything that remains, and not from an old copy of
+the database either: that copy still holds the wrapped DEK, but the erasure secret was never
+in it. Shredding leaves the subject's records in place, so its cost does not depend on how
+many there are; :meth:`Vault.purge_shredded` removes the dead rows later.
+
+Rotation adds a KEK version and rewraps every DEK; the field ciphertexts are not touched.
+See ``pseudonyms.py`` for tokens and docs/VAULT.md for the design and its trade-offs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from bastion.catalog import Catalog, Classification, validate_row
+from bastion.clock import Clock, iso
+from bastion.errors import InputError, IntegrityError, KeyUnavailable
+from bastion.events import Actor, DeletionReceipt, KeyRotation
+from bastion.keys.provider import KeyProvider, WrappedKey
+from bastion.store import Cursor, Database
+from bastion.vault.identity import VaultIdentity, ensure_identity, secret_aad
+from bastion.vault.plan import OpenedValues, RecordedPlan
+from bastion.vault.pseudonyms import Pseudonyms
+from bastion.vault.schema import SCHEMA, VAULT_LOCK, chunks, marks
+from bastion.vault.sealing import DatasetLayout, RecordRow, ValidRow
+from bastion.vault.subject_keys import FieldKey, SubjectKeys
+
+DEFAULT_BATCH = 2000
+# Field keys kept per ingest; beyond this the cache is dropped and keys are unwrapped again.
+_KEY_CACHE_LIMIT = 200_000
+_TOKEN_CACHE_LIMIT = 1_000_000
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    dataset: str
+    source: str
+    rows: int
+    sealed_values: int
+    new_subjects: int
+    new_pseudonyms: int
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "dataset": self.dataset,
+            "source": self.source,
+            "rows": self.rows,
+            "sealed_values": self.sealed_values,
+            "new_subjects": self.new_subjects,
+            "new_pseudonyms": self.new_pseudonyms,
+        }
+
+
+@dataclass(frozen=True)
+class RecordRef:
+    dataset: str
+    record: str
+
+
+@dataclass(frozen=True)
+class VaultStats:
+    provider: str
+    kek_versions: list[dict[str, object]]
+    subjects: int
+    pseudonyms: int
+    erasure_secrets: int
+    records: dict[str, int]
+    values_by_classification: dict[str, int]
+    dead_records: int
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "provider": self.provider,
+            "kek_versions": self.kek_versions,
+            "subjects": self.subjects,
+            "pseudonyms": self.pseudonyms,
+            "erasure_secrets": self.erasure_secrets,
+            "records": self.records,
+            "values_by_classification": self.values_by_classification,
+            "dead_records": self.dead_records,
+        }
+
+
+@dataclass
+class _IngestState:
+    """Per-file caches (tokens by value, field keys by subject) and what to undo on failure."""
+
+    tokens: dict[str, str] = field(default_factory=dict)
+    keys: dict[str, FieldKey] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    created_secrets: list[str] = field(default_factory=list)
+    new_subjects: int = 0
+    new_pseudonyms: int = 0
+    rows: int = 0
+    sealed: int = 0
+
+
+class Vault:
+    """Sealed records. Values open only through :meth:`open`, with a :class:`RecordedPlan`."""
+
+    def __init__(self, db: Database, provider: KeyProvider, catalog: Catalog, clock: Clock) -> None:
+        self.db = db
+        self.provider = provider
+        self.catalog = catalog
+        self.clock = clock
+        self.identity = VaultIdentity(db, provider)
+        self._pseudonyms = Pseudonyms(self.identity)
+        self._keys = SubjectKeys(provider)
+
+    # ---- setup ----------------------------------------------------------------------------
+
+    @staticmethod
+    def create_schema(db: Database) -> None:
+        db.migrate("vault", SCHEMA)
+
+    def ensure_identity(self) -> None:
+        with self.db.transaction(lock=VAULT_LOCK) as cur:
+            ensure_identity(cur, self.provider)
+
+    def close(self) -> None:
+        self.provider.close()
+
+    def subject_hash(self, subject: str) -> str:
+        return self.identity.subject_hash(subject)
+
+    # ---- ingest ----------------------------------------------------------------------------
+
+    def ingest_rows(
+        self,
+        dataset: str,
+        rows: Iterable[tuple[int, Mapping[str, object]]],
+        *,
+        source: str = "<api>",
+        batch_size: int = DEFAULT_BATCH,
+        progress: Callable[[int], None] | None = None,
+    ) -> IngestResult:
+        """Validate, pseudonymize, seal and store rows: all of them, or none.
+
+        ``rows`` yields ``(row_number, raw_row)``. Everything runs in ONE database transaction,
+        written in batches of ``batch_size`` rows; the first bad row raises an ``InputError``
+        naming the source, row and field and the transaction rolls back, so nothing of the
+        file is stored. Erasure secrets made for new subjects are destroyed again.
+        """
+        spec = self.catalog.dataset(dataset)
+        layout = DatasetLayout.of(spec)
+        state = _IngestState()
+        self.identity.load()  # outside the transaction: it reads the database itself
+        try:
+            with self.db.transaction(lock=VAULT_LOCK) as cur:
+                self.provider.refresh()
+                batch: list[tuple[int, ValidRow]] = []
+                for row_number, raw in rows:
+                    batch.append(
+                        (row_number, validate_row(spec, raw, file=source, row_number=row_number))
+                    )
+                    if len(batch) >= batch_size:
+                        self._ingest_batch(cur, layout, batch, state, source)
+                        if progress:
+                            progress(len(batch))
+                        batch = []
+                if batch:
+                    self._ingest_batch(cur, layout, batch, state, source)
+                    if progress:
+                        progress(len(batch))
+                cur.executemany(
+                    "UPDATE vault_subjects SET records = records + ? WHERE token = ?",
+                    [(n, token) for token, n in state.counts.items()],
+                )
+        except BaseException:
+            for token in state.created_secrets:
+                # An orphan secret opens nothing; sweep_orphan_secrets() removes it later.
+                with contextlib.suppress(KeyUnavailable):
+                    self.provider.erasure.destroy(token)
+            raise
+        return IngestResult(
+            dataset, source, state.rows, state.sealed, state.new_subjects, state.new_pseudonyms
+        )
+
+    def _ingest_batch(
+        self,
+        cur: Cursor,
+        layout: DatasetLayout,
+        batch: list[tuple[int, ValidRow]],
+        state: _IngestState,
+        source: str,
+    ) -> None:
+        subject_key = layout.spec.subject_key
+        if len(state.keys) > _KEY_CACHE_LIMIT:
+            state.keys.clear()
+        if len(state.tokens) > _TOKEN_CACHE_LIMIT:
+            state.tokens.clear()
+        # 1. Tokens: subject ids first (each owns its own), then the other identifying values.
+        subjects = [str(row[subject_key]) for _, row in batch]
+        others: dict[str, str] = {}
+        for subject, (_, row) in zip(subjects, batch, strict=True):
+            for value in layout.identifying_values(row):
+                others.setdefault(value, subject)
+        state.new_pseudonyms += self._pseudonyms.resolve(cur, subjects, others, state.tokens)
+        # 2. Field keys: cached, else unwrapped, else created (with a new erasure secret).
+        tokens = state.tokens
+        needed = [t for t in dict.fromkeys(tokens[s] for s in subjects) if t not in state.keys]
+        if needed:
+            loaded = self._keys.load(cur, needed)
+            fresh = [t for t in needed if t not in loaded]
+            state.created_secrets.extend(fresh)
+            state.keys.update(loaded)
+            state.keys.update(self._keys.create(cur, fresh, iso(self.clock.now())))
+            state.new_subjects += len(fresh)
+        # 3. Seal and store. A key that conflicts was stored before, or earlier in this file.
+        records = layout.seal_batch(batch, subjects, tokens, state.keys, source)
+        cur.executemany(
+            "INSERT INTO vault_records (dataset, record_key, subject, clear, sealed) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            records,
+        )
+        if cur.rowcount != len(records):
+            self._raise_duplicate(cur, batch, records, source, layout)
+        for _, _, token, _, _ in records:
+            state.counts[token] = state.counts.get(token, 0) + 1
+        state.rows += len(batch)
+        state.sealed += len(batch) * len(layout.sealed)
+
+    @staticmethod
+    def _raise_duplicate(
+        cur: Cursor,
+        batch: list[tuple[int, ValidRow]],
+        records: list[RecordRow],
+        source: str,
+        layout: DatasetLayout,
+    ) -> None:
+        # Our rows carry fresh random nonces, so a stored row that differs was not written now.
+        mine = {r[1]: r[4] for r in records}
+        stored: dict[str, bytes] = {}
+        for chunk in chunks(list(mine)):
+            for key, sealed in cur.execute(
+                "SELECT record_key, sealed FROM vault_records WHERE dataset = ? AND "
+                f"record_key IN ({marks(len(chunk))})",
+                [layout.spec.name, *chunk],
+            ).fetchall():
+                stored[key] = bytes(sealed)
+        for (row_number, _), rec in zip(batch, records, strict=True):
+            if stored.get(rec[1]) != mine[rec[1]]:
+                raise InputError(
+                    "duplicate record id (already stored, or earlier in this file)",
+                    file=source,
+                    row=row_number,
+                    dataset=layout.spec.name,
+                    field=layout.spec.record_id,
+                )
+        raise IntegrityError("the database stored fewer records than were written")
+
+    # ---- open ------------------------------------------------------------------------------
+
+    def open(self, recorded: RecordedPlan) -> OpenedValues:
+        """Open exactly the (record, field) pairs of a recorded plan, and nothing else.
+
+        All or nothing: a record that does not exist is an ``InputError``; a shredded
+        subject's value is ``KeyUnavailable``; a value or wrapped key that fails
+        authentication is ``IntegrityError``. An empty plan reads nothing.
+        """
+        if not isinstance(recorded, RecordedPlan):
+            raise TypeError("Vault.open takes a RecordedPlan (a plan with its ledger receipt)")
+        plan = recorded.plan
+        spec = self.catalog.dataset(plan.dataset)
+        for name in {item.field for item in plan.items}:
+            spec.field(name)  # unknown fields fail before anything is read
+        if not plan.items:
+            return OpenedValues(plan.dataset, recorded.receipt, {})
+        rows: dict[str, tuple[str, str, bytes]] = {}
+        with self.db.transaction() as cur:
+            for chunk in chunks(plan.records):
+                for key, subject, clear, sealed in cur.execute(
+                    "SELECT record_key, subject, clear, sealed FROM vault_records "
+                    f"WHERE dataset = ? AND record_key IN ({marks(len(chunk))})",
+                    [plan.dataset, *chunk],
+                ).fetchall():
+                    rows[key] = (subject, clear, bytes(sealed))
+            missing = sum(1 for r in plan.records if r not in rows)
+            if missing:
+                raise InputError(
+                    f"no such record ({missing} of the plan's records)", dataset=plan.dataset
+                )
+            tokens = list(dict.fromkeys(r[0] for r in rows.values()))
+            keys = self._keys.load(cur, tokens)
+        if len(keys) != len(tokens):
+            raise KeyUnavailable(
+                "the plan includes records whose subject was shredded: their data key is destroyed"
+            )
+        opened = DatasetLayout.of(spec).open_items(plan.items, rows, keys)
+        return OpenedValues(plan.dataset, recorded.receipt, opened)
+
+    # ---- reads that decrypt nothing (for the gateway) --------------------------------------
+
+    def pseudonym_of(self, value: str) -> str | None:
+        """The token already given to ``value``, if any. Never creates one."""
+        self.identity.load()
+        with self.db.transaction() as cur:
+            found = self._pseudonyms.lookup(cur, [value])
+        return found[value][0] if value in found else None
+
+    def record_key(self, dataset: str, record_id: str) -> str | None:
+        """The vault's key for a record id: its pseudonym where the id is pseudonymized."""
+        spec = self.catalog.dataset(dataset)
+        if spec.field(spec.record_id).pseudonymize:
+            return self.pseudonym_of(record_id)
+        return record_id
+
+    def subject_records(
+        self, subject: str, dataset: str | None = None, *, limit: int = 1000
+    ) -> list[RecordRef]:
+        """Records about a subject (by subject id), found without decrypting anything."""
+        token = self.pseudonym_of(subject)
+        if token is None:
+            return []
+        sql = "SELECT dataset, record_key FROM vault_records WHERE subject = ?"
+        params: list[object] = [token]
+        if dataset is not None:
+            self.catalog.dataset(dataset)
+            sql += " AND dataset = ?"
+            params.append(dataset)
+        rows = self.db.query(sql + " ORDER BY dataset, record_key LIMIT ?", [*params, limit])
+        return [RecordRef(d, r) for d, r in rows]
+
+    def list_records(
+        self, dataset: str, *, after: str | None = None, limit: int = 100
+    ) -> list[str]:
+        """Record keys of a dataset in order, ``limit`` at a time after ``after`` (keyset)."""
+        self.catalog.dataset(dataset)
+        if not 0 < limit <= 10_000:
+            raise InputError("limit must be between 1 and 10000", dataset=dataset)
+        rows = self.db.query(
+            "SELECT record_key FROM vault_records WHERE dataset = ? AND record_key > ? "
+            "ORDER BY record_key LIMIT ?",
+            (dataset, after or "", limit),
+        )
+        return [r for (r,) in rows]
+
+    def clear_values(
+        self, dataset: str, record_keys: Sequence[str], fields: Sequence[str]
+    ) -> dict[str, dict[str, object]]:
+        """Public values and pseudonym tokens (stored in clear). Sealed fields are refused."""
+        spec = self.catalog.dataset(dataset)
+        for name in fields:
+            f = spec.field(name)
+            if f.classification is not Classification.PUBLIC and not f.pseudonymize:
+                raise InputError(
+                    "field is sealed; it opens only through a recorded plan",
+                    dataset=dataset,
+                    field=name,
+                )
+        out: dict[str, dict[str, object]] = {}
+        for chunk in chunks(list(dict.fromkeys(record_keys))):
+            for key, clear in self.db.query(
+                "SELECT record_key, clear FROM vault_records WHERE dataset = ? AND "
+                f"record_key IN ({marks(len(chunk))})",
+                [dataset, *chunk],
+            ):
+                values = json.loads(clear)
+                out[key] = {name: values.get(name) for name in fields}
+        return out
+
+    # ---- shred -----------------------------------------------------------------------------
+
+    def shred(self, subject: str, actor: Actor, reason: str) -> DeletionReceipt:
+        """Crypto-shred a subject: destroy its erasure secret, data key and pseudonym mappings.
+
+        Constant work whatever the subject's record count: the records stay behind as
+        ciphertext that nothing can open, until :meth:`purge_shredded` removes them.
+        """
+        subject_hash = self.identity.subject_hash(subject)
+        index = self.identity.index(subject)
+        with self.db.transaction(lock=VAULT_LOCK) as cur:
+            row = cur.execute(
+                "SELECT token FROM vault_pseudonyms WHERE idx = ?", (index,)
+            ).fetchone()
+            key = None
+            if row is not None:
+                key = cur.execute(
+                    "SELECT dek_version, records FROM vault_subjects WHERE token = ?", (row[0],)
+                ).fetchone()
+            if row is None or key is None:
+                raise InputError(
+                    "no such subject in the vault (never ingested, or already shredded)"
+                )
+            token = str(row[0])
+            dek_version, records = int(key[0]), int(key[1])
+            # The irreversible step first: if anything after it fails, the values are already
+            # gone and shredding again finishes the bookkeeping.
+            self.provider.erasure.destroy(token)
+            cur.execute("DELETE FROM vault_subjects WHERE token = ?", (token,))
+            removed = cur.execute("DELETE FROM vault_pseudonyms WHERE owner = ?", (token,)).rowcount
+        return DeletionReceipt(
+            actor=actor,
+            reason=reason,
+            at=iso(self.clock.now()),
+            subject_hash=subject_hash,
+            key_id=f"subject-dek:{self.identity.key_fingerprint(token)}/v{dek_version}",
+            records_affected=records,
+            pseudonyms_removed=removed,
+        )
+
+    def purge_shredded(self, limit: int = 10_000) -> int:
+        """Delete up to ``limit`` records whose subject was shredded (dead ciphertext)."""
+        with self.db.transaction() as cur:
+            return cur.execute(
+                "DELETE FROM vault_records WHERE (dataset, record_key) IN ("
+                "SELECT r.dataset, r.record_key FROM vault_records r LEFT JOIN vault_subjects s "
+                "ON s.token = r.subject WHERE s.token IS NULL LIMIT ?)",
+                (limit,),
+            ).rowcount
+
+    def sweep_orphan_secrets(self) -> int:
+        """Destroy erasure secrets no subject row uses (left by a crash during an ingest)."""
+        with self.db.transaction(lock=VAULT_LOCK) as cur:
+            refs = self.provider.erasure.refs()
+            live: set[str] = set()
+            for chunk in chunks(refs):
+                live.update(
+                    t
+                    for (t,) in cur.execute(
+                        f"SELECT token FROM vault_subjects WHERE token IN ({marks(len(chunk))})",
+                        chunk,
+                    ).fetchall()
+                )
+            orphans = [r for r in refs if r not in live]
+            for ref in orphans:
+                self.provider.erasure.destroy(ref)
+        return len(orphans)
+
+    # ---- rotation --------------------------------------------------------------------------
+
+    def rotate(
+        self,
+        actor: Actor,
+        reason: str,
+        *,
+        batch_size: int = 1000,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> KeyRotation:
+        """Add a KEK version and rewrap every data key under it; field ciphertexts stay as is.
+
+        Runs in batches, each its own transaction under the vault lock; if it is interrupted,
+        running it again finishes the job (rows already under the new version are skipped).
+        """
+        old = self.provider.current_version
+        with self.db.transaction(lock=VAULT_LOCK):
+            new = self.provider.rotate()
+        pending = self.db.query(
+            "SELECT COUNT(*) FROM vault_subjects WHERE kek_version <> ?", (new,)
+        )
+        secrets_pending = self.db.query(
+            "SELECT COUNT(*) FROM vault_secrets WHERE kek_version <> ?", (new,)
+        )
+        total = int(pending[0][0]) + int(secrets_pending[0][0])
+        done = 0
+        while True:
+            with self.db.transaction(lock=VAULT_LOCK) as cur:
+                n = self._keys.rewrap_batch(cur, new, batch_size)
+            done += n
+            if progress:
+                progress(done, total)
+            if n < batch_size:
+                break
+        with self.db.transaction(lock=VAULT_LOCK) as cur:
+            for name, kek_version, wrapped in cur.execute(
+                "SELECT name, kek_version, wrapped FROM vault_secrets WHERE kek_version <> ?",
+                (new,),
+            ).fetchall():
+                aad = secret_aad(name)
+                plain = self.provider.unwrap(WrappedKey(int(kek_version), bytes(wrapped)), aad)
+                rewrapped = self.provider.wrap(plain, aad)
+                cur.execute(
+                    "UPDATE vault_secrets SET kek_version = ?, wrapped = ? WHERE name = ?",
+                    (rewrapped.version, rewrapped.blob, name),
+                )
+                done += 1
+        if progress:
+            progress(done, max(total, done))
+        return KeyRotation(
+            actor=actor,
+            reason=reason,
+            at=iso(self.clock.now()),
+            provider=self.provider.name,
+            old_version=old,
+            new_version=new,
+            rewrapped=done,
+        )
+
+    def retire(self, version: int, actor: Actor, reason: str) -> KeyRotation:
+        """Destroy an old KEK version, once no key in this database is wrapped under it."""
+        with self.db.transaction(lock=VAULT_LOCK) as cur:
+            row = cur.execute(
+                "SELECT (SELECT COUNT(*) FROM vault_subjects WHERE kek_version = ?) + "
+                "(SELECT COUNT(*) FROM vault_secrets WHERE kek_version = ?)",
+                (version, version),
+            ).fetchone()
+            still = int(row[0]) if row else 0
+            if still:
+                raise InputError(
+                    f"KEK version {version} still wraps {still} keys; run `bastion keys rotate` "
+                    "first"
+                )
+            self.provider.retire(version)
+        return KeyRotation(
+            actor=actor,
+            reason=reason,
+            at=iso(self.clock.now()),
+            provider=self.provider.name,
+            old_version=version,
+            new_version=self.provider.current_version,
+            rewrapped=0,
+            retired=[version],
+        )
+
+    def key_usage(self) -> dict[int, int]:
+        """How many data keys each KEK version wraps."""
+        rows = self.db.query(
+            "SELECT kek_version, COUNT(*) FROM vault_subjects GROUP BY kek_version"
+        )
+        return {int(v): int(n) for v, n in rows}
+
+    # ---- stats -----------------------------------------------------------------------------
+
+    def stats(self) -> VaultStats:
+        records = dict.fromkeys(self.catalog.names, 0)
+        for dataset, n in self.db.query(
+            "SELECT dataset, COUNT(*) FROM vault_records GROUP BY dataset"
+        ):
+            records[str(dataset)] = int(n)
+        by_class = {c.value: 0 for c in Classification}
+        for spec in self.catalog.datasets:
+            for f in spec.fields:
+                by_class[f.classification.value] += records.get(spec.name, 0)
+        dead = self.db.query(
+            "SELECT COUNT(*) FROM vault_records r LEFT JOIN vault_subjects s "
+            "ON s.token = r.subject WHERE s.token IS NULL"
+        )
+        usage = self.key_usage()
+        return VaultStats(
+            provider=self.provider.name,
+            kek_versions=[
+                {"version": v.version, "state": v.state, "data_keys": usage.get(v.version, 0)}
+                for v in self.provider.versions()
+            ],
+            subjects=int(self.db.query("SELECT COUNT(*) FROM vault_subjects")[0][0]),
+            pseudonyms=int(self.db.query("SELECT COUNT(*) FROM vault_pseudonyms")[0][0]),
+            erasure_secrets=self.provider.erasure.count(),
+            records=records,
+            values_by_classification=by_class,
+            dead_records=int(dead[0][0]),
+        )

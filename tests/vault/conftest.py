@@ -1,0 +1,79 @@
+"""Vault fixtures: a vault on each database backend, with the local keyring or a SoftHSM2 token."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from bastion.catalog import default_catalog
+from bastion.clock import FixedClock
+from bastion.keys import softhsm
+from bastion.keys.local import LocalKeyring
+from bastion.keys.pkcs11 import Pkcs11Provider
+from bastion.keys.provider import KeyProvider
+from bastion.store import Database
+from bastion.vault import Vault
+
+
+@pytest.fixture(scope="session")
+def softhsm_conf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not softhsm.available():
+        pytest.fail("SoftHSM2 is required: run `make system` (scripts/install-system-deps.sh)")
+    return softhsm.configure(tmp_path_factory.mktemp("softhsm"))
+
+
+@pytest.fixture
+def hsm_token(softhsm_conf: Path) -> Iterator[softhsm.SoftHsmToken]:
+    token = softhsm.make_token()
+    yield token
+    softhsm.delete_token(token)
+
+
+def make_vault(db: Database, provider: KeyProvider, clock: FixedClock) -> Vault:
+    Vault.create_schema(db)
+    vault = Vault(db, provider, default_catalog(), clock)
+    vault.ensure_identity()
+    return vault
+
+
+@pytest.fixture
+def keys_dir(tmp_path: Path) -> Path:
+    return tmp_path / "keys"
+
+
+@pytest.fixture
+def vault(db: Database, clock: FixedClock, keys_dir: Path) -> Iterator[Vault]:
+    provider = LocalKeyring.create(keys_dir)
+    yield make_vault(db, provider, clock)
+    provider.close()
+
+
+@pytest.fixture(params=["local", "pkcs11"])
+def any_vault(
+    request: pytest.FixtureRequest, db: Database, clock: FixedClock, keys_dir: Path
+) -> Iterator[Vault]:
+    """A vault on each backend AND each key provider."""
+    provider: KeyProvider
+    if request.param == "local":
+        provider = LocalKeyring.create(keys_dir)
+    else:
+        token: softhsm.SoftHsmToken = request.getfixturevalue("hsm_token")
+        provider = Pkcs11Provider.create(token.library, token.label, token.pin, keys_dir)
+    yield make_vault(db, provider, clock)
+    provider.close()
+
+
+@pytest.fixture
+def recorded() -> Callable[..., object]:
+    """Build a RecordedPlan with a stand-in receipt (the gateway supplies real ones)."""
+    from bastion.ledger.api import Receipt
+    from bastion.vault import ReadPlan, RecordedPlan
+
+    counter = iter(range(1, 1_000_000))
+
+    def build(dataset: str, pairs: list[tuple[str, str]]) -> RecordedPlan:
+        return RecordedPlan(ReadPlan.of(dataset, pairs), Receipt(next(counter), b"\x11" * 32))
+
+    return build
