@@ -99,7 +99,7 @@ class DeletionReceipt(_Event):
 class KeyRotation(_Event):
     type: Literal["key.rotation"] = "key.rotation"
     provider: str
-    old_version: int | None
+    old_version: int | None = None
     new_version: int
     rewrapped: int
     retired: list[int] = []
@@ -108,7 +108,7 @@ class KeyRotation(_Event):
 class PolicyChange(_Event):
     type: Literal["policy.change"] = "policy.change"
     policy_sha256: str
-    previous_sha256: str | None
+    previous_sha256: str | None = None
     policies: list[str]
 
 
