@@ -1023,9 +1023,19 @@ class ApprovalService:
             approvals=0,
             justification=spec.justification_type,
         )
-        plan = engine.plan(principal, self._plan_request(spec, fields), grant=probe)
+        plan_request = self._plan_request(spec, fields)
+        plan = engine.plan(principal, plan_request, grant=probe)
+        normal = engine.plan(principal, plan_request)
         released = tuple(f for f in fields if plan.field(f).released)
-        if not released:
+        # Breaking the glass must be what opens something; otherwise it is not an emergency
+        # access but an ordinary one, and must not raise alerts or skip approvals.
+        gained = [
+            f
+            for f in released
+            if not normal.field(f).released
+            or normal.field(f).transform is not plan.field(f).transform
+        ]
+        if not gained:
             raise self._refuse(
                 "not-permitted",
                 "policy allows this principal no break-glass access here",
