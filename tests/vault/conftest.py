@@ -6,8 +6,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from vault_rows import make_vault
 
-from bastion.catalog import default_catalog
 from bastion.clock import FixedClock
 from bastion.keys import softhsm
 from bastion.keys.local import LocalKeyring
@@ -29,13 +29,6 @@ def hsm_token(softhsm_conf: Path) -> Iterator[softhsm.SoftHsmToken]:
     token = softhsm.make_token()
     yield token
     softhsm.delete_token(token)
-
-
-def make_vault(db: Database, provider: KeyProvider, clock: FixedClock) -> Vault:
-    Vault.create_schema(db)
-    vault = Vault(db, provider, default_catalog(), clock)
-    vault.ensure_identity()
-    return vault
 
 
 @pytest.fixture

@@ -1,8 +1,21 @@
-"""Small, readable rows of the shipped synthetic-platform catalog for vault tests."""
+"""Vault test support: a vault on a given database, and small rows of the shipped catalog."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from bastion.catalog import default_catalog
+from bastion.clock import FixedClock
+from bastion.keys.provider import KeyProvider
+from bastion.store import Database
+from bastion.vault import Vault
+
+
+def make_vault(db: Database, provider: KeyProvider, clock: FixedClock) -> Vault:
+    Vault.create_schema(db)
+    vault = Vault(db, provider, default_catalog(), clock)
+    vault.ensure_identity()
+    return vault
 
 
 def user(n: int, **over: Any) -> dict[str, Any]:
