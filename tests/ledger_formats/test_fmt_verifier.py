@@ -285,3 +285,19 @@ def test_unavailable_log(tmp_path: Path) -> None:
     with pytest.raises(LedgerUnavailable, match="HTTP 404"):
         _verifier(server, tmp_path).verify()
     assert issubclass(VerificationError, IntegrityError)
+
+
+def test_verifier_imports_no_server_code() -> None:
+    # The auditor's client must stand alone: formats, httpx and cryptography only.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, bastion.ledger.verifier, bastion.ledger.tlogproof;"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('fastapi', 'uvicorn', 'starlette',"
+        " 'psycopg', 'sqlite3') or m.startswith(('bastion.store', 'bastion.gateway',"
+        " 'bastion.vault', 'bastion.ledger.storage', 'bastion.ledger.sequencer'))];"
+        "print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

@@ -165,10 +165,11 @@ class LogVerifier:
 
     # --- HTTP ------------------------------------------------------------------------------
 
-    def _get(self, path: str, *, allow_missing: bool = False) -> bytes | None:
+    def _get(self, path: str, *, allow_missing: bool = False, fresh: bool = False) -> bytes | None:
         url = self.prefix + path
+        headers = {"Cache-Control": "no-cache"} if fresh else None
         try:
-            resp = self._http.get(url)
+            resp = self._http.get(url, headers=headers)
         except httpx.HTTPError as exc:
             raise LedgerUnavailable(f"cannot fetch {url}: {type(exc).__name__}") from None
         if resp.status_code == 404 and allow_missing:
@@ -196,7 +197,7 @@ class LogVerifier:
         return data
 
     def fetch_checkpoint(self) -> str:
-        data = self._get("checkpoint")
+        data = self._get("checkpoint", fresh=True)  # mutable: never from a stale cache
         assert data is not None
         try:
             return data.decode("utf-8")
