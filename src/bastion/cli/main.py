@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import typer
 
+from bastion.cli import access as _access_cmds  # noqa: F401  (bastion access ...)
 from bastion.cli import groups, home_cmd, ledger_verify
+from bastion.cli import policy as _policy_cmds  # noqa: F401  (bastion policy ...)
 from bastion.cli import synth as synth_cmd
 
 app = typer.Typer(
