@@ -19,6 +19,8 @@ def initialize(home: Home) -> dict[str, Any]:
     """Create the database tables, the keys and the log's signing key for a new home."""
     db = open_store(home)
     try:
-        return {"database": db.description}
+        from bastion.vault import initialize_vault
+
+        return {"database": db.description, **initialize_vault(home, db)}
     finally:
         db.close()

@@ -6,8 +6,11 @@ import typer
 
 from bastion.cli import access as _access_cmds  # noqa: F401  (bastion access ...)
 from bastion.cli import groups, home_cmd, ledger_verify
+from bastion.cli import ingest as ingest_cmd
+from bastion.cli import keys as keys_cmd
 from bastion.cli import policy as _policy_cmds  # noqa: F401  (bastion policy ...)
 from bastion.cli import synth as synth_cmd
+from bastion.cli import vault as vault_cmd
 
 app = typer.Typer(
     name="bastion",
@@ -23,6 +26,9 @@ for _group in groups.ALL_GROUPS:
 home_cmd.register(app)
 synth_cmd.register(app)
 ledger_verify.register(app)
+vault_cmd.register(app)
+keys_cmd.register(app)
+ingest_cmd.register(app)
 
 
 if __name__ == "__main__":
