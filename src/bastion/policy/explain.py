@@ -12,7 +12,7 @@ from rich.text import Text
 
 from bastion.policy.compiler import PolicyInfo
 from bastion.policy.engine import PolicyEngine
-from bastion.policy.plan import AccessPlan, GrantScope, PlanRequest
+from bastion.policy.plan import AccessPlan, FieldPlan, GrantScope, PlanRequest
 from bastion.policy.principal import PrincipalAttributes, PrincipalLike
 from bastion.policy.vocabulary import Transform
 
@@ -88,7 +88,7 @@ class Explanation:
                 f.category.value if f.category else "-",
                 becomes,
                 "\n".join(f.policies) or "(none)",
-                f.reason,
+                _why(f),
             )
         policies = Table(title="Deciding policies")
         for col in ("@id", "effect", "obligation", "description"):
@@ -115,6 +115,18 @@ class Explanation:
         if self.policies:
             parts.append(policies)
         return Group(*parts)
+
+
+def _why(f: FieldPlan) -> str:
+    """The reason in a few words; the deciding policies have their own column."""
+    if f.released:
+        note = "least revealing transform wins" if "least revealing" in f.reason else ""
+        return "permitted" + (f"; {note}" if note else "") + (" (via grant)" if f.via_grant else "")
+    if f.needs_approval:
+        return f"forbidden until {f.approvers_required} distinct approvers approve"
+    if not f.policies:
+        return f.reason
+    return "forbidden (forbid wins)" if "forbidden" in f.reason else f.reason
 
 
 def explain(
