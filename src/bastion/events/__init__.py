@@ -179,7 +179,7 @@ class AnalyticsQuery(_Event):
     # Added by the clean room (optional, so older entries still decode):
     query_id: str | None = None
     delta_spent: float | None = None
-    outcome: Literal["released", "refused"] | None = None
+    outcome: Literal["released", "refused", "failed"] | None = None
 
 
 class AnalyticsBudgetChange(_Event):

@@ -1,0 +1,153 @@
+"""Engines: run the bounding SQL and return small, bounded, integer aggregates.
+
+DuckDB is the embedded default. Spark (local mode in tests, a cluster in production) runs the
+same SQL text for data beyond one machine. Neither adds noise: that is the release layer's
+job, shared by both, so an engine can never release anything by itself.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from bastion.cleanroom.sql import Dialect, build_sql
+from bastion.cleanroom.templates import QueryPlan
+from bastion.errors import ConfigError
+
+GroupKey = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class GroupAggregate:
+    rows_w: int  # bounded row count, in units of 1/row_weight
+    users: int  # distinct users contributing to the group (after bounding)
+    total: int  # bounded sum of the measure, in the measure's units
+    clicks_w: int  # bounded ad clicks (ctr template), in units of 1/row_weight
+
+
+@dataclass(frozen=True)
+class BoundedAggregate:
+    """What an engine hands the release layer: per-group integers, nothing row-level."""
+
+    groups: dict[GroupKey, GroupAggregate] = field(default_factory=dict)
+    # Quantiles: per group, bounded weights of each of the plan's bins.
+    histograms: dict[GroupKey, tuple[int, ...]] = field(default_factory=dict)
+
+
+class Engine(Protocol):
+    name: str
+
+    def aggregate(self, plan: QueryPlan, salt: str) -> BoundedAggregate: ...
+
+
+def _collect(plan: QueryPlan, agg_rows: list[Any], hist_rows: list[Any]) -> BoundedAggregate:
+    k = len(plan.group_by)
+    groups: dict[GroupKey, GroupAggregate] = {}
+    for row in agg_rows:
+        key = tuple(str(v) for v in row[:k])
+        rows_w, users, total, clicks = (int(v or 0) for v in row[k : k + 4])
+        if users == 0:
+            continue  # an empty grand total
+        groups[key] = GroupAggregate(rows_w, users, total, clicks)
+    histograms: dict[GroupKey, list[int]] = {}
+    for row in hist_rows:
+        key = tuple(str(v) for v in row[:k])
+        hist = histograms.setdefault(key, [0] * plan.bins)
+        hist[int(row[k])] = int(row[k + 1])
+    return BoundedAggregate(groups, {key: tuple(h) for key, h in histograms.items()})
+
+
+def events_path(data_dir: Path) -> Path:
+    path = data_dir / "events.parquet"
+    if not path.is_file():
+        raise ConfigError(f"no events.parquet in the clean room's data directory {data_dir}")
+    return path
+
+
+class DuckDBEngine:
+    """The embedded engine. One connection, a cursor per query (thread-safe)."""
+
+    name = "duckdb"
+
+    def __init__(self, data_dir: Path, *, threads: int | None = None) -> None:
+        import duckdb
+
+        self.path = events_path(data_dir)
+        self._con = duckdb.connect(config={"threads": threads or os.cpu_count() or 1})
+        self._lock = threading.Lock()
+        literal = str(self.path).replace("'", "''")
+        self._con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet('{literal}')")
+
+    def _run(self, sql: str) -> list[Any]:
+        with self._lock:
+            cur = self._con.cursor()
+        try:
+            rows: list[Any] = cur.execute(sql).fetchall()
+            return rows
+        finally:
+            cur.close()
+
+    def aggregate(self, plan: QueryPlan, salt: str) -> BoundedAggregate:
+        sql = build_sql(plan, "duckdb", salt)
+        agg = self._run(sql.aggregates) if sql.aggregates else []
+        hist = self._run(sql.histogram) if sql.histogram else []
+        return _collect(plan, agg, hist)
+
+    def close(self) -> None:
+        self._con.close()
+
+
+class SparkEngine:
+    """The same SQL on Apache Spark. ``master`` defaults to local mode on this machine."""
+
+    name = "spark"
+    dialect: Dialect = "spark"
+
+    def __init__(
+        self, data_dir: Path, *, master: str = "local[2]", session: Any | None = None
+    ) -> None:
+        self.path = events_path(data_dir)
+        if session is None:
+            from pyspark.sql import SparkSession
+
+            session = (
+                SparkSession.builder.master(master)
+                .appName("bastion-cleanroom")
+                .config("spark.ui.enabled", "false")
+                .config("spark.sql.shuffle.partitions", "8")
+                .config("spark.sql.session.timeZone", "UTC")
+                .getOrCreate()
+            )
+            session.sparkContext.setLogLevel("ERROR")
+        self.spark = session
+        self.spark.read.parquet(str(self.path)).createOrReplaceTempView("events")
+
+    def aggregate(self, plan: QueryPlan, salt: str) -> BoundedAggregate:
+        sql = build_sql(plan, "spark", salt)
+        agg = [tuple(r) for r in self.spark.sql(sql.aggregates).collect()] if sql.aggregates else []
+        hist = [tuple(r) for r in self.spark.sql(sql.histogram).collect()] if sql.histogram else []
+        return _collect(plan, agg, hist)
+
+    def close(self) -> None:
+        self.spark.catalog.dropTempView("events")
+
+
+def open_engine(name: str, data_dir: Path) -> Engine:
+    if name == "duckdb":
+        return DuckDBEngine(data_dir)
+    if name == "spark":
+        return SparkEngine(data_dir)
+    raise ConfigError(f"unknown clean-room engine {name!r} (duckdb or spark)")
+
+
+__all__ = [
+    "BoundedAggregate",
+    "DuckDBEngine",
+    "Engine",
+    "GroupAggregate",
+    "SparkEngine",
+    "open_engine",
+]
