@@ -11,7 +11,8 @@ from typing import Annotated, Any, Literal
 import rfc8785
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-MAX_ENTRY_BYTES = 64 * 1024
+# The tlog-tiles entry bundle prefixes each entry with a uint16 length, so 64 KiB - 1 is the cap.
+MAX_ENTRY_BYTES = 64 * 1024 - 1
 
 
 class Actor(BaseModel):
