@@ -86,6 +86,17 @@ class Export(_Event):
     fields: list[str]
 
 
+class DataIngest(_Event):
+    """A file was sealed into the vault (all or nothing)."""
+
+    type: Literal["data.ingest"] = "data.ingest"
+    dataset: str
+    source: str
+    records: int
+    sealed_values: int
+    source_sha256: str | None = None
+
+
 class DeletionReceipt(_Event):
     """A subject's data key and pseudonym mappings were destroyed (crypto-shredding)."""
 
@@ -228,6 +239,7 @@ class AuthFailure(_Event):
 Event = Annotated[
     AccessDecision
     | Export
+    | DataIngest
     | DeletionReceipt
     | KeyRotation
     | PolicyChange
