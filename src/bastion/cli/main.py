@@ -9,6 +9,7 @@ from bastion.cli import groups, home_cmd, ledger_verify
 from bastion.cli import ingest as ingest_cmd
 from bastion.cli import keys as keys_cmd
 from bastion.cli import policy as _policy_cmds  # noqa: F401  (bastion policy ...)
+from bastion.cli import releases as _releases_cmds  # noqa: F401  (bastion releases ...)
 from bastion.cli import synth as synth_cmd
 from bastion.cli import vault as vault_cmd
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import shlex
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
@@ -25,6 +27,10 @@ from bastion.releases import files
 from bastion.releases.dsse import key_id, parse_envelope, public_key_from_b64, public_key_to_b64
 from bastion.releases.errors import ReleaseRejected
 from bastion.releases.policy import KeyHolder, ReleasePolicy, RepositoryRule
+from bastion.store import Database
+
+if TYPE_CHECKING:
+    from bastion.ledger.log import Log
 
 
 def register(app: typer.Typer) -> None:
@@ -377,8 +383,159 @@ def verify_cmd(
             raise typer.Exit(6)
 
 
+# --- the custodian: approvals, evidence, trust bundles ---------------------------------------
+
+
+@contextmanager
+def _custodian(home: Path | None) -> Iterator[tuple[Home, Database, Log]]:
+    """The home's database (release tables ensured) and log (no background publisher)."""
+    from bastion.ledger.log import open_log
+    from bastion.releases.reviewing import initialize_releases
+    from bastion.wiring import open_store
+
+    h = _home(home)
+    db = open_store(h)
+    try:
+        initialize_releases(db)
+        log = open_log(h, db, SystemClock(), background=False)
+        try:
+            yield h, db, log
+        finally:
+            log.close()
+    finally:
+        db.close()
+
+
+@releases_app.command("approve")
+def approve_cmd(
+    artifact: Path = typer.Argument(..., help="The built artifact."),
+    provenance: Path = typer.Option(..., "--provenance", help="Its DSSE provenance file."),
+    app: str = typer.Option(..., "--app", help="App id, e.g. com.example.app."),
+    channel: str = typer.Option("stable", "--channel", help="Release channel."),
+    actor: str = typer.Option("release-custodian", "--actor", help="Who approves."),
+    reason: str = typer.Option(
+        "release approved: reviewed source, trusted build", "--reason", help="Why."
+    ),
+    home: Path | None = HOME_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Check provenance and reviews, sign a VSA, append it to the ledger, publish a checkpoint."""
+    with reported_errors(as_json), _custodian(home) as (h, db, log):
+        from bastion.events import Actor
+        from bastion.keys.signing import load_or_create_signing_key
+        from bastion.releases.approve import approve_release, custodian_verifier_id
+
+        approved = approve_release(
+            db=db,
+            ledger=log,
+            policy=files.load_policy(h.path),
+            custodian_key=load_or_create_signing_key(h.keyring_dir, "custodian"),
+            verifier_id=custodian_verifier_id(log.origin),
+            actor=Actor(id=actor, kind="operator", role="release approver"),
+            artifact=_read_bytes(artifact, "artifact"),
+            artifact_name=artifact.name,
+            provenance=parse_envelope(files.read_json(provenance, "provenance")),
+            app=app,
+            channel=channel,
+            clock=SystemClock(),
+            reason=reason,
+        )
+        published = log.publish()
+        info = {
+            "ok": True,
+            "artifact_sha256": approved.artifact_sha256,
+            "app": app,
+            "channel": channel,
+            "log_index": approved.receipt.index,
+            "vsa_sha256": approved.vsa.sha256(),
+            "commit": approved.commit,
+            "reviewers": list(approved.reviewers),
+            "checkpoint_size": getattr(published, "tree_size", None),
+        }
+        if as_json:
+            emit_json(info)
+        else:
+            console.print(
+                f"[bold green]Approved[/] {approved.artifact_sha256} for {app}/{channel}: "
+                f"ledger index {approved.receipt.index}, commit {approved.commit[:12]}, "
+                f"reviewers {', '.join(approved.reviewers)}"
+            )
+
+
+@releases_app.command("evidence")
+def evidence_cmd(
+    artifact: Path = typer.Argument(..., help="The approved artifact."),
+    app: str = typer.Option(..., "--app", help="App id."),
+    channel: str = typer.Option("stable", "--channel", help="Release channel."),
+    out: Path = typer.Option(..., "--out", help="Where to write the evidence JSON."),
+    from_size: list[int] = typer.Option(
+        [], "--from-size", help="A tree size a client holds (adds a consistency proof)."
+    ),
+    home: Path | None = HOME_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Write the offline evidence for an approved artifact (entry, tlog-proof, consistency)."""
+    with reported_errors(as_json), _custodian(home) as (_h, db, log):
+        from bastion.releases.evidence import release_evidence
+
+        evidence = release_evidence(
+            db,
+            log,
+            artifact_sha256=sha256_file(artifact),
+            app=app,
+            channel=channel,
+            clock=SystemClock(),
+            known_sizes=from_size,
+        )
+        files.write_json(out, evidence.to_json())
+        if as_json:
+            emit_json(
+                {
+                    "ok": True,
+                    "out": str(out),
+                    "consistency_from": [c.old_size for c in evidence.consistency],
+                }
+            )
+        else:
+            console.print(f"Wrote {out}")
+
+
+@releases_app.command("bundle")
+def bundle_cmd(
+    out: Path = typer.Option(..., "--out", help="Where to write the trust bundle JSON."),
+    valid_days: int = typer.Option(90, "--valid-days", min=1, max=3650),
+    home: Path | None = HOME_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Write the trust bundle apps ship: custodian key, log and witness keys, policy, expiry."""
+    with reported_errors(as_json), _custodian(home) as (h, _db, log):
+        from bastion.clock import iso
+        from bastion.keys.signing import load_or_create_signing_key
+        from bastion.releases.approve import custodian_verifier_id
+        from bastion.releases.bundle import CustodianTrust, LogTrust, TrustBundle, WitnessTrust
+        from bastion.releases.ledger_link import witness_vkeys
+
+        now = SystemClock().now()
+        custodian = load_or_create_signing_key(h.keyring_dir, "custodian")
+        bundle = TrustBundle(
+            issued_at=iso(now),
+            expires_at=iso(now + timedelta(days=valid_days)),
+            custodian=CustodianTrust(
+                verifier_id=custodian_verifier_id(log.origin),
+                keys=[
+                    KeyHolder(id="custodian", public_key=public_key_to_b64(custodian.public_key()))
+                ],
+            ),
+            log=LogTrust(origin=log.origin, vkey=log.vkey),
+            witnesses=WitnessTrust(vkeys=witness_vkeys(log), quorum=log.quorum),
+            policy=files.load_policy(h.path),
+        )
+        files.write_json(out, bundle.to_json())
+        if as_json:
+            emit_json({"ok": True, "out": str(out), "expires_at": bundle.expires_at})
+        else:
+            console.print(f"Wrote {out} (expires {bundle.expires_at})")
+
+
 def sha256_file(path: Path) -> str:
     return hashlib.sha256(_read_bytes(path, "artifact")).hexdigest()
-
-
-_ = timedelta  # used by the custodian commands below

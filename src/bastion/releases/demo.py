@@ -28,7 +28,7 @@ from bastion.releases.bundle import CustodianTrust, LogTrust, TrustBundle, Witne
 from bastion.releases.dsse import public_key_to_b64
 from bastion.releases.errors import ReleaseRejected
 from bastion.releases.evidence import release_evidence
-from bastion.releases.ledger_link import ReleaseLedger
+from bastion.releases.ledger_link import ReleaseLedger, witness_vkeys
 from bastion.releases.policy import KeyHolder, ReleasePolicy, RepositoryRule
 from bastion.releases.rebuild import rebuild
 from bastion.releases.reviewing import initialize_releases, record_review
@@ -164,7 +164,7 @@ def run_demo(
     step("approve", log_index=approved.receipt.index, vsa_sha256=approved.vsa.sha256())
 
     # 5. Publish a checkpoint (witnesses cosign it), then the client's evidence and bundle.
-    ledger.publish_checkpoint()
+    ledger.publish()
     evidence = release_evidence(
         db, ledger, artifact_sha256=build.sha256, app=APP, channel=CHANNEL, clock=clock
     )
@@ -176,7 +176,7 @@ def run_demo(
             verifier_id=verifier_id, keys=[_holder("custodian", custodian_key)]
         ),
         log=LogTrust(origin=ledger.origin, vkey=ledger.vkey),
-        witnesses=WitnessTrust(vkeys=list(ledger.witness_vkeys), quorum=ledger.witness_quorum),
+        witnesses=WitnessTrust(vkeys=witness_vkeys(ledger), quorum=ledger.quorum),
         policy=policy,
     )
     files.write_json(workdir / "trust-bundle.json", bundle.to_json())

@@ -1,9 +1,8 @@
 """What release assurance needs from the ledger, as one protocol.
 
-Approvals append to the log (``LedgerWriter``); evidence needs a published, cosigned
-checkpoint and proofs (``ProofSource``); trust bundles need the log's vkey and the witnesses'.
-``bastion.releases`` depends on this protocol, never on the log's implementation; the adapter
-over the real ``bastion.ledger.log.Log`` is ``LogLink``.
+Approvals append to the log (``LedgerWriter``); evidence needs a published, witness-cosigned
+checkpoint and proofs; trust bundles need the log's vkey and the witnesses' vkeys and quorum.
+``bastion.ledger.log.Log`` satisfies it as it is; releases code depends only on this protocol.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ from typing import Protocol
 from pydantic import BaseModel
 
 from bastion.ledger.api import Receipt
+from bastion.ledger.publish import WitnessEndpoint
 
 
 class ReleaseLedger(Protocol):
@@ -26,21 +26,29 @@ class ReleaseLedger(Protocol):
         ...
 
     @property
-    def witness_vkeys(self) -> Sequence[str]: ...
+    def witnesses(self) -> Sequence[WitnessEndpoint]: ...
 
     @property
-    def witness_quorum(self) -> int: ...
+    def quorum(self) -> int:
+        """Distinct witness cosignatures a published checkpoint must carry."""
+        ...
 
     def append(self, event: BaseModel) -> Receipt: ...
 
     def append_many(self, events: Sequence[BaseModel]) -> list[Receipt]: ...
 
-    def publish_checkpoint(self) -> None:
-        """Sign the current tree and gather witness cosignatures (blocking)."""
+    def publish(self) -> object:
+        """Sign the current tree and gather witness cosignatures now (blocking)."""
         ...
 
-    def checkpoint_note(self) -> str: ...
+    def checkpoint_note(self) -> str:
+        """The newest published checkpoint carrying the quorum of cosignatures."""
+        ...
 
     def inclusion_proof(self, index: int, size: int) -> list[bytes]: ...
 
     def consistency_proof(self, old: int, new: int) -> list[bytes]: ...
+
+
+def witness_vkeys(ledger: ReleaseLedger) -> list[str]:
+    return [w.verifier.vkey for w in ledger.witnesses]
