@@ -19,8 +19,12 @@ def initialize(home: Home) -> dict[str, Any]:
     """Create the database tables, the keys and the log's signing key for a new home."""
     db = open_store(home)
     try:
+        from bastion.ledger.log import initialize_log
         from bastion.vault import initialize_vault
 
-        return {"database": db.description, **initialize_vault(home, db)}
+        summary: dict[str, Any] = {"database": db.description}
+        summary.update(initialize_vault(home, db))
+        summary.update(initialize_log(db, home.keyring_dir, home.settings.log_origin))
+        return summary
     finally:
         db.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from bastion.cli import access as _access_cmds  # noqa: F401  (bastion access ...)
+from bastion.cli import demo as demo_cmd
 from bastion.cli import groups, home_cmd, ledger_verify
 from bastion.cli import ingest as ingest_cmd
 from bastion.cli import keys as keys_cmd
@@ -30,6 +31,7 @@ ledger_verify.register(app)
 vault_cmd.register(app)
 keys_cmd.register(app)
 ingest_cmd.register(app)
+demo_cmd.register(app)
 
 
 if __name__ == "__main__":
