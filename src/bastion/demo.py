@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from bastion.clock import Clock, SystemClock, iso
@@ -80,9 +80,11 @@ def ingest_all(ctx: DemoContext, files: dict[str, Path]) -> None:
             from bastion.vault.files import count_rows
 
             task = bar.add_task(dataset, total=count_rows(path))
-            result = ingest_file(
-                ctx.vault, dataset, path, progress=lambda n, t=task: bar.update(t, advance=n)
-            )
+
+            def advance(n: int, task: TaskID = task) -> None:
+                bar.update(task, advance=n)
+
+            result = ingest_file(ctx.vault, dataset, path, progress=advance)
             receipt = ctx.log.append(
                 DataIngest(
                     actor=DEMO_OPERATOR,
