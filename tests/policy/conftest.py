@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from pydantic import BaseModel
 
 from bastion.catalog import default_catalog
 from bastion.clock import FixedClock
-from bastion.events import decode_event, encode_event
-from bastion.ledger.api import Receipt
+from bastion.events import decode_event
+from bastion.ledger import storage
+from bastion.ledger.log import Log
+from bastion.ledger.note import NoteSigner
 from bastion.policy import (
     ApprovalService,
     PolicyEngine,
@@ -25,25 +26,9 @@ from bastion.policy import (
 from bastion.store import Database
 
 
-class EntryLedger:
-    """Keeps the canonical entries appended, in order (what the log's sequencer receives)."""
-
-    def __init__(self) -> None:
-        self.entries: list[bytes] = []
-
-    def append(self, event: BaseModel) -> Receipt:
-        return self.append_many([event])[0]
-
-    def append_many(self, events: Sequence[BaseModel]) -> list[Receipt]:
-        out = []
-        for e in events:
-            entry = encode_event(e)  # type: ignore[arg-type]
-            self.entries.append(entry)
-            out.append(Receipt(len(self.entries) - 1, b""))
-        return out
-
-    def events(self) -> list[Any]:
-        return [decode_event(e) for e in self.entries]
+def recorded(log: Log) -> list[Any]:
+    """Every event in the log, decoded, in order."""
+    return [decode_event(log.entry(i)) for i in range(log.size())]
 
 
 def make(id: str, role: str, **kw: Any) -> PrincipalSpec:
@@ -93,18 +78,24 @@ def engine(clock: FixedClock) -> PolicyEngine:
 
 
 @pytest.fixture
-def ledger() -> EntryLedger:
-    return EntryLedger()
+def ledger(db: Database, clock: FixedClock) -> Iterator[Log]:
+    """The real transparency log on the test database (no background publisher)."""
+    storage.create_tables(db)
+    log = Log(
+        db, NoteSigner("bastion.test/log", Ed25519PrivateKey.generate()), clock, background=False
+    )
+    yield log
+    log.close()
 
 
 @pytest.fixture
-def policy_db(db: Database, ledger: EntryLedger, clock: FixedClock) -> Database:
+def policy_db(db: Database, ledger: Log, clock: FixedClock) -> Database:
     initialize_policy(db, ledger, clock=clock)
     return db
 
 
 @pytest.fixture
-def runtime(policy_db: Database, ledger: EntryLedger, clock: FixedClock) -> PolicyRuntime:
+def runtime(policy_db: Database, ledger: Log, clock: FixedClock) -> PolicyRuntime:
     return PolicyRuntime(
         PolicyStore(policy_db, ledger, clock), default_catalog(), refresh_seconds=0
     )
@@ -118,7 +109,7 @@ def grant_key() -> Ed25519PrivateKey:
 @pytest.fixture
 def approvals(
     policy_db: Database,
-    ledger: EntryLedger,
+    ledger: Log,
     clock: FixedClock,
     runtime: PolicyRuntime,
     grant_key: Ed25519PrivateKey,

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from bastion.clock import FixedClock
 from bastion.errors import InputError, IntegrityError
 from bastion.events import Approval
+from bastion.ledger.log import Log
 from bastion.policy import (
     AccessRequestSpec,
     Action,
@@ -30,7 +31,7 @@ from bastion.policy import (
 from bastion.policy.grants import key_id, sign_grant
 from bastion.store import Database
 
-from .conftest import PEOPLE, EntryLedger
+from .conftest import PEOPLE, recorded
 
 SUPPORT = AccessRequestSpec(
     dataset="users",
@@ -53,12 +54,12 @@ EMERGENCY = AccessRequestSpec(
 )
 
 
-def steps(ledger: EntryLedger) -> list[str]:
-    return [e.step for e in ledger.events() if isinstance(e, Approval)]
+def steps(ledger: Log) -> list[str]:
+    return [e.step for e in recorded(ledger) if isinstance(e, Approval)]
 
 
-def last(ledger: EntryLedger) -> Approval:
-    event = ledger.events()[-1]
+def last(ledger: Log) -> Approval:
+    event = recorded(ledger)[-1]
     assert isinstance(event, Approval)
     return event
 
@@ -73,7 +74,7 @@ def granted(approvals: ApprovalService) -> tuple[str, str]:
 
 
 def test_request_asks_for_the_approvers_policy_requires(
-    approvals: ApprovalService, ledger: EntryLedger
+    approvals: ApprovalService, ledger: Log
 ) -> None:
     out = approvals.request(PEOPLE["staff"], SUPPORT)
     rec = out.request
@@ -87,7 +88,7 @@ def test_request_asks_for_the_approvers_policy_requires(
 
 
 def test_two_distinct_approvers_issue_a_signed_time_boxed_grant(
-    approvals: ApprovalService, ledger: EntryLedger, runtime: PolicyRuntime
+    approvals: ApprovalService, ledger: Log, runtime: PolicyRuntime
 ) -> None:
     req = approvals.request(PEOPLE["staff"], SUPPORT).request
     first = approvals.approve(req.id, PEOPLE["officer1"], "ok")
@@ -123,7 +124,7 @@ def test_two_distinct_approvers_issue_a_signed_time_boxed_grant(
     assert plan.allowed_subjects == frozenset({"u1"}) and plan.grant_id == claims.grant_id
 
 
-def test_the_requester_can_never_approve(approvals: ApprovalService, ledger: EntryLedger) -> None:
+def test_the_requester_can_never_approve(approvals: ApprovalService, ledger: Log) -> None:
     req = approvals.request(PEOPLE["staff"], SUPPORT).request
     with pytest.raises(ApprovalRefused) as err:
         approvals.approve(req.id, PEOPLE["staff"], "I approve myself")
@@ -136,7 +137,7 @@ def test_the_requester_can_never_approve(approvals: ApprovalService, ledger: Ent
 
 @pytest.mark.parametrize("who", ["moderator", "officer_no_mfa", "covered_staff", "auditor"])
 def test_only_principals_policy_allows_may_approve(
-    approvals: ApprovalService, ledger: EntryLedger, who: str
+    approvals: ApprovalService, ledger: Log, who: str
 ) -> None:
     req = approvals.request(PEOPLE["staff"], SUPPORT).request
     with pytest.raises(ApprovalRefused) as err:
@@ -149,7 +150,7 @@ def test_only_principals_policy_allows_may_approve(
 
 
 def test_a_grant_expires_with_the_clock(
-    approvals: ApprovalService, ledger: EntryLedger, clock: FixedClock
+    approvals: ApprovalService, ledger: Log, clock: FixedClock
 ) -> None:
     _, token = granted(approvals)
     approvals.verify(token, PEOPLE["staff"], dataset="users", action=Action.READ)
@@ -162,7 +163,7 @@ def test_a_grant_expires_with_the_clock(
     assert approvals.expire_due() == []  # recorded once
 
 
-def test_revocation(approvals: ApprovalService, ledger: EntryLedger) -> None:
+def test_revocation(approvals: ApprovalService, ledger: Log) -> None:
     req_id, token = granted(approvals)
     grant_id = approvals.get(req_id).grant_id
     assert grant_id is not None
@@ -276,7 +277,7 @@ def test_a_request_edited_in_the_database_breaks_its_grant(
 
 
 def test_denied_and_lapsed_requests_take_no_more_approvals(
-    approvals: ApprovalService, ledger: EntryLedger, clock: FixedClock
+    approvals: ApprovalService, ledger: Log, clock: FixedClock
 ) -> None:
     a = approvals.request(PEOPLE["staff"], SUPPORT).request
     assert approvals.deny(a.id, PEOPLE["officer1"], "no ticket evidence").request.status == "denied"
@@ -324,7 +325,7 @@ def test_listing(approvals: ApprovalService) -> None:
 
 
 def test_break_glass_is_immediate_alerts_and_opens_a_review(
-    approvals: ApprovalService, ledger: EntryLedger, clock: FixedClock, runtime: PolicyRuntime
+    approvals: ApprovalService, ledger: Log, clock: FixedClock, runtime: PolicyRuntime
 ) -> None:
     alerts: list[BreakGlassAlert] = []
     approvals.alert_hooks.append(alerts.append)
@@ -359,7 +360,7 @@ def test_break_glass_is_immediate_alerts_and_opens_a_review(
 
 
 def test_break_glass_review_must_be_someone_else_allowed_to_approve(
-    approvals: ApprovalService, ledger: EntryLedger
+    approvals: ApprovalService, ledger: Log
 ) -> None:
     out = approvals.break_glass(PEOPLE["staff"], EMERGENCY)
     assert out.review_id
@@ -392,7 +393,7 @@ def test_break_glass_needs_justification_subjects_and_stays_short(
 
 @pytest.mark.parametrize("who", ["moderator", "covered_staff", "engineer_abroad"])
 def test_break_glass_refused_to_whom_policy_does_not_allow(
-    approvals: ApprovalService, ledger: EntryLedger, who: str
+    approvals: ApprovalService, ledger: Log, who: str
 ) -> None:
     with pytest.raises(ApprovalRefused) as err:
         approvals.break_glass(PEOPLE[who], EMERGENCY)

@@ -13,6 +13,7 @@ from bastion.clock import FixedClock
 from bastion.errors import IntegrityError, LedgerUnavailable, NotInitialized
 from bastion.events import SYSTEM, Actor, PolicyChange
 from bastion.ledger.api import Receipt
+from bastion.ledger.log import Log
 from bastion.policy import (
     PlanRequest,
     PolicyRejected,
@@ -24,7 +25,7 @@ from bastion.policy import (
 from bastion.policy.store import migrate_policy_store
 from bastion.store import Database
 
-from .conftest import PEOPLE, EntryLedger
+from .conftest import PEOPLE, recorded
 
 ADMIN = Actor(id="ada", kind="operator", role="policy_admin")
 
@@ -44,13 +45,13 @@ class DownLedger:
 
 
 def test_initialize_installs_the_pack_once_and_records_it(
-    db: Database, ledger: EntryLedger, clock: FixedClock
+    db: Database, ledger: Log, clock: FixedClock
 ) -> None:
     summary = initialize_policy(db, ledger, clock=clock)
     assert summary["policy"].startswith("v1 ")
     again = initialize_policy(db, ledger, clock=clock)["policy"]
     assert summary["policy"].startswith(again)
-    events = ledger.events()
+    events = recorded(ledger)
     assert len(events) == 1 and isinstance(events[0], PolicyChange)
     assert events[0].previous_sha256 is None
     assert "covered-persons-denied-protected" in events[0].policies
@@ -59,7 +60,7 @@ def test_initialize_installs_the_pack_once_and_records_it(
 
 
 def test_load_records_then_activates_a_new_version(
-    policy_db: Database, ledger: EntryLedger, clock: FixedClock
+    policy_db: Database, ledger: Log, clock: FixedClock
 ) -> None:
     store = PolicyStore(policy_db, ledger, clock)
     before = store.active()
@@ -67,7 +68,7 @@ def test_load_records_then_activates_a_new_version(
     result = store.load(NO_MODERATOR_EMAIL, ADMIN, "moderators must not see email at all")
     assert result.changed and result.version == 2
     assert result.previous_sha256 == before.sha256
-    event = ledger.events()[-1]
+    event = recorded(ledger)[-1]
     assert isinstance(event, PolicyChange)
     assert event.policy_sha256 == result.sha256 and event.actor.id == "ada"
     assert "moderators-never-see-email" in event.policies
@@ -78,21 +79,21 @@ def test_load_records_then_activates_a_new_version(
 
 
 def test_loading_the_same_text_changes_nothing(
-    policy_db: Database, ledger: EntryLedger, clock: FixedClock
+    policy_db: Database, ledger: Log, clock: FixedClock
 ) -> None:
     store = PolicyStore(policy_db, ledger, clock)
-    n = len(ledger.entries)
+    n = ledger.size()
     result = store.load(default_pack_text(), ADMIN, "again")
     assert not result.changed and result.version == 1
-    assert len(ledger.entries) == n
+    assert ledger.size() == n
 
 
 def test_an_invalid_set_is_refused_and_the_old_one_stays(
-    policy_db: Database, ledger: EntryLedger, clock: FixedClock
+    policy_db: Database, ledger: Log, clock: FixedClock
 ) -> None:
     store = PolicyStore(policy_db, ledger, clock)
     before = store.active()
-    n = len(ledger.entries)
+    n = ledger.size()
     bad = (
         default_pack_text() + '\n@id("x") @transform("clear") permit (principal, action, '
         'resource is Bastion::Field) when { principal.nationality == "US" };\n'
@@ -100,11 +101,11 @@ def test_an_invalid_set_is_refused_and_the_old_one_stays(
     with pytest.raises(PolicyRejected, match="nationality"):
         store.load(bad, ADMIN, "try an unknown attribute")
     assert store.active() == before
-    assert len(ledger.entries) == n  # nothing recorded for a refused set
+    assert ledger.size() == n  # nothing recorded for a refused set
 
 
 def test_ledger_down_means_nothing_activates(
-    policy_db: Database, ledger: EntryLedger, clock: FixedClock
+    policy_db: Database, ledger: Log, clock: FixedClock
 ) -> None:
     before = PolicyStore(policy_db, ledger, clock).active()
     with pytest.raises(LedgerUnavailable):
@@ -113,7 +114,7 @@ def test_ledger_down_means_nothing_activates(
 
 
 def test_runtime_follows_the_active_policy(
-    policy_db: Database, ledger: EntryLedger, clock: FixedClock
+    policy_db: Database, ledger: Log, clock: FixedClock
 ) -> None:
     store = PolicyStore(policy_db, ledger, clock)
     runtime = PolicyRuntime(store, default_catalog(), refresh_seconds=0)
@@ -126,9 +127,7 @@ def test_runtime_follows_the_active_policy(
     assert plan.policy_sha256 == store.active_sha256()
 
 
-def test_no_policy_loaded_fails_closed(
-    db: Database, ledger: EntryLedger, clock: FixedClock
-) -> None:
+def test_no_policy_loaded_fails_closed(db: Database, ledger: Log, clock: FixedClock) -> None:
     migrate_policy_store(db)
     runtime = PolicyRuntime(PolicyStore(db, ledger, clock), default_catalog())
     with pytest.raises(NotInitialized):
@@ -136,7 +135,7 @@ def test_no_policy_loaded_fails_closed(
 
 
 def test_a_tampered_stored_policy_is_refused(
-    policy_db: Database, ledger: EntryLedger, clock: FixedClock
+    policy_db: Database, ledger: Log, clock: FixedClock
 ) -> None:
     with policy_db.transaction() as cur:
         cur.execute(
