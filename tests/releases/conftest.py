@@ -7,7 +7,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from release_helpers import (
     REPO_URI,
     T0,
     Keys,
+    RunningWitness,
     holder,
 )
 
@@ -69,12 +69,6 @@ def sample_repo(tmp_path: Path) -> tuple[Path, str]:
 
 
 # --- real witnesses (C2SP tlog-witness over HTTP) for end-to-end tests ---------------------------
-
-
-@dataclass
-class RunningWitness:
-    url: str
-    witness: Witness
 
 
 def _free_port() -> int:
