@@ -1,0 +1,178 @@
+"""``bastion policy load/show`` and ``bastion access`` on an initialized home (SQLite)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bastion.cli.main import app
+from bastion.policy import default_pack_text
+
+runner = CliRunner()
+
+
+def person(id: str, role: str, **kw: object) -> str:
+    base: dict[str, object] = {
+        "id": id,
+        "role": role,
+        "employer": "custodian",
+        "employer_country": "US",
+        "location_country": "US",
+        "clearance": "restricted",
+        "amr": ["pwd", "mfa"],
+    }
+    base.update(kw)
+    return json.dumps(base)
+
+
+ALICE = person("alice", "engineer")
+SAM = person("sam", "security_officer")
+PAT = person("pat", "privacy_officer")
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    h = tmp_path / "home"
+    out = runner.invoke(app, ["init", "--home", str(h), "--json"])
+    assert out.exit_code == 0, out.output
+    return h
+
+
+def run(home: Path, *args: str) -> dict[str, object]:
+    out = runner.invoke(app, [*args, "--home", str(home), "--json"])
+    doc = json.loads(out.output)
+    doc["_exit"] = out.exit_code
+    return doc
+
+
+def test_load_show_and_refuse(home: Path, tmp_path: Path) -> None:
+    pack = tmp_path / "pack.cedar"
+    pack.write_text(default_pack_text())
+    loaded = run(home, "policy", "load", str(pack), "--reason", "initial pack", "--actor", "ada")
+    assert loaded["_exit"] == 0 and loaded["changed"] is True and loaded["version"] == 1
+    bad = tmp_path / "bad.cedar"
+    bad.write_text(default_pack_text().replace("principal.mfa", "principal.mfa_done"))
+    refused = run(home, "policy", "load", str(bad), "--reason", "typo")
+    assert refused["_exit"] == 2 and "mfa_done" in str(refused["message"])
+    shown = run(home, "policy", "show", "--history")
+    assert shown["version"] == 1 and shown["actor"] == "ada"
+    assert len(shown["history"]) == 1  # type: ignore[arg-type]
+    explained = run(
+        home,
+        "policy",
+        "explain",
+        "--principal-json",
+        person("mo", "moderator"),
+        "--dataset",
+        "users",
+        "--fields",
+        "email",
+    )
+    assert explained["plan"]["fields"][0]["transform"] == "mask"  # type: ignore[index]
+
+
+def test_access_workflow(home: Path, tmp_path: Path) -> None:
+    pack = tmp_path / "pack.cedar"
+    pack.write_text(default_pack_text())
+    assert run(home, "policy", "load", str(pack), "--reason", "initial")["_exit"] == 0
+    req = run(
+        home,
+        "access",
+        "request",
+        "--as",
+        ALICE,
+        "--dataset",
+        "users",
+        "--fields",
+        "email,location",
+        "--subject",
+        "u1",
+        "--justification",
+        "customer_initiated_support",
+        "--detail",
+        "User reported the phone stolen",
+        "--ticket",
+        "SUP-9",
+        "--purpose",
+        "recovery",
+        "--duration",
+        "2h",
+    )
+    assert req["_exit"] == 0, req
+    rid = req["request"]["request_id"]  # type: ignore[index]
+    assert req["request"]["approvers_required"] == 2  # type: ignore[index]
+    selfie = run(home, "access", "approve", rid, "--as", ALICE, "--reason", "me")  # type: ignore[arg-type]
+    assert selfie["_exit"] == 2 and "self-approval" in str(selfie["message"])
+    assert run(home, "access", "approve", rid, "--as", SAM, "--reason", "ok")["grant"] is None  # type: ignore[arg-type]
+    granted = run(home, "access", "approve", rid, "--as", PAT, "--reason", "ok")  # type: ignore[arg-type]
+    grant = granted["grant"]
+    assert grant and grant["token"].startswith("bgrant1.")  # type: ignore[index]
+    revoked = run(home, "access", "revoke", grant["grant_id"], "--as", SAM, "--reason", "done")  # type: ignore[index]
+    assert revoked["step"] == "revoked"
+    listed = run(home, "access", "list")
+    assert [r["status"] for r in listed["requests"]] == ["granted"]  # type: ignore[union-attr]
+
+    bg = run(
+        home,
+        "access",
+        "break-glass",
+        "--as",
+        ALICE,
+        "--dataset",
+        "users",
+        "--fields",
+        "location",
+        "--subject",
+        "u1",
+        "--detail",
+        "Police welfare check, imminent danger",
+    )
+    assert bg["_exit"] == 0 and bg["step"] == "break-glass" and bg["review_id"]
+    reviews = run(home, "access", "list", "--reviews")
+    assert reviews["reviews"][0]["status"] == "pending"  # type: ignore[index]
+    done = run(
+        home,
+        "access",
+        "review",
+        str(bg["review_id"]),
+        "--as",
+        SAM,
+        "--outcome",
+        "justified",
+        "--notes",
+        "police request on file",
+    )
+    assert done["step"] == "reviewed"
+    bad = run(
+        home,
+        "access",
+        "review",
+        str(bg["review_id"]),
+        "--as",
+        SAM,
+        "--outcome",
+        "maybe",
+        "--notes",
+        "x",
+    )
+    assert bad["_exit"] == 2
+
+
+def test_access_without_a_loaded_policy_fails_closed(home: Path) -> None:
+    out = run(
+        home,
+        "access",
+        "request",
+        "--as",
+        ALICE,
+        "--dataset",
+        "users",
+        "--justification",
+        "service_operation",
+        "--detail",
+        "routine maintenance work",
+    )
+    assert out["_exit"] == 3 and "no policy is loaded" in str(out["message"])
