@@ -117,6 +117,7 @@ class SparkEngine:
                 SparkSession.builder.master(master)
                 .appName("bastion-cleanroom")
                 .config("spark.ui.enabled", "false")
+                .config("spark.ui.showConsoleProgress", "false")
                 .config("spark.sql.shuffle.partitions", "8")
                 .config("spark.sql.session.timeZone", "UTC")
                 .getOrCreate()
