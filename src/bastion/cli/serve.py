@@ -1,0 +1,53 @@
+"""``bastion serve``: the gateway's HTTP API and the ledger's /log/, on one uvicorn server."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+
+from bastion.cli.common import HOME_OPTION, console, reported_errors
+from bastion.home import Home
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("serve")
+    def serve(
+        host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+        port: int = typer.Option(8443, help="Port to listen on."),
+        home: Path | None = HOME_OPTION,
+        log_level: str = typer.Option("warning", help="uvicorn log level."),
+        sweep_seconds: float = typer.Option(
+            5.0, help="How often expired grants and lapsed requests are recorded (0: never)."
+        ),
+    ) -> None:
+        """Run the gateway: policy-checked, logged-before-released access, plus /log/."""
+        with reported_errors(False):
+            import uvicorn
+
+            from bastion.gateway.app import create_app
+            from bastion.gateway.runtime import Runtime
+
+            logging.basicConfig(level=getattr(logging, log_level.upper(), logging.WARNING))
+            rt = Runtime.open(Home.load(home))
+            try:
+                api = create_app(rt, sweep_seconds=sweep_seconds)
+                console.print(
+                    f"Bastion gateway on http://{host}:{port}  (OpenAPI /openapi.json, "
+                    f"log /log/, metrics /metrics; {rt.db.description})",
+                    highlight=False,
+                )
+                config = uvicorn.Config(
+                    api,
+                    host=host,
+                    port=port,
+                    log_level=log_level,
+                    access_log=False,
+                    loop="auto",
+                    http="auto",
+                    timeout_graceful_shutdown=5,
+                )
+                uvicorn.Server(config).run()
+            finally:
+                rt.close()

@@ -1,0 +1,163 @@
+"""The gateway's ASGI app: ``create_app(runtime)``.
+
+Routes live in ``routes/``; every protected route goes through ``pipeline.Gate`` (authenticate →
+decide → plan → record → open → transform → respond). This module only assembles them, maps
+errors to responses, and mounts the ledger's C2SP tlog-tiles router at ``/log/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from bastion import __version__
+from bastion.errors import BastionError
+from bastion.gateway.errors import ApiError, ErrorOut, status_for
+from bastion.gateway.metrics import MetricsMiddleware
+from bastion.gateway.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Bastion's gateway: every access to protected data is decided by Cedar policy, minimized per
+field, approved where policy asks for it, **recorded in the transparency log before any value
+leaves**, and answered with a receipt (the ledger index). The same server publishes the log
+(C2SP tlog-tiles) under `/log/`.
+"""
+
+
+def _error_response(err: ErrorOut, status: int, headers: dict[str, str] | None) -> JSONResponse:
+    return JSONResponse(err.model_dump(exclude_none=True), status_code=status, headers=headers)
+
+
+def create_app(runtime: Runtime, *, sweep_seconds: float = 0.0) -> FastAPI:
+    """The ASGI app for a runtime. ``sweep_seconds`` > 0 runs the approvals sweeper (it records
+    grant expiries and lapsed requests in the ledger) in the background."""
+    from bastion.gateway.routes import register_routes
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        stop = threading.Event()
+        sweeper: threading.Thread | None = None
+        if sweep_seconds > 0:
+            sweeper = threading.Thread(
+                target=_sweep, args=(runtime, stop, sweep_seconds), daemon=True, name="sweeper"
+            )
+            sweeper.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            if sweeper is not None:
+                sweeper.join(timeout=5)
+
+    app = FastAPI(
+        lifespan=lifespan,
+        title="Bastion gateway",
+        version=__version__,
+        description=DESCRIPTION,
+        openapi_url="/openapi.json",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.runtime = runtime
+    # Starlette wraps the last-added middleware outermost: metrics see SafeErrors' 500s.
+    app.add_middleware(SafeErrorsMiddleware)
+    app.add_middleware(MetricsMiddleware, metrics=runtime.metrics)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        body = ErrorOut(
+            error=exc.kind,
+            message=exc.message,
+            request_id=exc.request_id or getattr(request.state, "request_id", None),
+            receipt=exc.receipt,
+            detail=exc.detail,
+        )
+        return _error_response(body, exc.status, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        from bastion.gateway.pipeline import reject_invalid_request
+
+        err = await reject_invalid_request(runtime, request, exc)
+        return await _api_error(request, err)
+
+    @app.exception_handler(BastionError)
+    async def _bastion_error(request: Request, exc: BastionError) -> JSONResponse:
+        status, kind = status_for(exc)
+        # BastionError messages are operator-safe by contract (no protected values).
+        return _error_response(
+            ErrorOut(error=kind, message=str(exc), request_id=_rid(request)), status, None
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        kind = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+        body = ErrorOut(error=kind, message=str(exc.detail), request_id=_rid(request))
+        headers: dict[str, Any] | None = getattr(exc, "headers", None)
+        return _error_response(body, exc.status_code, headers)
+
+    register_routes(app, runtime)
+    return app
+
+
+class SafeErrorsMiddleware:
+    """Turns an unexpected exception into a generic 500 and logs only its type.
+
+    A traceback or exception message may hold protected values, so none is printed (Starlette's
+    own server-error handler would re-raise to the server, which logs the traceback).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            log.error("unexpected %s on %s", type(exc).__name__, scope.get("path", "?"))
+            if started:
+                raise RuntimeError("response aborted after an internal error") from None
+            body = ErrorOut(error="internal", message="internal error").model_dump_json()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 500,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            await send({"type": "http.response.body", "body": body.encode()})
+
+
+def _sweep(runtime: Runtime, stop: threading.Event, every: float) -> None:
+    while not stop.wait(every):
+        try:
+            runtime.approvals.expire_due()
+        except Exception as exc:  # the next round retries; expiry is also checked on use
+            log.warning("approvals sweep failed: %s", type(exc).__name__)
+
+
+def _rid(request: Request) -> str | None:
+    rid: str | None = getattr(request.state, "request_id", None)
+    return rid

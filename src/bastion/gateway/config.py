@@ -1,0 +1,89 @@
+"""The gateway's settings: the ``[gateway]`` table of bastion.toml, with safe defaults.
+
+```toml
+[gateway]
+issuer = "bastion"                # iss of tokens from `bastion principals issue`
+audience = "bastion-gateway"      # aud every accepted token must carry
+max_page_size = 500               # search/list pages; larger requests get a 422
+max_batch = 500                   # record ids in one batch read
+max_export = 10000                # records in one export
+
+[[gateway.issuers]]               # an external OIDC issuer, trusted by its JWKS
+issuer = "https://idp.example"
+jwks_file = "idp-jwks.json"       # relative to BASTION_HOME; or jwks_url = "https://..."
+claims = { employer = "org" }     # optional: Bastion attribute -> the IdP's claim name
+```
+
+``bastion principals add-issuer`` writes one JSON file per issuer under ``issuers/`` in the
+home instead of rewriting the config; both sources are read.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bastion.errors import ConfigError
+from bastion.gateway.auth import DEFAULT_AUDIENCE, DEFAULT_ISSUER, TrustedIssuer, issuer_from_config
+from bastion.home import Home
+
+HARD_MAX_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    issuer: str = DEFAULT_ISSUER
+    audience: str = DEFAULT_AUDIENCE
+    max_page_size: int = 500
+    max_batch: int = 500
+    max_export: int = 10_000
+    external_issuers: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+
+    @staticmethod
+    def from_settings(raw: dict[str, Any]) -> GatewayConfig:
+        table = raw.get("gateway", {})
+        if not isinstance(table, dict):
+            raise ConfigError("[gateway] must be a table")
+
+        def _int(name: str, default: int, hard_max: int) -> int:
+            value = table.get(name, default)
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= hard_max:
+                raise ConfigError(f"gateway.{name} must be an integer from 1 to {hard_max}")
+            return value
+
+        issuers = table.get("issuers", [])
+        if not isinstance(issuers, list) or not all(isinstance(i, dict) for i in issuers):
+            raise ConfigError("gateway.issuers must be an array of tables")
+        return GatewayConfig(
+            issuer=str(table.get("issuer", DEFAULT_ISSUER)),
+            audience=str(table.get("audience", DEFAULT_AUDIENCE)),
+            max_page_size=_int("max_page_size", 500, HARD_MAX_PAGE),
+            max_batch=_int("max_batch", 500, HARD_MAX_PAGE),
+            max_export=_int("max_export", 10_000, 1_000_000),
+            external_issuers=tuple(issuers),
+        )
+
+
+def issuers_dir(home: Home) -> Path:
+    return home.path / "issuers"
+
+
+def load_external_issuers(home: Home, config: GatewayConfig) -> list[TrustedIssuer]:
+    """The configured external issuers plus those added with ``principals add-issuer``."""
+    out = [
+        issuer_from_config(entry, base=home.path, source=f"{home.config_file} [[gateway.issuers]]")
+        for entry in config.external_issuers
+    ]
+    folder = issuers_dir(home)
+    if folder.is_dir():
+        for path in sorted(folder.glob("*.json")):
+            try:
+                entry = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise ConfigError(f"{path}: unreadable issuer entry: {exc}") from None
+            if not isinstance(entry, dict):
+                raise ConfigError(f"{path}: an issuer entry must be a JSON object")
+            out.append(issuer_from_config(entry, base=folder, source=str(path)))
+    return out

@@ -1,0 +1,72 @@
+"""Request-scoped dependencies: the runtime, and the authenticated principal.
+
+Authentication failures are recorded in the ledger (``AuthFailure``) before the 401 goes out.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from bastion.clock import iso
+from bastion.events import Actor, AuthFailure
+from bastion.gateway.auth import AuthError, Principal
+from bastion.gateway.errors import ApiError
+from bastion.gateway.pipeline import endpoint_of, new_request_id, receipt_out, record
+from bastion.gateway.runtime import Runtime
+
+# auto_error=False: a missing header must reach our handler, which records the attempt.
+_bearer = HTTPBearer(auto_error=False, description="An EdDSA JWT from a trusted issuer.")
+
+ANONYMOUS = Actor(id="anonymous", kind="principal")
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def record_auth_failure(rt: Runtime, request: Request, exc: AuthError, endpoint: str) -> ApiError:
+    """Record a refused token and return the 401 to raise (503 if the ledger is down)."""
+    rt.metrics.auth_failures.labels(exc.kind).inc()
+    claimed_sub = exc.claimed_subject or "none"
+    claimed_iss = exc.claimed_issuer or "none"
+    event = AuthFailure(
+        actor=ANONYMOUS,
+        reason=f"bearer token refused: {exc.detail} "
+        f"(claimed sub {claimed_sub!r}, claimed iss {claimed_iss!r})",
+        at=iso(rt.clock.now()),
+        endpoint=endpoint[:256],
+        failure=exc.kind,
+    )
+    (receipt,) = record(rt, [event])
+    err = ApiError(
+        401,
+        f"auth-{exc.kind}",
+        f"bearer token refused: {exc.detail}",
+        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+    )
+    err.receipt = receipt_out(receipt)
+    err.request_id = new_request_id(request)
+    return err
+
+
+def authenticate(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    rt = get_runtime(request)
+    new_request_id(request)
+    token = credentials.credentials if credentials is not None else None
+    try:
+        principal = rt.verifier.verify(token)
+    except AuthError as exc:
+        raise record_auth_failure(rt, request, exc, endpoint_of(request)) from None
+    request.state.principal = principal
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]

@@ -1,0 +1,671 @@
+"""The one path protected data takes out of Bastion.
+
+```
+authenticate → decide → plan → record → open → transform → respond
+```
+
+* **authenticate**: ``deps.authenticate`` turns the bearer token into a Principal (401s are
+  recorded as ``AuthFailure``).
+* **decide / plan**: the policy engine gives each field a transform and the request its row
+  filter; a presented grant is verified (and its use recorded) first.
+* **select**: the records asked for are resolved to vault record keys without decrypting
+  anything; records of subjects outside the row filter are dropped; the bulk counters of
+  28 CFR 202.205 are checked and reserved.
+* **record**: ONE ``AccessDecision`` naming every released (record, field, transform) is
+  durably appended to the ledger. If that fails, nothing is opened.
+* **open**: the vault opens exactly the recorded plan's sealed values (a ``RecordedPlan``
+  carries the receipt); public values and pseudonym tokens come from the vault's clear
+  columns, so a pseudonymized field is never decrypted at all.
+* **transform / respond**: each value takes its planned form; the response carries the
+  receipt (ledger index and leaf hash).
+
+Every refusal on the way (bad input, unknown names, a rejected grant, a policy denial, a bulk
+threshold) is recorded too, and answers with the receipt of its entry.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import re
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from bastion.catalog import Classification, DatasetSpec, to_jsonable
+from bastion.clock import iso
+from bastion.errors import BastionError, InputError
+from bastion.events import AccessDecision, Actor, Export, RequestRejected
+from bastion.gateway.auth import AuthError, Principal, bearer_token
+from bastion.gateway.errors import ApiError, ReceiptOut
+from bastion.gateway.models import AccessContext, Filter
+from bastion.gateway.runtime import Runtime
+from bastion.ledger.api import Receipt
+from bastion.policy import (
+    AccessPlan,
+    AccessRequestSpec,
+    Action,
+    ApprovalRefused,
+    BulkThresholdExceeded,
+    GrantRejected,
+    GrantScope,
+    JustificationType,
+    PlanRequest,
+    PseudonymUnavailable,
+    Transform,
+    apply_transform,
+)
+from bastion.policy.thresholds import usage_for
+from bastion.vault import ReadPlan, RecordedPlan
+
+log = logging.getLogger(__name__)
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:-]{8,128}$")
+_IN_CHUNK = 500
+MAX_FILTER_VALUES = 100
+
+
+def new_request_id(request: Request) -> str:
+    """The caller's ``X-Request-Id`` when well-formed (it makes grant uses single-shot),
+    else a fresh one."""
+    rid: str | None = getattr(request.state, "request_id", None)
+    if rid is not None:
+        return rid
+    given = request.headers.get("x-request-id")
+    rid = given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex
+    request.state.request_id = rid
+    return rid
+
+
+def receipt_out(receipt: Receipt) -> ReceiptOut:
+    return ReceiptOut(index=receipt.index, leaf_hash=receipt.leaf_hash.hex())
+
+
+def endpoint_of(request: Request) -> str:
+    route = request.scope.get("route")
+    return f"{request.method} {getattr(route, 'path', '<unmatched>')}"
+
+
+# ---------------------------------------------------------------------------- recording
+
+
+def record(rt: Runtime, events: Sequence[BaseModel]) -> list[Receipt]:
+    """Durably append events; any failure becomes a 503 and nothing is released."""
+    import time
+
+    start = time.perf_counter()
+    try:
+        if len(events) == 1:
+            receipts = [rt.writer.append(events[0])]
+        else:
+            receipts = list(rt.writer.append_many(events))
+    except Exception as exc:
+        rt.metrics.ledger_failures.inc()
+        log.error("ledger append failed: %s", type(exc).__name__)
+        raise ApiError(
+            503,
+            "ledger-unavailable",
+            "the ledger could not record this request, so nothing was released",
+        ) from None
+    rt.metrics.ledger_append.observe(time.perf_counter() - start)
+    return receipts
+
+
+def reject(
+    rt: Runtime,
+    actor: Actor,
+    *,
+    request_id: str,
+    endpoint: str,
+    status: int,
+    kind: str,
+    message: str,
+    dataset: str | None = None,
+    field: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> ApiError:
+    """Record a refused request (nothing released) and return the error to raise."""
+    rt.metrics.input_errors.labels(kind).inc()
+    event = RequestRejected(
+        actor=actor,
+        reason=message[:4096],
+        at=iso(rt.clock.now()),
+        request_id=request_id,
+        endpoint=endpoint[:256],
+        status=status,
+        error=kind,
+        dataset=dataset[:128] if dataset else None,
+        field=field[:128] if field else None,
+    )
+    (receipt,) = record(rt, [event])
+    err = ApiError(status, kind, message, detail=detail)
+    err.receipt = receipt_out(receipt)
+    err.request_id = request_id
+    return err
+
+
+def input_error_kind(exc: InputError) -> tuple[int, str]:
+    message = str(exc)
+    if "unknown dataset" in message:
+        return 404, "unknown-dataset"
+    if exc.field is not None and "no such field" in message:
+        return 422, "unknown-field"
+    return 422, "invalid-input"
+
+
+def _validation_kind(errors: Sequence[Mapping[str, Any]]) -> tuple[int, str, str | None]:
+    """Classify FastAPI's validation errors: (status, kind, field path)."""
+    first = errors[0] if errors else {}
+    loc = [str(p) for p in first.get("loc", ())]
+    path = ".".join(p for p in loc if p not in ("body",)) or None
+    etype = str(first.get("type", ""))
+    if etype == "json_invalid":
+        return 400, "malformed-json", None
+    if "page_size" in loc and etype in ("less_than_equal", "greater_than_equal"):
+        return 422, "page-size-out-of-range", "page_size"
+    if "filters" in loc:
+        return 422, "invalid-filter", path
+    return 422, "invalid-input", path
+
+
+async def reject_invalid_request(
+    rt: Runtime, request: Request, exc: RequestValidationError
+) -> ApiError:
+    """A body or parameter that failed validation: record it, answer 400/422.
+
+    FastAPI parses the JSON body before it runs dependencies, so a malformed body may arrive
+    here unauthenticated: the token is checked now, and a bad token is a recorded 401.
+    """
+    errors = list(exc.errors())
+    status, kind, path = _validation_kind(errors)
+    principal: Principal | None = getattr(request.state, "principal", None)
+    rid = new_request_id(request)
+    if principal is None:
+        from bastion.gateway.deps import record_auth_failure
+
+        token = bearer_token(request.headers.get("authorization"))
+        try:
+            principal = rt.verifier.verify(token)
+        except AuthError as auth_exc:
+            return await run_in_threadpool(
+                record_auth_failure, rt, request, auth_exc, endpoint_of(request)
+            )
+    first = errors[0] if errors else {}
+    msg = str(first.get("msg", "invalid request"))
+    where = f" at {path}" if path else ""
+    message = "the request body is not valid JSON" if kind == "malformed-json" else f"{msg}{where}"
+    dataset = request.path_params.get("dataset")
+    actor = principal.actor()
+    return await run_in_threadpool(
+        lambda: reject(
+            rt,
+            actor,
+            request_id=rid,
+            endpoint=endpoint_of(request),
+            status=status,
+            kind=kind,
+            message=message[:500],
+            dataset=str(dataset) if dataset else None,
+            field=path,
+        )
+    )
+
+
+# ---------------------------------------------------------------------------- selection
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which records a request is about. Exactly one way of choosing is used."""
+
+    record_ids: tuple[str, ...] = ()
+    filters: tuple[Filter, ...] = ()
+    page_size: int = 0
+    page_token: str | None = None
+    listing: bool = False
+
+
+def encode_page_token(last_key: str) -> str:
+    return base64.urlsafe_b64encode(b"after\x00" + last_key.encode()).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> str:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (binascii.Error, ValueError):
+        raise InputError("page_token is not one this gateway issued", field="page_token") from None
+    prefix, sep, key = raw.partition(b"\x00")
+    if prefix != b"after" or not sep:
+        raise InputError("page_token is not one this gateway issued", field="page_token")
+    try:
+        return key.decode()
+    except UnicodeDecodeError:
+        raise InputError("page_token is not one this gateway issued", field="page_token") from None
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Records resolved to vault keys, with each one's subject token; ``missing`` are the
+    requested ids that do not exist (or belong to a shredded subject)."""
+
+    keys: list[str]
+    subjects: dict[str, str]
+    missing: list[str]
+    next_page_token: str | None = None
+
+
+def _filter_values(f: Filter) -> list[str]:
+    if f.op == "eq":
+        if not isinstance(f.value, str):
+            raise InputError("'eq' takes one string value", field=f"filters.{f.field}")
+        return [f.value]
+    if not isinstance(f.value, list) or not f.value:
+        raise InputError("'in' takes a non-empty list of strings", field=f"filters.{f.field}")
+    if len(f.value) > MAX_FILTER_VALUES:
+        raise InputError(
+            f"'in' takes at most {MAX_FILTER_VALUES} values", field=f"filters.{f.field}"
+        )
+    return list(f.value)
+
+
+class Gate:
+    """The request path for reads, batch reads, searches and exports."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    # -- records ---------------------------------------------------------------------------
+
+    def _live_subjects(self, dataset: str, keys: Sequence[str]) -> dict[str, str]:
+        """Record key -> subject token, for records whose subject still has its data key.
+
+        Reads only the vault's non-secret index columns (no decryption). Records of a
+        shredded subject are left out: they can no longer be opened.
+        """
+        out: dict[str, str] = {}
+        unique = list(dict.fromkeys(keys))
+        with self.rt.db.transaction() as cur:
+            for i in range(0, len(unique), _IN_CHUNK):
+                chunk = unique[i : i + _IN_CHUNK]
+                marks = ", ".join("?" * len(chunk))
+                rows = cur.execute(
+                    "SELECT r.record_key, r.subject FROM vault_records r "
+                    "JOIN vault_subjects s ON s.token = r.subject "
+                    f"WHERE r.dataset = ? AND r.record_key IN ({marks})",
+                    [dataset, *chunk],
+                ).fetchall()
+                out.update({str(k): str(s) for k, s in rows})
+        return out
+
+    def resolve(self, spec: DatasetSpec, selection: Selection) -> Resolved:
+        vault = self.rt.vault
+        if selection.record_ids:
+            keys: list[str] = []
+            missing: list[str] = []
+            by_id: dict[str, str] = {}
+            for rid in dict.fromkeys(selection.record_ids):
+                key = vault.record_key(spec.name, rid)
+                if key is None:
+                    missing.append(rid)
+                else:
+                    by_id[rid] = key
+                    keys.append(key)
+            subjects = self._live_subjects(spec.name, keys)
+            missing += [rid for rid, key in by_id.items() if key not in subjects]
+            return Resolved([k for k in keys if k in subjects], subjects, missing)
+        # Search / export: structured filters on identifying keys only.
+        candidates: list[str] | None = None
+        for f in selection.filters:
+            values = _filter_values(f)
+            if f.field == "subject":
+                found: list[str] = []
+                for subject in values:
+                    found += [
+                        r.record for r in vault.subject_records(subject, spec.name, limit=100_000)
+                    ]
+            else:
+                found = [k for v in values if (k := vault.record_key(spec.name, v)) is not None]
+            found = sorted(set(found))
+            candidates = found if candidates is None else sorted(set(candidates) & set(found))
+        after = decode_page_token(selection.page_token) if selection.page_token else None
+        size = selection.page_size
+        if candidates is None:
+            page = vault.list_records(spec.name, after=after, limit=size + 1)
+        else:
+            page = [k for k in candidates if after is None or k > after][: size + 1]
+        more = len(page) > size
+        page = page[:size]
+        subjects = self._live_subjects(spec.name, page)
+        token = encode_page_token(page[-1]) if more and page else None
+        return Resolved([k for k in page if k in subjects], subjects, [], token)
+
+    # -- the path --------------------------------------------------------------------------
+
+    def _grant(
+        self,
+        principal: Principal,
+        action: Action,
+        dataset: str,
+        context: AccessContext,
+        request_id: str,
+    ) -> GrantScope | None:
+        if context.grant_token is None and context.grant_id is None:
+            return None
+        approvals = self.rt.approvals
+        token = context.grant_token
+        if token is None:
+            assert context.grant_id is not None
+            token = approvals.grant_token(context.grant_id)
+        return approvals.verify(
+            token, principal, dataset=dataset, action=action, fields=None, use_id=request_id
+        )
+
+    def release(
+        self,
+        principal: Principal,
+        *,
+        action: Action,
+        dataset: str,
+        fields: Sequence[str] | None,
+        context: AccessContext,
+        selection: Selection,
+        request_id: str,
+        endpoint: str,
+        destination: str | None = None,
+    ) -> dict[str, Any]:
+        rt = self.rt
+        actor = principal.actor()
+
+        def refuse(status: int, kind: str, message: str, **kw: Any) -> ApiError:
+            return reject(
+                rt,
+                actor,
+                request_id=request_id,
+                endpoint=endpoint,
+                status=status,
+                kind=kind,
+                message=message,
+                **kw,
+            )
+
+        # Names first: an unknown dataset or field is bad input, not a policy question.
+        try:
+            spec = rt.catalog.dataset(dataset)
+            if fields is not None:
+                if not fields:
+                    raise InputError("no fields requested", dataset=dataset, field="fields")
+                if len(set(fields)) != len(fields):
+                    raise InputError("fields repeat a name", dataset=dataset, field="fields")
+                for name in fields:
+                    spec.field(name)
+        except InputError as exc:
+            status, kind = input_error_kind(exc)
+            raise refuse(status, kind, str(exc), dataset=dataset, field=exc.field) from None
+        engine = rt.engine()
+        justification = (
+            JustificationType(context.justification.type) if context.justification else None
+        )
+        base_event: dict[str, Any] = {
+            "actor": actor,
+            "request_id": request_id,
+            "action": action.value,
+            "dataset": spec.name,
+            "purpose": context.purpose or None,
+            "justification_type": justification.value if justification else None,
+            "justification_detail": context.justification.detail if context.justification else None,
+            "ticket": context.ticket,
+            "policy_sha256": engine.sha256,
+        }
+
+        def deny(
+            status: int, kind: str, reason: str, *, plan: AccessPlan | None = None, **extra: Any
+        ) -> ApiError:
+            event = AccessDecision(
+                **base_event,
+                reason=reason[:4096],
+                at=iso(rt.clock.now()),
+                decision="deny",
+                policies=list(plan.policies) if plan else [],
+                denied_reason=reason[:1024],
+                **extra,
+            )
+            (receipt,) = record(rt, [event])
+            rt.metrics.decisions.labels(action.value, "deny").inc()
+            detail: dict[str, Any] = {}
+            if plan is not None:
+                detail["plan"] = [f.to_json() for f in plan.fields]
+                if plan.approval is not None:
+                    detail["approval"] = plan.approval.to_json()
+            err = ApiError(status, kind, reason, detail=detail or None)
+            err.receipt = receipt_out(receipt)
+            err.request_id = request_id
+            return err
+
+        # A presented grant is verified before deciding: its use is single-shot per request.
+        try:
+            grant = self._grant(principal, action, spec.name, context, request_id)
+        except GrantRejected as exc:
+            status = 409 if exc.kind == "replayed" else 403
+            raise deny(status, f"grant-{exc.kind}", str(exc), grant_id=context.grant_id) from None
+        try:
+            plan = engine.plan(
+                principal,
+                PlanRequest(
+                    dataset=spec.name,
+                    action=action,
+                    fields=tuple(fields) if fields is not None else None,
+                    purpose=context.purpose,
+                    justification=justification,
+                    ticket=context.ticket or "",
+                    ticket_subjects=tuple(context.ticket_subjects),
+                    subject_count=len(selection.record_ids),
+                ),
+                grant=grant,
+            )
+        except InputError as exc:
+            status, kind = input_error_kind(exc)
+            raise refuse(status, kind, str(exc), dataset=dataset, field=exc.field) from None
+        grant_fields: dict[str, Any] = (
+            {"grant_id": grant.grant_id, "approval_ids": [grant.grant_id]} if grant else {}
+        )
+        if grant is not None and grant.break_glass:
+            grant_fields["break_glass"] = True
+
+        access_request_id: str | None = None
+        if plan.needs_approval and context.justification is not None and grant is None:
+            access_request_id = self._request_approval(principal, plan, context)
+
+        if not plan.allowed:
+            extra = {"access_request_id": access_request_id} if access_request_id else {}
+            kind = "approval-required" if plan.needs_approval else "denied"
+            reason = plan.denied_reason or "denied by policy"
+            if plan.needs_approval:
+                reason = f"needs {plan.approval.approvers if plan.approval else 2} approvers: " + (
+                    f"access request {access_request_id} opened"
+                    if access_request_id
+                    else "ask with POST /access-requests and a justification"
+                )
+            err = deny(403, kind, reason, plan=plan, **grant_fields, **extra)
+            if access_request_id and err.detail is not None:
+                err.detail["access_request_id"] = access_request_id
+            raise err
+
+        # Select the records, keep those the row filter allows.
+        try:
+            resolved = self.resolve(spec, selection)
+        except InputError as exc:
+            raise refuse(
+                422, "invalid-filter", str(exc), dataset=dataset, field=exc.field
+            ) from None
+        keys = resolved.keys
+        filtered_out: list[str] = []
+        allowed_subjects = plan.allowed_subjects
+        if allowed_subjects is not None:
+            allowed_tokens = {
+                t for s in allowed_subjects if (t := rt.vault.pseudonym_of(s)) is not None
+            }
+            filtered_out = [k for k in keys if resolved.subjects[k] not in allowed_tokens]
+            keys = [k for k in keys if resolved.subjects[k] in allowed_tokens]
+        released = plan.released
+        subject_tokens = list(dict.fromkeys(resolved.subjects[k] for k in keys))
+
+        # 28 CFR 202.205 bulk thresholds, per employer and per principal.
+        if keys and released:
+            usage = usage_for(plan, subject_tokens)
+            if usage:
+                try:
+                    rt.bulk.check_and_reserve(principal.id, principal.employer or "", usage)
+                except BulkThresholdExceeded as exc:
+                    rt.metrics.bulk_refusals.labels(exc.category.value).inc()
+                    raise deny(429, "bulk-threshold", str(exc), plan=plan, **grant_fields) from None
+
+        # Record BEFORE opening anything.
+        subject_hashes = [rt.vault.subject_hash(t) for t in subject_tokens]
+        decision = AccessDecision(
+            **base_event,
+            reason=(context.purpose or "access")[:4096],
+            at=iso(rt.clock.now()),
+            decision="allow",
+            policies=list(plan.policies),
+            subjects=subject_hashes,
+            released_fields={f: t.value for f, t in released.items()} if keys else {},
+            released_records=keys if released else [],
+            row_filter=plan.row_filter.kind.value if plan.row_filter else None,
+            access_request_id=access_request_id,
+            **grant_fields,
+        )
+        events: list[BaseModel] = [decision]
+        if action is Action.EXPORT and destination:
+            events.append(
+                Export(
+                    actor=actor,
+                    reason=(context.purpose or "export")[:4096],
+                    at=decision.at,
+                    dataset=spec.name,
+                    destination=destination,
+                    records=len(keys),
+                    fields=list(released),
+                )
+            )
+        receipts = record(rt, events)
+        receipt = receipts[0]
+        rt.metrics.decisions.labels(action.value, "allow").inc()
+
+        values = self._open(spec, plan, keys, receipt) if keys and released else {}
+        for transform in released.values():
+            rt.metrics.released_values.labels(transform.value).inc(len(keys))
+        out: dict[str, Any] = {
+            "request_id": request_id,
+            "dataset": spec.name,
+            "decision": "allow",
+            "receipt": {"index": receipt.index, "leaf_hash": receipt.leaf_hash.hex()},
+            "plan": [
+                {"field": f.field, "transform": f.transform.value, "policies": list(f.policies)}
+                for f in plan.fields
+            ],
+            "records": [{"record_id": k, "values": values.get(k, {})} for k in keys],
+            "missing": resolved.missing + filtered_out,
+            "next_page_token": resolved.next_page_token,
+            "grant_id": grant.grant_id if grant else None,
+        }
+        if access_request_id:
+            out["access_request_id"] = access_request_id
+        return out
+
+    def _request_approval(
+        self, principal: Principal, plan: AccessPlan, context: AccessContext
+    ) -> str | None:
+        """Open an access request for the fields that wait for approvers."""
+        assert context.justification is not None and plan.approval is not None
+        try:
+            outcome = self.rt.approvals.request(
+                principal,
+                AccessRequestSpec(
+                    dataset=plan.dataset,
+                    action=plan.action,
+                    fields=plan.approval.fields,
+                    subjects=tuple(dict.fromkeys(context.ticket_subjects)),
+                    justification_type=JustificationType(context.justification.type),
+                    justification_detail=context.justification.detail,
+                    ticket=context.ticket or "",
+                    purpose=context.purpose,
+                ),
+            )
+        except (ApprovalRefused, InputError):
+            # The request itself is refused (and recorded by the approvals service); the
+            # access decision that follows still records the denial.
+            return None
+        return outcome.request.id
+
+    def _open(
+        self, spec: DatasetSpec, plan: AccessPlan, keys: Sequence[str], receipt: Receipt
+    ) -> dict[str, dict[str, Any]]:
+        """Open the recorded plan's values and put each in its planned form."""
+        rt = self.rt
+        released = plan.released
+        clear_side: list[str] = []  # public values and pseudonym tokens: no decryption
+        sealed_side: list[str] = []
+        for name, transform in released.items():
+            f = spec.field(name)
+            pseudonym = transform is Transform.PSEUDONYM
+            if (f.classification is Classification.PUBLIC and not pseudonym) or (
+                f.pseudonymize and pseudonym
+            ):
+                clear_side.append(name)
+            else:
+                sealed_side.append(name)
+        out: dict[str, dict[str, Any]] = {k: {} for k in keys}
+        if sealed_side:
+            read_plan = ReadPlan.of(spec.name, ((k, f) for k in keys for f in sealed_side))
+            opened = rt.vault.open(RecordedPlan(read_plan, receipt))
+            pseudonymize = self._pseudonymizer()
+            for ref, value in opened.items():
+                fp = plan.field(ref.field)
+                try:
+                    shaped = apply_transform(
+                        fp.transform, fp.kind, value, pseudonymize=pseudonymize
+                    )
+                except PseudonymUnavailable:
+                    shaped = None
+                out[ref.record][ref.field] = to_jsonable(shaped)
+        if clear_side:
+            clear = rt.vault.clear_values(spec.name, keys, clear_side)
+            for key in keys:
+                row = clear.get(key, {})
+                for name in clear_side:
+                    fp = plan.field(name)
+                    stored = row.get(name)
+                    if fp.transform is Transform.PSEUDONYM or fp.transform is Transform.CLEAR:
+                        out[key][name] = stored
+                    else:
+                        out[key][name] = to_jsonable(apply_transform(fp.transform, fp.kind, stored))
+        return out
+
+    def _pseudonymizer(self) -> Any:
+        vault = self.rt.vault
+
+        def pseudonymize(value: Any) -> str:
+            token = vault.pseudonym_of(str(value))
+            if token is None:
+                raise PseudonymUnavailable("no pseudonym exists for this value")
+            return token
+
+        return pseudonymize
+
+
+def subjects_of(values: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(values))
+
+
+def as_api_error(exc: BastionError) -> ApiError:
+    from bastion.gateway.errors import status_for
+
+    status, kind = status_for(exc)
+    return ApiError(status, kind, str(exc))

@@ -1,0 +1,21 @@
+"""The gateway's HTTP routes, one module per area."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from bastion.gateway.runtime import Runtime
+
+
+def register_routes(app: FastAPI, runtime: Runtime) -> None:
+    from bastion.gateway.routes import access, cleanroom, data, policy, public, transparency
+
+    app.include_router(public.router)
+    app.include_router(data.router)
+    app.include_router(access.router)
+    app.include_router(transparency.router)
+    app.include_router(policy.router)
+    app.include_router(cleanroom.router)
+    log_router = getattr(runtime.ledger, "router", None)
+    if callable(log_router):
+        app.include_router(log_router())

@@ -1,0 +1,175 @@
+"""What one gateway process holds for a home: database, vault, log, policy, approvals, keys.
+
+``Runtime.open(home)`` is what ``bastion serve`` uses; tests and the demo build one from a
+database they already hold with ``Runtime.build``.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from bastion.catalog import Catalog
+from bastion.clock import Clock, SystemClock
+from bastion.gateway.auth import TokenIssuer, TokenVerifier, TrustedIssuer
+from bastion.gateway.config import GatewayConfig, load_external_issuers
+from bastion.gateway.metrics import GatewayMetrics
+from bastion.gateway.transparency import SubjectIndex, migrate_index
+from bastion.home import Home
+from bastion.keys.signing import load_or_create_signing_key
+from bastion.ledger.api import LedgerWriter
+from bastion.policy import (
+    GRANT_KEY_NAME,
+    ApprovalService,
+    BulkCounter,
+    PolicyEngine,
+    PolicyRuntime,
+    PolicyStore,
+)
+from bastion.store import Database, open_database
+from bastion.vault import Vault
+
+ISSUER_KEY_NAME = "issuer"
+
+
+def own_issuer(home: Home, clock: Clock) -> TokenIssuer:
+    """The custodian's own token issuer: the keyring's ``issuer`` Ed25519 key."""
+    config = GatewayConfig.from_settings(home.settings.raw)
+    key = load_or_create_signing_key(home.keyring_dir, ISSUER_KEY_NAME)
+    return TokenIssuer(key, issuer=config.issuer, audience=config.audience, clock=clock)
+
+
+@dataclass
+class Runtime:
+    """Everything the request path needs, wired once per process."""
+
+    home: Home
+    db: Database
+    clock: Clock
+    catalog: Catalog
+    vault: Vault
+    ledger: Any  # bastion.ledger.log.Log: LedgerWriter plus reads, proofs and the /log/ router
+    policy: PolicyRuntime
+    policy_store: PolicyStore
+    approvals: ApprovalService
+    bulk: BulkCounter
+    issuer: TokenIssuer
+    verifier: TokenVerifier
+    config: GatewayConfig
+    subject_index: SubjectIndex
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+    owns_db: bool = False
+    _cleanroom: Any = None
+    _closed: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def writer(self) -> LedgerWriter:
+        writer: LedgerWriter = self.ledger
+        return writer
+
+    def engine(self) -> PolicyEngine:
+        return self.policy.engine()
+
+    def cleanroom(self) -> Any:
+        """The clean room (DuckDB over the home's events), opened on first use."""
+        with self._lock:
+            if self._cleanroom is None:
+                from bastion.cleanroom import CleanRoom, default_data_dir, open_engine
+
+                engine = open_engine(
+                    "duckdb", default_data_dir(self.home.path, self.home.settings.raw)
+                )
+                self._cleanroom = CleanRoom(
+                    self.db, self.ledger, self.clock, engine, catalog=self.catalog
+                )
+            return self._cleanroom
+
+    @classmethod
+    def open(cls, home: Home, *, clock: Clock | None = None) -> Runtime:
+        """Open the home's database (``BASTION_DATABASE_URL`` wins) and wire every part."""
+        db = open_database(home.database_url)
+        try:
+            rt = cls.build(home, db, clock or SystemClock())
+        except BaseException:
+            db.close()
+            raise
+        rt.owns_db = True
+        return rt
+
+    @classmethod
+    def build(
+        cls,
+        home: Home,
+        db: Database,
+        clock: Clock,
+        *,
+        ledger: Any | None = None,
+        extra_issuers: list[TrustedIssuer] | None = None,
+    ) -> Runtime:
+        from bastion.ledger.log import open_log
+        from bastion.vault import open_vault
+
+        config = GatewayConfig.from_settings(home.settings.raw)
+        vault = open_vault(home, db, clock)
+        catalog = vault.catalog
+        log = ledger if ledger is not None else open_log(home, db, clock)
+        store = PolicyStore(db, log, clock)
+        policy = PolicyRuntime(store, catalog)
+        approvals = ApprovalService(
+            db,
+            log,
+            clock,
+            policy.engine,
+            load_or_create_signing_key(home.keyring_dir, GRANT_KEY_NAME),
+        )
+        bulk = BulkCounter(db, clock)
+        issuer = own_issuer(home, clock)
+        trusted = [
+            TrustedIssuer(issuer.issuer, {issuer.jwk["kid"]: issuer.public_key}, source="own"),
+            *load_external_issuers(home, config),
+            *(extra_issuers or []),
+        ]
+        verifier = TokenVerifier(trusted, audience=config.audience, clock=clock)
+        migrate_index(db)
+
+        def subject_ref(subject_id: str) -> str | None:
+            token = vault.pseudonym_of(subject_id)
+            return None if token is None else vault.subject_hash(token)
+
+        return cls(
+            home=home,
+            db=db,
+            clock=clock,
+            catalog=catalog,
+            vault=vault,
+            ledger=log,
+            policy=policy,
+            policy_store=store,
+            approvals=approvals,
+            bulk=bulk,
+            issuer=issuer,
+            verifier=verifier,
+            config=config,
+            subject_index=SubjectIndex(db, log, subject_ref),
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        close_log = getattr(self.ledger, "close", None)
+        if callable(close_log):
+            close_log()
+        provider = getattr(self.vault, "provider", None)
+        close_provider = getattr(provider, "close", None)
+        if callable(close_provider):
+            close_provider()
+        engine = getattr(self._cleanroom, "engine", None)
+        close_engine = getattr(engine, "close", None)
+        if callable(close_engine):
+            close_engine()
+        if self.owns_db:
+            self.db.close()

@@ -1,0 +1,57 @@
+"""Gateway fixtures: a full runtime (vault, log, policy) on each backend, served over HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from bastion.cli.home_cmd import init_home
+from bastion.clock import FixedClock
+from bastion.gateway.app import create_app
+from bastion.gateway.bootstrap import PRINCIPALS, bootstrap, ingest, sample_event, sample_user
+from bastion.gateway.client import GatewayClient
+from bastion.gateway.runtime import Runtime
+from bastion.gateway.server import ThreadedServer
+from bastion.store import Database
+
+USERS = 20
+
+
+@pytest.fixture
+def runtime(db: Database, tmp_path: Path, clock: FixedClock) -> Iterator[Runtime]:
+    home = init_home(tmp_path / "home")
+    rt = bootstrap(home, db, clock, publish_interval=0.05)
+    ingest(rt, "users", [sample_user(n) for n in range(1, USERS + 1)])
+    ingest(rt, "events", [sample_event(n, 1 + n % USERS) for n in range(1, 41)])
+    yield rt
+    rt.close()
+
+
+@pytest.fixture
+def server(runtime: Runtime) -> Iterator[ThreadedServer]:
+    with ThreadedServer(create_app(runtime)) as srv:
+        yield srv
+
+
+Connect = Callable[..., GatewayClient]
+
+
+@pytest.fixture
+def connect(runtime: Runtime, server: ThreadedServer) -> Iterator[Connect]:
+    """``connect("alice")`` -> a client with a fresh token for a named test principal."""
+    clients: list[GatewayClient] = []
+
+    def make(name: str | None = None, *, token: str | None = None, **over: object) -> GatewayClient:
+        if token is None and name is not None:
+            attrs = {**PRINCIPALS.get(name, {}), **over}
+            token = runtime.issuer.issue(name, attrs, ttl=timedelta(hours=1))
+        client = GatewayClient(server.url, token=token)
+        clients.append(client)
+        return client
+
+    yield make
+    for c in clients:
+        c.close()

@@ -1,0 +1,127 @@
+"""The one path end to end over HTTP: decide, record, open, transform, receipt."""
+
+from __future__ import annotations
+
+import pytest
+
+from bastion.events import AccessDecision, decode_event
+from bastion.gateway.client import Context, GatewayError
+from bastion.gateway.runtime import Runtime
+
+from .conftest import Connect
+
+SUPPORT = Context(purpose="customer support", ticket="SUP-1", ticket_subjects=["u00001"])
+
+
+def test_staff_reads_with_purpose_and_ticket(runtime: Runtime, connect: Connect) -> None:
+    alice = connect("alice")
+    out = alice.read("users", "u00001", fields=["email", "name", "country"], context=SUPPORT)
+    assert out.decision == "allow"
+    values = out.records[0].values
+    assert values == {
+        "email": "person1@example.com",
+        "name": "Person Number1",
+        "country": "US",
+    }
+    # The receipt names a real ledger entry that lists exactly what was released.
+    event = decode_event(runtime.ledger.entry(out.receipt.index))
+    assert isinstance(event, AccessDecision)
+    assert event.decision == "allow" and event.actor.id == "alice"
+    assert event.released_fields == {"email": "clear", "name": "clear", "country": "clear"}
+    assert event.released_records == [out.records[0].record_id]
+    assert event.purpose == "customer support" and event.ticket == "SUP-1"
+    assert event.actor.employer == "custodian" and event.actor.location_country == "US"
+    assert event.subjects and all(s.startswith("hmac-sha256:") for s in event.subjects)
+    assert "u00001" not in runtime.ledger.entry(out.receipt.index).decode()
+
+
+def test_protected_without_ticket_is_denied_and_recorded(
+    runtime: Runtime, connect: Connect
+) -> None:
+    alice = connect("alice")
+    with pytest.raises(GatewayError) as err:
+        alice.read("users", "u00001", fields=["email"], context=Context(purpose="curious"))
+    assert err.value.status == 403 and err.value.receipt is not None
+    event = decode_event(runtime.ledger.entry(err.value.receipt.index))
+    assert isinstance(event, AccessDecision) and event.decision == "deny"
+    assert event.released_records is None or event.released_records == []
+
+
+def test_ticket_row_filter_drops_other_subjects(runtime: Runtime, connect: Connect) -> None:
+    alice = connect("alice")
+    out = alice.batch_read("users", ["u00001", "u00002"], fields=["email"], context=SUPPORT)
+    assert [r.values["email"] for r in out.records] == ["person1@example.com"]
+    assert len(out.missing) == 1
+    event = decode_event(runtime.ledger.entry(out.receipt.index))
+    assert isinstance(event, AccessDecision) and len(event.released_records or []) == 1
+
+
+def test_engineer_abroad_gets_pseudonyms(runtime: Runtime, connect: Connect) -> None:
+    kenji = connect("kenji")
+    out = kenji.read(
+        "users",
+        "u00003",
+        fields=["user_id", "device_ids", "country", "language"],
+        context=Context(purpose="debugging recommendations"),
+    )
+    values = out.records[0].values
+    assert values["user_id"].startswith("ps_") and values["user_id"] != "u00003"
+    assert all(d.startswith("ps_") for d in values["device_ids"])
+    assert values["country"] == "US" and values["language"] == "en-US"
+    # Protected fields are denied outright.
+    plan = {p.field: p.transform for p in out.plan}
+    assert plan["user_id"] == "pseudonym"
+    with pytest.raises(GatewayError) as err:
+        kenji.read("users", "u00003", fields=["email"], context=Context(purpose="x"))
+    assert err.value.status == 403
+
+
+def test_covered_person_is_denied_everything_protected(runtime: Runtime, connect: Connect) -> None:
+    wei = connect("wei")
+    with pytest.raises(GatewayError) as err:
+        wei.read(
+            "users",
+            "u00001",
+            fields=["email", "name"],
+            context=Context(purpose="ops", ticket="SUP-9", ticket_subjects=["u00001"]),
+        )
+    assert err.value.status == 403
+    event = decode_event(runtime.ledger.entry(err.value.receipt.index))  # type: ignore[union-attr]
+    assert isinstance(event, AccessDecision) and event.decision == "deny"
+    assert event.actor.employer_country == "CN"
+
+
+def test_search_pages_by_subject_and_lists(runtime: Runtime, connect: Connect) -> None:
+    from bastion.gateway.client import Filter
+
+    kenji = connect("kenji")
+    ctx = Context(purpose="analytics debugging")
+    seen: list[str] = []
+    token = None
+    while True:
+        page = kenji.search(
+            "events", page_size=7, page_token=token, fields=["event_id", "user_id"], context=ctx
+        )
+        seen += [r.record_id for r in page.records]
+        token = page.next_page_token
+        if token is None:
+            break
+    assert len(seen) == 40 and len(set(seen)) == 40
+    by_subject = kenji.search(
+        "events",
+        filters=[Filter(field="subject", value="u00002")],
+        fields=["event_id"],
+        context=ctx,
+    )
+    assert by_subject.records and len(by_subject.records) == 2
+
+
+def test_metrics_and_health(runtime: Runtime, connect: Connect) -> None:
+    alice = connect("alice")
+    alice.read("users", "u00001", fields=["email"], context=SUPPORT)
+    text = connect().metrics()
+    assert 'bastion_access_decisions_total{action="read",decision="allow"}' in text
+    assert "u00001" not in text and "person1@example.com" not in text
+    assert 'route="/datasets/{dataset}/read"' in text
+    health = connect().health()
+    assert health.status == "ok" and (health.log_size or 0) > 0
