@@ -9,12 +9,14 @@ from bastion.cli import demo as demo_cmd
 from bastion.cli import groups, home_cmd, ledger_verify
 from bastion.cli import ingest as ingest_cmd
 from bastion.cli import keys as keys_cmd
+from bastion.cli import ledger as _ledger_cmds  # noqa: F401  (bastion ledger ...)
 from bastion.cli import policy as _policy_cmds  # noqa: F401  (bastion policy ...)
 from bastion.cli import principals as _principals_cmds  # noqa: F401  (bastion principals ...)
 from bastion.cli import releases as _releases_cmds  # noqa: F401  (bastion releases ...)
 from bastion.cli import serve as serve_cmd
 from bastion.cli import synth as synth_cmd
 from bastion.cli import vault as vault_cmd
+from bastion.cli import witness as witness_cmd
 
 app = typer.Typer(
     name="bastion",
@@ -34,6 +36,7 @@ vault_cmd.register(app)
 keys_cmd.register(app)
 ingest_cmd.register(app)
 demo_cmd.register(app)
+witness_cmd.register(app)
 serve_cmd.register(app)
 
 
