@@ -49,3 +49,14 @@ def test_demo_passes_and_rejects_the_three_attempts(
         now=clock.now(),
     )
     assert result.ok, result.to_json()
+
+
+def test_demo_can_run_twice_in_the_same_place(
+    db: Database, real_log: Log, clock: FixedClock, tmp_path: Path
+) -> None:
+    home = Home(tmp_path / "home", Settings())
+    home.keyring_dir.mkdir(parents=True)
+    first = run_demo(home=home, db=db, ledger=real_log, clock=clock, workdir=tmp_path / "d")
+    second = run_demo(home=home, db=db, ledger=real_log, clock=clock, workdir=tmp_path / "d")
+    assert first["ok"] and second["ok"], second
+    assert first["artifact_sha256"] != second["artifact_sha256"]

@@ -12,6 +12,7 @@ commit's own author are each rejected.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -61,6 +62,7 @@ def run_demo(
     initialize_releases(db)
     workdir.mkdir(parents=True, exist_ok=True)
     steps: list[dict[str, Any]] = []
+    run_id = uuid.uuid4().hex[:12]
     rejections: list[dict[str, Any]] = []
 
     def step(name: str, **detail: Any) -> None:
@@ -106,7 +108,17 @@ def run_demo(
 
     # 1. Source: a sample app by Dana.
     repo = workdir / "socialapp"
-    commit = init_sample_repo(repo, author=AUTHOR, when=clock.now())
+    if (repo / ".git").is_dir():
+        # A rerun in the same place: a new change on top, so each run reviews a fresh commit.
+        commit = commit_files(
+            repo,
+            {"app/build-id.txt": f"{run_id}\n"},
+            author=AUTHOR,
+            when=clock.now(),
+            message="New build id",
+        )
+    else:
+        commit = init_sample_repo(repo, author=AUTHOR, when=clock.now())
     step("repository", path=str(repo), commit=commit, author=AUTHOR.email)
 
     # 2. Review by two reviewers who are not the author.
@@ -219,7 +231,7 @@ def run_demo(
     # Rejected attempt 2: a build from a commit nobody reviewed.
     sneaky = commit_files(
         repo,
-        {"app/config.json": '{"telemetry": true, "region": "anywhere"}\n'},
+        {"app/config.json": f'{{"telemetry": true, "collector": "https://c.example/{run_id}"}}\n'},
         author=AUTHOR,
         when=clock.now() + timedelta(minutes=5),
         message="Enable telemetry",
