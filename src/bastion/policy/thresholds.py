@@ -69,6 +69,7 @@ BULK_DDL = [
 ]
 
 _CHUNK = 500
+_INSERT_CHUNK = 150  # 6 parameters a row; SQLite allows 32,766 per statement
 
 
 @dataclass(frozen=True)
@@ -248,24 +249,32 @@ class BulkCounter:
             )
         return total
 
-    @staticmethod
     def _seen(
-        cur: Any, scope_kind: str, scope: str, category: SensitiveCategory, items: Sequence[str]
+        self,
+        cur: Any,
+        scope_kind: str,
+        scope: str,
+        category: SensitiveCategory,
+        items: Sequence[str],
     ) -> set[str]:
+        key = (scope_kind, scope, category.value)
+        where = (
+            "SELECT item_hash FROM bulk_seen WHERE scope_kind = ? AND scope = ? AND category = ?"
+        )
+        if self.db.dialect == "postgresql":
+            # One array parameter: no per-item placeholders to build or parse.
+            rows = cur.execute(f"{where} AND item_hash = ANY(?)", (*key, list(items))).fetchall()
+            return {str(r[0]) for r in rows}
         seen: set[str] = set()
         for i in range(0, len(items), _CHUNK):
             chunk = items[i : i + _CHUNK]
             marks = ", ".join("?" * len(chunk))
-            rows = cur.execute(
-                "SELECT item_hash FROM bulk_seen WHERE scope_kind = ? AND scope = ? "
-                f"AND category = ? AND item_hash IN ({marks})",
-                (scope_kind, scope, category.value, *chunk),
-            ).fetchall()
+            rows = cur.execute(f"{where} AND item_hash IN ({marks})", (*key, *chunk)).fetchall()
             seen.update(str(r[0]) for r in rows)
         return seen
 
-    @staticmethod
     def _record(
+        self,
         cur: Any,
         scope_kind: str,
         scope: str,
@@ -276,23 +285,39 @@ class BulkCounter:
         now: int,
     ) -> None:
         key = (scope_kind, scope, category.value)
-        if new:
-            cur.executemany(
-                "INSERT INTO bulk_seen (scope_kind, scope, category, item_hash, first_seen, "
-                "last_seen) VALUES (?, ?, ?, ?, ?, ?)",
-                [(*key, h, now, now) for h in new],
-            )
-        for i in range(0, len(seen), _CHUNK):
-            chunk = seen[i : i + _CHUNK]
-            marks = ", ".join("?" * len(chunk))
-            cur.execute(
-                "UPDATE bulk_seen SET last_seen = ? WHERE scope_kind = ? AND scope = ? "
-                f"AND category = ? AND item_hash IN ({marks})",
-                (now, *key, *chunk),
-            )
-        cur.execute(
-            "DELETE FROM bulk_totals WHERE scope_kind = ? AND scope = ? AND category = ?", key
-        )
+        scope_where = "scope_kind = ? AND scope = ? AND category = ?"
+        if self.db.dialect == "postgresql":
+            if new:
+                cur.execute(
+                    "INSERT INTO bulk_seen (scope_kind, scope, category, item_hash, first_seen, "
+                    "last_seen) SELECT ?, ?, ?, h, ?, ? FROM unnest(?::text[]) AS t(h)",
+                    (*key, now, now, list(new)),
+                )
+            if seen:
+                cur.execute(
+                    f"UPDATE bulk_seen SET last_seen = ? WHERE {scope_where} "
+                    "AND item_hash = ANY(?)",
+                    (now, *key, list(seen)),
+                )
+        else:
+            # Multi-row INSERTs: one statement per chunk, not one per subject.
+            for i in range(0, len(new), _INSERT_CHUNK):
+                chunk = new[i : i + _INSERT_CHUNK]
+                rows = ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk))
+                cur.execute(
+                    "INSERT INTO bulk_seen (scope_kind, scope, category, item_hash, first_seen, "
+                    f"last_seen) VALUES {rows}",
+                    [v for h in chunk for v in (*key, h, now, now)],
+                )
+            for i in range(0, len(seen), _CHUNK):
+                chunk = seen[i : i + _CHUNK]
+                marks = ", ".join("?" * len(chunk))
+                cur.execute(
+                    f"UPDATE bulk_seen SET last_seen = ? WHERE {scope_where} "
+                    f"AND item_hash IN ({marks})",
+                    (now, *key, *chunk),
+                )
+        cur.execute(f"DELETE FROM bulk_totals WHERE {scope_where}", key)
         cur.execute(
             "INSERT INTO bulk_totals (scope_kind, scope, category, total) VALUES (?, ?, ?, ?)",
             (*key, total + len(new)),
