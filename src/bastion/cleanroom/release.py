@@ -21,6 +21,7 @@ histogram        R*W (all bins)     G*R*W           G
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -50,14 +51,21 @@ class Noisy:
     epsilon: float
 
 
-def laplace(values: Sequence[int], l1: int, epsilon: float) -> Noisy:
-    """OpenDP's discrete Laplace on an integer vector whose L1 sensitivity is ``l1``."""
+@functools.lru_cache(maxsize=256)
+def _laplace_mechanism(l1: int, epsilon: float) -> tuple[Any, float, float]:
+    """The calibrated measurement, its scale, and the epsilon OpenDP's own map gives it."""
     scale = l1 / epsilon
     space = (dp.vector_domain(dp.atom_domain(T="i64")), dp.l1_distance(T="i64"))
     meas = dp.m.make_laplace(*space, scale=scale)
     spent = float(meas.map(l1))  # type: ignore[no-untyped-call]
     if spent > epsilon * (1 + _EPS_SLACK):
         raise CalibrationError(f"laplace map {spent} exceeds {epsilon}")
+    return meas, scale, spent
+
+
+def laplace(values: Sequence[int], l1: int, epsilon: float) -> Noisy:
+    """OpenDP's discrete Laplace on an integer vector whose L1 sensitivity is ``l1``."""
+    meas, scale, spent = _laplace_mechanism(l1, epsilon)
     out = meas(list(values)) if values else []
     return Noisy(tuple(int(v) for v in out), scale, spent)
 
@@ -79,6 +87,17 @@ def laplace_threshold(
     The threshold is the smallest integer for which OpenDP's privacy map gives a delta within
     ``delta``; keys a user could create alone are released with probability at most delta.
     """
+    meas, scale, threshold, spent_eps, spent_delta = _threshold_mechanism(l0, linf, epsilon, delta)
+    released = meas(counts) if counts else {}
+    return Selected(
+        {k: int(v) for k, v in released.items()}, scale, threshold, spent_eps, spent_delta
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _threshold_mechanism(
+    l0: int, linf: int, epsilon: float, delta: float
+) -> tuple[Any, float, int, float, float]:
     l1 = l0 * linf
     scale = l1 / epsilon
     space = (
@@ -104,10 +123,10 @@ def laplace_threshold(
     spent_eps, spent_delta = (float(x) for x in meas.map((l0, l1, linf)))
     if spent_eps > epsilon * (1 + _EPS_SLACK) or spent_delta > delta:
         raise CalibrationError("threshold map exceeds the budget")
-    released = meas(counts) if counts else {}
-    return Selected({k: int(v) for k, v in released.items()}, scale, hi, spent_eps, spent_delta)
+    return meas, scale, hi, spent_eps, spent_delta
 
 
+@functools.lru_cache(maxsize=1024)
 def laplace_accuracy(scale: float, alpha: float) -> float:
     """Half-width that discrete Laplace noise of this scale exceeds with probability alpha."""
     return float(dp.discrete_laplacian_scale_to_accuracy(scale, alpha))
