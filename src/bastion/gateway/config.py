@@ -7,6 +7,7 @@ audience = "bastion-gateway"      # aud every accepted token must carry
 max_page_size = 500               # search/list pages; larger requests get a 422
 max_batch = 500                   # record ids in one batch read
 max_export = 10000                # records in one export
+bulk_thresholds = { precise_geolocation = 1000 }   # 28 CFR 202.205 limits (default: the law's)
 
 [[gateway.issuers]]               # an external OIDC issuer, trusted by its JWKS
 issuer = "https://idp.example"
@@ -40,6 +41,9 @@ class GatewayConfig:
     max_batch: int = 500
     max_export: int = 10_000
     external_issuers: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    # category -> limit of distinct subjects per 12 months, for each employer and principal;
+    # empty: the legal thresholds of 28 CFR 202.205.
+    bulk_thresholds: tuple[tuple[str, int], ...] = ()
 
     @staticmethod
     def from_settings(raw: dict[str, Any]) -> GatewayConfig:
@@ -56,6 +60,21 @@ class GatewayConfig:
         issuers = table.get("issuers", [])
         if not isinstance(issuers, list) or not all(isinstance(i, dict) for i in issuers):
             raise ConfigError("gateway.issuers must be an array of tables")
+        bulk = table.get("bulk_thresholds", {})
+        if not isinstance(bulk, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+            for k, v in bulk.items()
+        ):
+            raise ConfigError("gateway.bulk_thresholds must map categories to non-negative ints")
+        from bastion.catalog import SensitiveCategory
+
+        known = {c.value for c in SensitiveCategory}
+        for name in bulk:
+            if name not in known:
+                raise ConfigError(
+                    f"gateway.bulk_thresholds: unknown category {name!r} "
+                    f"(known: {', '.join(sorted(known))})"
+                )
         return GatewayConfig(
             issuer=str(table.get("issuer", DEFAULT_ISSUER)),
             audience=str(table.get("audience", DEFAULT_AUDIENCE)),
@@ -63,6 +82,7 @@ class GatewayConfig:
             max_batch=_int("max_batch", 500, HARD_MAX_PAGE),
             max_export=_int("max_export", 10_000, 1_000_000),
             external_issuers=tuple(issuers),
+            bulk_thresholds=tuple(sorted(bulk.items())),
         )
 
 

@@ -408,6 +408,15 @@ class Gate:
         except InputError as exc:
             status, kind = input_error_kind(exc)
             raise refuse(status, kind, str(exc), dataset=dataset, field=exc.field) from None
+        try:
+            for f in selection.filters:
+                _filter_values(f)
+            if selection.page_token is not None:
+                decode_page_token(selection.page_token)
+        except InputError as exc:
+            raise refuse(
+                422, "invalid-filter", str(exc), dataset=dataset, field=exc.field
+            ) from None
         engine = rt.engine()
         justification = (
             JustificationType(context.justification.type) if context.justification else None

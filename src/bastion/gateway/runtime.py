@@ -10,7 +10,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from bastion.catalog import Catalog
+from bastion.catalog import Catalog, SensitiveCategory
 from bastion.clock import Clock, SystemClock
 from bastion.gateway.auth import TokenIssuer, TokenVerifier, TrustedIssuer
 from bastion.gateway.config import GatewayConfig, load_external_issuers
@@ -21,8 +21,10 @@ from bastion.keys.signing import load_or_create_signing_key
 from bastion.ledger.api import LedgerWriter
 from bastion.policy import (
     GRANT_KEY_NAME,
+    LEGAL_THRESHOLDS,
     ApprovalService,
     BulkCounter,
+    BulkThresholds,
     PolicyEngine,
     PolicyRuntime,
     PolicyStore,
@@ -31,6 +33,15 @@ from bastion.store import Database, open_database
 from bastion.vault import Vault
 
 ISSUER_KEY_NAME = "issuer"
+
+
+def bulk_thresholds(config: GatewayConfig) -> BulkThresholds | None:
+    """The configured limits (both scopes), over the legal ones; None: the law's alone."""
+    if not config.bulk_thresholds:
+        return None
+    limits = dict(LEGAL_THRESHOLDS)
+    limits.update({SensitiveCategory(k): v for k, v in config.bulk_thresholds})
+    return BulkThresholds(employer=dict(limits), principal=dict(limits))
 
 
 def own_issuer(home: Home, clock: Clock) -> TokenIssuer:
@@ -124,7 +135,7 @@ class Runtime:
             policy.engine,
             load_or_create_signing_key(home.keyring_dir, GRANT_KEY_NAME),
         )
-        bulk = BulkCounter(db, clock)
+        bulk = BulkCounter(db, clock, bulk_thresholds(config))
         issuer = own_issuer(home, clock)
         trusted = [
             TrustedIssuer(issuer.issuer, {issuer.jwk["kid"]: issuer.public_key}, source="own"),
