@@ -1,0 +1,130 @@
+"""Masking for moderators, exports, bulk thresholds (28 CFR 202.205) and the clean room."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bastion.catalog import SensitiveCategory
+from bastion.errors import ConfigError
+from bastion.events import AccessDecision, AnalyticsQuery, Export, decode_event
+from bastion.gateway.client import Context, Filter, GatewayError
+from bastion.gateway.config import GatewayConfig
+from bastion.gateway.runtime import Runtime
+from bastion.policy import BulkCounter, BulkThresholds
+
+from .conftest import Connect
+
+
+def test_moderator_sees_identifiers_masked(runtime: Runtime, connect: Connect) -> None:
+    mod = connect("mod")
+    out = mod.read(
+        "users",
+        "u00007",
+        fields=["email", "phone", "name", "user_id", "language"],
+        context=Context(purpose="abuse report R-1"),
+    )
+    v = out.records[0].values
+    assert v["email"] == "***@example.com"
+    assert v["phone"] == "***0007"
+    assert v["name"] == "P. N."
+    assert v["user_id"].startswith("ps_")
+    assert v["language"] == "en-US"
+    plan = {p.field: p.transform for p in out.plan}
+    assert plan["email"] == "mask" and plan["user_id"] == "pseudonym"
+
+
+def test_export_is_recorded_twice_over(runtime: Runtime, connect: Connect) -> None:
+    alice = connect("alice")
+    out = alice.export(
+        "events",
+        destination="s3-custodian-bucket",
+        fields=["event_id", "watch_time_s"],
+        filters=[Filter(field="subject", value="u00003")],
+        context=Context(purpose="quarterly retention review"),
+    )
+    assert len(out.records) == 2
+    decision = decode_event(runtime.ledger.entry(out.receipt.index))
+    export = decode_event(runtime.ledger.entry(out.receipt.index + 1))
+    assert isinstance(decision, AccessDecision) and decision.action == "export"
+    assert isinstance(export, Export) and export.records == 2
+    assert export.destination == "s3-custodian-bucket"
+    with pytest.raises(GatewayError) as err:
+        alice.export("events", destination="x", limit=10**6, context=Context(purpose="all"))
+    assert err.value.status == 422 and err.value.receipt is not None
+
+
+def test_bulk_threshold_refuses_and_records(runtime: Runtime, connect: Connect) -> None:
+    runtime.bulk = BulkCounter(
+        runtime.db,
+        runtime.clock,
+        BulkThresholds(
+            employer={SensitiveCategory.COVERED_PERSONAL_IDENTIFIERS: 3},
+            principal={SensitiveCategory.COVERED_PERSONAL_IDENTIFIERS: 3},
+        ),
+    )
+    kenji = connect("kenji")
+    ctx = Context(purpose="dedupe accounts")
+    kenji.batch_read("users", ["u00001", "u00002"], fields=["user_id"], context=ctx)
+    kenji.read("users", "u00001", fields=["user_id"], context=ctx)  # already counted
+    kenji.read("users", "u00003", fields=["user_id"], context=ctx)
+    with pytest.raises(GatewayError) as err:
+        kenji.read("users", "u00004", fields=["user_id"], context=ctx)
+    assert err.value.status == 429 and err.value.kind == "bulk-threshold"
+    event = decode_event(runtime.ledger.entry(err.value.receipt.index))  # type: ignore[union-attr]
+    assert isinstance(event, AccessDecision) and event.decision == "deny"
+    assert "202.205" in (event.denied_reason or "")
+    # Fields of no sensitive category are not counted.
+    out = kenji.read("users", "u00004", fields=["language"], context=ctx)
+    assert out.records[0].values == {"language": "en-US"}
+
+
+def test_bulk_threshold_config() -> None:
+    cfg = GatewayConfig.from_settings({"gateway": {"bulk_thresholds": {"health": 10}}})
+    assert cfg.bulk_thresholds == (("health", 10),)
+    with pytest.raises(ConfigError, match="unknown category"):
+        GatewayConfig.from_settings({"gateway": {"bulk_thresholds": {"shoes": 1}}})
+    with pytest.raises(ConfigError, match="max_page_size"):
+        GatewayConfig.from_settings({"gateway": {"max_page_size": 10**7}})
+
+
+@pytest.fixture
+def cleanroom_data(runtime: Runtime) -> Path:
+    from bastion.synth import SynthSpec, generate
+
+    out = runtime.home.path / "cleanroom"
+    generate(SynthSpec(seed=3, users=300, videos=40, events=4_000, campaigns=4), out, "parquet")
+    return out
+
+
+def test_cleanroom_queries_through_the_gateway(
+    runtime: Runtime, connect: Connect, cleanroom_data: Path
+) -> None:
+    from bastion.events import Actor
+
+    admin = Actor(id="pat", kind="operator")
+    room = runtime.cleanroom()
+    room.set_budget("analyst", "adco", epsilon=1.0, delta=1e-6, admin=admin, reason="test")
+    room.set_budget(
+        "organization", "adpartner", epsilon=5.0, delta=1e-6, admin=admin, reason="test"
+    )
+    adco = connect("adco")
+    out = adco.cleanroom_query({"template": "count", "epsilon": 0.6, "group_by": ["age_band"]})
+    assert out["rows"] and out["epsilon_spent"] == pytest.approx(0.6)
+    event = decode_event(runtime.ledger.entry(out["receipt"]["index"]))
+    assert isinstance(event, AnalyticsQuery) and event.analyst == "adco"
+    with pytest.raises(GatewayError) as err:
+        adco.cleanroom_query({"template": "count", "epsilon": 0.6})
+    assert err.value.status == 403 and err.value.kind == "query-refused"
+    with pytest.raises(GatewayError) as err:
+        adco.cleanroom_query({"template": "select *", "epsilon": 0.1})
+    assert err.value.status == 422 and err.value.receipt is not None
+    # Row-level reads stay closed to the ad partner.
+    with pytest.raises(GatewayError) as err:
+        adco.read("events", "e00000001", fields=["event_type"], context=Context(purpose="ads"))
+    assert err.value.status == 403
+    # A covered person may not analyze either.
+    with pytest.raises(GatewayError) as err:
+        connect("wei").cleanroom_query({"template": "count", "epsilon": 0.1})
+    assert err.value.status == 403 and err.value.receipt is not None
