@@ -35,7 +35,8 @@ def _enc_list(v: list[str]) -> bytes:
 
 
 def _enc_ts(v: datetime) -> bytes:
-    return v.astimezone(UTC).isoformat().encode()
+    # validate_row already made it UTC; only a naive value (never from validate_row) is fixed.
+    return (v if v.tzinfo is not None else v.replace(tzinfo=UTC)).isoformat().encode()
 
 
 _ENCODERS: dict[FieldType, Callable[[object], bytes]] = {
@@ -84,14 +85,33 @@ def encode_value(ftype: FieldType, value: Value) -> bytes:
 
 
 def decode_value(ftype: FieldType, data: bytes) -> Value:
-    if not data:
-        return None
+    return value_decoder(ftype)(data)
+
+
+def _decode_string(data: bytes) -> Value:
     try:
-        return _DECODERS[ftype](data.decode())
-    except (ValueError, UnicodeDecodeError):
-        # Only reachable if an authenticated value was written with another type: a bug or a
-        # changed catalog, never tampering (the AEAD already passed).
-        raise IntegrityError(f"an opened value does not parse as {ftype}") from None
+        return data.decode() if data else None
+    except UnicodeDecodeError:
+        raise IntegrityError("an opened value is not UTF-8 text") from None
+
+
+def value_decoder(ftype: FieldType) -> Callable[[bytes], Value]:
+    """The decoder for one field type (the empty plaintext decodes to None)."""
+    if ftype is FieldType.STRING:
+        return _decode_string
+    parse = _DECODERS[ftype]
+
+    def decode(data: bytes) -> Value:
+        if not data:
+            return None
+        try:
+            return parse(data.decode())
+        except (ValueError, UnicodeDecodeError):
+            # Only reachable if an authenticated value was written with another type: a bug
+            # or a changed catalog, never tampering (the AEAD already passed).
+            raise IntegrityError(f"an opened value does not parse as {ftype}") from None
+
+    return decode
 
 
 # --- associated data ---------------------------------------------------------------------
@@ -157,23 +177,22 @@ def blob_part(blob: bytes) -> bytes:
 
 def unpack_sealed(data: bytes) -> dict[str, bytes]:
     """Field name to ``nonce || ciphertext || tag``. A malformed layout is an IntegrityError."""
-    view = memoryview(data)
-    if not view or view[0] != SEALED_FORMAT:
+    if not data or data[0] != SEALED_FORMAT:
         raise IntegrityError("sealed record has an unknown format")
     out: dict[str, bytes] = {}
-    i, n = 1, len(view)
+    i, n = 1, len(data)
+    from_bytes = int.from_bytes
     try:
         while i < n:
-            name_len = view[i]
-            name = bytes(view[i + 1 : i + 1 + name_len]).decode()
-            i += 1 + name_len
-            (blob_len,) = struct.unpack_from(">I", view, i)
-            i += 4
-            if i + blob_len > n or blob_len < NONCE_BYTES + TAG_BYTES:
+            end = i + 1 + data[i]
+            name = data[i + 1 : end].decode()
+            i = end + 4
+            blob_len = from_bytes(data[end:i], "big")
+            if i + blob_len > n or blob_len < NONCE_BYTES + TAG_BYTES or i > n:
                 raise IntegrityError("sealed record is truncated")
-            out[name] = bytes(view[i : i + blob_len])
+            out[name] = data[i : i + blob_len]
             i += blob_len
-    except (struct.error, UnicodeDecodeError, IndexError):
+    except (UnicodeDecodeError, IndexError):
         raise IntegrityError("sealed record is malformed") from None
     return out
 

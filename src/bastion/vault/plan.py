@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from bastion.catalog import Value, to_jsonable
 from bastion.errors import InputError, IntegrityError
@@ -26,8 +27,7 @@ from bastion.ledger.api import Receipt
 MAX_PLAN_ITEMS = 1_000_000
 
 
-@dataclass(frozen=True, order=True)
-class FieldRef:
+class FieldRef(NamedTuple):
     """One value: a record (by its vault record key) and one of its fields."""
 
     record: str

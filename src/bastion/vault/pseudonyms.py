@@ -22,7 +22,7 @@ _INSERT = "INSERT INTO vault_pseudonyms (idx, token, owner) VALUES (?, ?, ?)"
 
 def new_token() -> str:
     """A pseudonym: 120 random bits, so it says nothing about the value it stands for."""
-    return "ps_" + base64.b32encode(secrets.token_bytes(15)).decode().lower()
+    return "ps_" + base64.urlsafe_b64encode(secrets.token_bytes(15)).decode()
 
 
 class Pseudonyms:

@@ -156,6 +156,26 @@ class Vault:
         file is stored. Erasure secrets made for new subjects are destroyed again.
         """
         spec = self.catalog.dataset(dataset)
+        validated = ((n, validate_row(spec, raw, file=source, row_number=n)) for n, raw in rows)
+        return self.ingest_validated(
+            dataset, validated, source=source, batch_size=batch_size, progress=progress
+        )
+
+    def ingest_validated(
+        self,
+        dataset: str,
+        rows: Iterable[tuple[int, ValidRow]],
+        *,
+        source: str = "<api>",
+        batch_size: int = DEFAULT_BATCH,
+        progress: Callable[[int], None] | None = None,
+    ) -> IngestResult:
+        """Like :meth:`ingest_rows` for rows that ``catalog.validate_row`` already returned.
+
+        For pipelines that validate elsewhere (and for measuring sealing on its own); a row
+        that did not come from ``validate_row`` for this dataset must not be passed here.
+        """
+        spec = self.catalog.dataset(dataset)
         layout = DatasetLayout.of(spec)
         state = _IngestState()
         self.identity.load()  # outside the transaction: it reads the database itself
@@ -163,10 +183,8 @@ class Vault:
             with self.db.transaction(lock=VAULT_LOCK) as cur:
                 self.provider.refresh()
                 batch: list[tuple[int, ValidRow]] = []
-                for row_number, raw in rows:
-                    batch.append(
-                        (row_number, validate_row(spec, raw, file=source, row_number=row_number))
-                    )
+                for item in rows:
+                    batch.append(item)
                     if len(batch) >= batch_size:
                         self._ingest_batch(cur, layout, batch, state, source)
                         if progress:
@@ -502,6 +520,11 @@ class Vault:
 
     def retire(self, version: int, actor: Actor, reason: str) -> KeyRotation:
         """Destroy an old KEK version, once no key in this database is wrapped under it."""
+        self.provider.refresh()
+        if version == self.provider.current_version:
+            raise InputError(
+                f"KEK version {version} is the current one; rotate first, then retire it"
+            )
         with self.db.transaction(lock=VAULT_LOCK) as cur:
             row = cur.execute(
                 "SELECT (SELECT COUNT(*) FROM vault_subjects WHERE kek_version = ?) + "
