@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bastion.clock import FixedClock
-from bastion.errors import InputError, IntegrityError
+from bastion.errors import InputError, IntegrityError, LedgerUnavailable
 from bastion.events import Approval
 from bastion.ledger.log import Log
 from bastion.policy import (
@@ -409,3 +409,62 @@ def test_a_failing_alert_hook_does_not_undo_the_record(approvals: ApprovalServic
     approvals.alert_hooks.append(broken)
     out = approvals.break_glass(PEOPLE["staff"], EMERGENCY)
     assert out.grant is not None and approvals.counters.alert_hook_failures == 1
+
+
+def test_concurrent_last_approvals_issue_exactly_one_grant(
+    approvals: ApprovalService, ledger: Log, policy_db: Database
+) -> None:
+    import threading
+
+    req = approvals.request(PEOPLE["staff"], SUPPORT).request
+    grants: list[object] = []
+    errors: list[BaseException] = []
+
+    def approve(who: str) -> None:
+        try:
+            out = approvals.approve(req.id, PEOPLE[who], "concurrent")
+            if out.grant is not None:
+                grants.append(out.grant)
+        except ApprovalRefused as exc:  # approvals arriving after the grant are refused
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=approve, args=(w,)) for w in ("officer1", "officer2", "officer3")
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(grants) == 1
+    assert all(isinstance(e, ApprovalRefused) and e.kind == "not-pending" for e in errors)
+    assert steps(ledger).count("granted") == 1
+    rows = policy_db.query("SELECT COUNT(*) FROM access_grants WHERE request_id = ?", (req.id,))
+    assert rows[0][0] == 1
+    assert approvals.get(req.id).status == "granted"
+
+
+def test_a_ledger_outage_while_granting_leaves_no_grant(
+    approvals: ApprovalService, ledger: Log, policy_db: Database
+) -> None:
+    req = approvals.request(PEOPLE["staff"], SUPPORT).request
+    approvals.approve(req.id, PEOPLE["officer1"], "ok")
+    real_append = ledger.append
+    calls = {"n": 0}
+
+    def flaky(event: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the "granted" event, after the approval itself was recorded
+            raise LedgerUnavailable("ledger down")
+        return real_append(event)  # type: ignore[arg-type]
+
+    approvals.ledger = type("Flaky", (), {"append": staticmethod(flaky)})()  # type: ignore[assignment]
+    with pytest.raises(LedgerUnavailable):
+        approvals.approve(req.id, PEOPLE["officer2"], "ok")
+    approvals.ledger = ledger
+    assert approvals.get(req.id).status == "pending"
+    assert policy_db.query("SELECT COUNT(*) FROM access_grants")[0][0] == 0
+    # Once the ledger is back, the last approver asks again: the grant is issued, and the
+    # approval is not counted twice.
+    retry = approvals.approve(req.id, PEOPLE["officer2"], "ledger is back")
+    assert retry.grant is not None and set(retry.request.approvers) == {"sam", "pat"}
+    assert steps(ledger).count("granted") == 1

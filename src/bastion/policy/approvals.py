@@ -113,7 +113,9 @@ APPROVALS_DDL = [
 
 _LOCK = "access-approvals"
 
-RequestStatus = Literal["pending", "granted", "denied", "expired", "break-glass"]
+# "granting": the last approval claimed the request and is recording the grant; a crash there
+# leaves it so (no grant exists: fail closed) until it lapses.
+RequestStatus = Literal["pending", "granting", "granted", "denied", "expired", "break-glass"]
 RefusalKind = Literal[
     "unknown-request",
     "not-pending",
@@ -700,6 +702,13 @@ class ApprovalService:
         actor = self._attrs(approver).actor()
         rec = self._pending(request_id, actor)
         attrs = self._check_approver(rec, approver)
+        if attrs.id in rec.approvers and len(rec.approvers) >= rec.approvers_required:
+            # Enough approvals, but the grant was never recorded (the ledger failed while
+            # granting): an approver may ask again, without counting twice.
+            issued = self._issue(rec)
+            if issued is not None:
+                grant, grant_event, grant_receipt = issued
+                return StepOutcome(self.get(rec.id), grant_event, grant_receipt, grant=grant)
         if attrs.id in rec.approvers:
             raise self._refuse(
                 "duplicate-approval",
@@ -736,7 +745,10 @@ class ApprovalService:
         updated = self.get(rec.id)
         if count < rec.approvers_required:
             return StepOutcome(updated, event, receipt)
-        grant, grant_event, grant_receipt = self._issue(updated)
+        issued = self._issue(updated)
+        if issued is None:  # a concurrent approval is issuing the grant
+            return StepOutcome(self.get(rec.id), event, receipt)
+        grant, grant_event, grant_receipt = issued
         return StepOutcome(self.get(rec.id), grant_event, grant_receipt, grant=grant)
 
     def _claims(
@@ -765,7 +777,21 @@ class ApprovalService:
             key_id=self.key_id,
         )
 
-    def _issue(self, rec: AccessRequestRecord) -> tuple[IssuedGrant, Approval, Receipt]:
+    def _issue(self, rec: AccessRequestRecord) -> tuple[IssuedGrant, Approval, Receipt] | None:
+        """Issue the grant once: claim the request (pending -> granting), record, then store.
+
+        Only the caller that wins the claim appends a "granted" event, so concurrent last
+        approvals never leave a second, unusable grant in the ledger. None: another caller
+        is issuing (or issued) it.
+        """
+        with self.db.transaction(lock=_LOCK) as cur:
+            cur.execute(
+                "UPDATE access_requests SET status = 'granting' "
+                "WHERE id = ? AND status = 'pending'",
+                (rec.id,),
+            )
+            if cur.rowcount != 1:
+                return None
         claims = self._claims(
             rec, "approval", rec.fields, rec.approvers, timedelta(seconds=rec.duration_seconds)
         )
@@ -780,18 +806,23 @@ class ApprovalService:
             expires_at=iso(claims.expires_at),
             approvers=list(rec.approvers),
         )
-        receipt = self.ledger.append(event)
+        try:
+            receipt = self.ledger.append(event)  # log before the grant exists
+        except BaseException:
+            with self.db.transaction(lock=_LOCK) as cur:
+                cur.execute(
+                    "UPDATE access_requests SET status = 'pending' "
+                    "WHERE id = ? AND status = 'granting'",
+                    (rec.id,),
+                )
+            raise
         with self.db.transaction(lock=_LOCK) as cur:
+            self._insert_grant(cur, claims, token, receipt.index)
             cur.execute(
                 "UPDATE access_requests SET status = 'granted', decided_at = ? "
-                "WHERE id = ? AND status = 'pending'",
+                "WHERE id = ? AND status = 'granting'",
                 (event.at, rec.id),
             )
-            if cur.rowcount == 1:
-                self._insert_grant(cur, claims, token, receipt.index)
-            else:
-                # Another process issued the grant first; this one never becomes usable.
-                raise ApprovalRefused("not-pending", "the request was decided concurrently")
         return IssuedGrant(token, claims), event, receipt
 
     @staticmethod
@@ -838,7 +869,7 @@ class ApprovalService:
         with self.db.transaction(lock=_LOCK) as cur:
             cur.execute(
                 "UPDATE access_requests SET status = 'expired', decided_at = ? "
-                "WHERE id = ? AND status = 'pending'",
+                "WHERE id = ? AND status IN ('pending', 'granting')",
                 (event.at, rec.id),
             )
         return event
@@ -881,6 +912,8 @@ class ApprovalService:
         rec = self.get(claims.request_id)
         if request_sha256(rec.canonical()) != claims.request_sha256:
             raise GrantRejected("request-mismatch", "the grant is not bound to this request")
+        if rec.status not in ("granted", "break-glass"):
+            raise GrantRejected("revoked", f"the request is {rec.status}")
         now = self.clock.now()
         if now < claims.issued_at:
             raise GrantRejected("not-yet-valid", "the grant is not valid yet")
@@ -973,7 +1006,8 @@ class ApprovalService:
                 )
             events.append(event)
         lapsed = self.db.query(
-            "SELECT id FROM access_requests WHERE status = 'pending' AND lapses_unix <= ? "
+            "SELECT id FROM access_requests WHERE status IN ('pending', 'granting') "
+            "AND lapses_unix <= ? "
             "ORDER BY id",
             (to_unix(now),),
         )
