@@ -15,6 +15,7 @@ Verification rules (the spec's, made strict):
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import re
@@ -112,8 +113,13 @@ class Envelope:
         """RFC 8785 JSON of the envelope: what digests over an envelope are computed on."""
         return canonical(self.to_json())
 
-    def sha256(self) -> str:
+    @functools.cached_property
+    def _sha256(self) -> str:
         return hashlib.sha256(self.canonical_bytes()).hexdigest()
+
+    def sha256(self) -> str:
+        """Hex SHA-256 of ``canonical_bytes()`` (computed once: the envelope is immutable)."""
+        return self._sha256
 
 
 def parse_envelope(obj: object) -> Envelope:

@@ -7,6 +7,7 @@ the very rules the custodian evaluated. Pure, no I/O.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from typing import Literal
@@ -58,8 +59,13 @@ class KeyHolder(StrictModel):
             ids.add(self.id.strip().lower())
         return ids
 
-    def trusted_key(self) -> TrustedKey:
+    @functools.cached_property
+    def _trusted_key(self) -> TrustedKey:
         return TrustedKey(self.id, public_key_from_b64(self.public_key))
+
+    def trusted_key(self) -> TrustedKey:
+        """The decoded key (once per holder: holders are immutable)."""
+        return self._trusted_key
 
 
 class BuildTypeRule(StrictModel):
@@ -100,8 +106,13 @@ class ReleasePolicy(StrictModel):
             raise ValueError("two reviewers share a public key")
         return self
 
-    def digest(self) -> str:
+    @functools.cached_property
+    def _digest(self) -> str:
         return hashlib.sha256(canonical(self.model_dump(mode="json"))).hexdigest()
+
+    def digest(self) -> str:
+        """Hex SHA-256 of the policy's RFC 8785 JSON: what a VSA's ``policy.digest`` names."""
+        return self._digest
 
     def repository(self, name: str) -> RepositoryRule:
         for repo in self.repositories:
