@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from bastion.cli import access as _access_cmds  # noqa: F401  (bastion access ...)
+from bastion.cli import cleanroom as cleanroom_cmd
 from bastion.cli import demo as demo_cmd
 from bastion.cli import groups, home_cmd, ledger_verify
 from bastion.cli import ingest as ingest_cmd
@@ -38,6 +39,7 @@ ingest_cmd.register(app)
 demo_cmd.register(app)
 witness_cmd.register(app)
 serve_cmd.register(app)
+cleanroom_cmd.register(app)
 
 
 if __name__ == "__main__":
