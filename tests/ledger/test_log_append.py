@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -242,3 +243,32 @@ def test_commit_failure_fails_closed(log: Log, db: Database) -> None:
         cur.execute("DELETE FROM ledger_state")
     with pytest.raises(LedgerUnavailable):
         log.append_entry(b"must not be acknowledged")
+
+
+def test_open_log_refuses_a_new_key_for_a_log_that_already_signed(
+    db: Database, tmp_path: Path, clock: FixedClock
+) -> None:
+    from bastion.cli.home_cmd import init_home
+    from bastion.errors import KeyUnavailable
+    from bastion.home import Home, settings_from
+    from bastion.ledger.log import LOG_KEY_NAME, initialize_log, open_log
+
+    root = tmp_path / "home"
+    home = init_home(root, origin="identity.test/log")
+    home = Home(home.path, settings_from({"ledger": {"origin": "identity.test/log"}}, {}))
+    summary = initialize_log(db, home.keyring_dir, home.settings.log_origin, clock)
+    assert summary["log_size"] == 0
+    log = open_log(home, db, clock, background=False)
+    log.append_entry(b"signed under the first key")
+    log.publish()
+    log.close()
+    # Losing the key must not silently create a second identity for the same log.
+    (home.keyring_dir / f"{LOG_KEY_NAME}.ed25519.pem").unlink()
+    with pytest.raises(KeyUnavailable, match="restore the key"):
+        open_log(home, db, clock, background=False)
+    # Nor may a different key take over the stored checkpoints.
+    from bastion.keys.signing import create_signing_key
+
+    create_signing_key(home.keyring_dir, LOG_KEY_NAME)
+    with pytest.raises(KeyUnavailable, match="not signed by this log's key"):
+        open_log(home, db, clock, background=False)
