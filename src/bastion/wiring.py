@@ -25,6 +25,23 @@ def initialize(home: Home) -> dict[str, Any]:
         summary: dict[str, Any] = {"database": db.description}
         summary.update(initialize_vault(home, db))
         summary.update(initialize_log(db, home.keyring_dir, home.settings.log_origin))
+        summary.update(_initialize_policy(home, db))
         return summary
     finally:
         db.close()
+
+
+def _initialize_policy(home: Home, db: Database) -> dict[str, Any]:
+    """Install the shipped policy pack; the change is itself a ledger event."""
+    from bastion.clock import SystemClock
+    from bastion.ledger.log import open_log
+    from bastion.policy import initialize_policy
+
+    clock = SystemClock()
+    log = open_log(home, db, clock, background=False)
+    try:
+        summary = initialize_policy(db, log, clock=clock)
+        log.publish()  # the policy change is in the first published checkpoint
+        return summary
+    finally:
+        log.close()
