@@ -190,6 +190,9 @@ class _BrokenEngine:
     def aggregate(self, plan: QueryPlan, salt: str) -> BoundedAggregate:
         raise RuntimeError("Binder Error: column 'secret_value_42' not found")
 
+    def close(self) -> None:
+        pass
+
 
 def test_engine_failure_is_generic(room: CleanRoom, ledger: MemoryLedger) -> None:
     grant(room)

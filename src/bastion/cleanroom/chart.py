@@ -20,8 +20,14 @@ def write_chart(rows: list[ResultRow], title: str, path: Path) -> Path:
     if len({r.statistic for r in shown}) > 1:
         labels = [f"{lab} {r.statistic}" for lab, r in zip(labels, shown, strict=True)]
     values = [float(r.value or 0.0) for r in shown]
-    low = [max(v - (r.ci_low if r.ci_low is not None else v), 0.0) for v, r in zip(values, shown, strict=True)]
-    high = [max((r.ci_high if r.ci_high is not None else v) - v, 0.0) for v, r in zip(values, shown, strict=True)]
+    low = [
+        max(v - (r.ci_low if r.ci_low is not None else v), 0.0)
+        for v, r in zip(values, shown, strict=True)
+    ]
+    high = [
+        max((r.ci_high if r.ci_high is not None else v) - v, 0.0)
+        for v, r in zip(values, shown, strict=True)
+    ]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(shown) + 2), 4.5))
     ax.bar(range(len(shown)), values, yerr=[low, high], capsize=3, color="#3b6ea8")
     ax.set_xticks(range(len(shown)))

@@ -42,6 +42,8 @@ class Engine(Protocol):
 
     def aggregate(self, plan: QueryPlan, salt: str) -> BoundedAggregate: ...
 
+    def close(self) -> None: ...
+
 
 def _collect(plan: QueryPlan, agg_rows: list[Any], hist_rows: list[Any]) -> BoundedAggregate:
     k = len(plan.group_by)

@@ -37,10 +37,12 @@ DATA_OPTION = typer.Option(
 
 @contextmanager
 def opened_cleanroom(
-    home_path: Path | None, data: Path | None = None, engine: str = "duckdb"
+    home_path: Path | None, data: Path | None = None, engine: str | None = None
 ) -> Iterator[Any]:
-    """A CleanRoom on the home's database and log, with the chosen engine."""
-    from bastion.cleanroom import CleanRoom, CleanRoomConfig, default_data_dir
+    """A CleanRoom on the home's database and log. ``engine`` is opened before anything is
+    charged (a missing data directory is a configuration error, not a failed query); without
+    one, the room can manage budgets but not answer queries."""
+    from bastion.cleanroom import CleanRoom, CleanRoomConfig, default_data_dir, open_engine
     from bastion.clock import SystemClock
     from bastion.home import Home
     from bastion.ledger.log import open_log
@@ -49,40 +51,30 @@ def opened_cleanroom(
     home = Home.load(home_path)
     config = CleanRoomConfig.from_settings(home.settings.raw)
     data_dir = data or default_data_dir(home.path, home.settings.raw)
-    db = open_database(home.database_url)
+    eng: Any = open_engine(engine, data_dir) if engine else _NoEngine()
     try:
-        clock = SystemClock()
-        log = open_log(home, db, clock, background=False)
+        db = open_database(home.database_url)
         try:
-            eng = _LazyEngine(engine, data_dir)
+            clock = SystemClock()
+            log = open_log(home, db, clock, background=False)
             try:
                 yield CleanRoom(db, log, clock, eng, config=config)
             finally:
-                eng.close()
+                log.close()
         finally:
-            log.close()
+            db.close()
     finally:
-        db.close()
+        eng.close()
 
 
-class _LazyEngine:
-    """Opens the engine on the first query, so budget commands need no data."""
-
-    def __init__(self, name: str, data_dir: Path) -> None:
-        self.name = name
-        self._data_dir = data_dir
-        self._engine: Any = None
+class _NoEngine:
+    name = "none"
 
     def aggregate(self, plan: Any, salt: str) -> Any:
-        if self._engine is None:
-            from bastion.cleanroom import open_engine
-
-            self._engine = open_engine(self.name, self._data_dir)
-        return self._engine.aggregate(plan, salt)
+        raise RuntimeError("no engine opened")
 
     def close(self) -> None:
-        if self._engine is not None:
-            self._engine.close()
+        pass
 
 
 def _split(value: str | None) -> list[str]:
