@@ -60,3 +60,19 @@ def test_demo_can_run_twice_in_the_same_place(
     second = run_demo(home=home, db=db, ledger=real_log, clock=clock, workdir=tmp_path / "d")
     assert first["ok"] and second["ok"], second
     assert first["artifact_sha256"] != second["artifact_sha256"]
+
+
+def test_render_report_shows_every_step(
+    db: Database, real_log: Log, clock: FixedClock, tmp_path: Path
+) -> None:
+    from rich.console import Console
+
+    from bastion.releases.demo import render_report
+
+    home = Home(tmp_path / "home", Settings())
+    home.keyring_dir.mkdir(parents=True)
+    report = run_demo(home=home, db=db, ledger=real_log, clock=clock, workdir=tmp_path / "d")
+    console = Console(record=True, width=200)
+    render_report(report, console)
+    text = console.export_text()
+    assert text.count("rejected") >= 3 and "ACCEPTED" not in text and "FAILED" not in text

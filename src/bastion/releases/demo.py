@@ -18,6 +18,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
 from bastion.clock import Clock, iso
 from bastion.events import Actor
 from bastion.home import Home
@@ -309,3 +312,22 @@ def _key(path: Path) -> Any:
 
 def _holder(identity: str, key: Any) -> KeyHolder:
     return KeyHolder(id=identity, public_key=public_key_to_b64(key.public_key()))
+
+
+def render_report(report: dict[str, Any], console: Console) -> None:
+    """Show a ``run_demo`` report as two Rich tables (for ``bastion demo``)."""
+    steps = Table(title=f"Release of {report['app']}/{report['channel']}")
+    for col in ("step", "result", "detail"):
+        steps.add_column(col)
+    for s in report["steps"]:
+        detail = ", ".join(f"{k}={v}" for k, v in s.items() if k not in ("step", "ok"))
+        steps.add_row(s["step"], "[green]ok[/]" if s["ok"] else "[red]FAILED[/]", detail)
+    console.print(steps)
+    attempts = Table(title="Attempts that must be rejected")
+    for col in ("attempt", "result", "code"):
+        attempts.add_column(col)
+    for r in report["rejected_attempts"]:
+        verdict = "[green]rejected[/]" if r["rejected"] else "[red]ACCEPTED[/]"
+        attempts.add_row(r["attempt"], verdict, str(r["code"]))
+    console.print(attempts)
+    console.print(f"Check it yourself: {report['verify_command']}")
