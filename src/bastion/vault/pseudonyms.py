@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 
 from bastion.store import Cursor
 from bastion.vault.identity import VaultIdentity
-from bastion.vault.schema import chunks, marks
+from bastion.vault.schema import select_in
 
 _INSERT = "INSERT INTO vault_pseudonyms (idx, token, owner) VALUES (?, ?, ?)"
 
@@ -26,20 +26,22 @@ def new_token() -> str:
 
 
 class Pseudonyms:
-    def __init__(self, identity: VaultIdentity) -> None:
+    def __init__(self, identity: VaultIdentity, dialect: str) -> None:
         self._identity = identity
+        self._dialect = dialect
 
     def lookup(self, cur: Cursor, values: Sequence[str]) -> dict[str, tuple[str, str]]:
         """value -> (token, owner token) for the values that already have a mapping."""
         by_idx = {self._identity.index(v): v for v in values}
         found: dict[str, tuple[str, str]] = {}
-        for chunk in chunks(list(by_idx)):
-            for idx, token, owner in cur.execute(
-                "SELECT idx, token, owner FROM vault_pseudonyms "
-                f"WHERE idx IN ({marks(len(chunk))})",
-                chunk,
-            ).fetchall():
-                found[by_idx[idx]] = (str(token), str(owner))
+        for idx, token, owner in select_in(
+            cur,
+            self._dialect,
+            "SELECT idx, token, owner FROM vault_pseudonyms WHERE {in}",
+            "idx",
+            list(by_idx),
+        ):
+            found[by_idx[idx]] = (str(token), str(owner))
         return found
 
     def resolve(

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from bastion.store import Cursor
 
 # Every writer of keys or records takes this lock (SQLite: BEGIN IMMEDIATE; PostgreSQL: an
 # advisory transaction lock), so an ingest, a shred and a rotation never interleave.
 VAULT_LOCK = "vault:keys"
 IN_CHUNK = 500
+PG_ANY_CHUNK = 5000
 
 SCHEMA = [
     # Vault-wide secrets wrapped by the KEK (the identity secret behind pseudonym indexes).
@@ -55,3 +58,28 @@ def chunks(items: Sequence[T], size: int = IN_CHUNK) -> Iterable[Sequence[T]]:
 
 def marks(n: int) -> str:
     return ",".join("?" * n)
+
+
+def select_in(
+    cur: Cursor,
+    dialect: str,
+    sql: str,
+    column: str,
+    keys: Sequence[str],
+    before: Sequence[object] = (),
+) -> list[tuple[Any, ...]]:
+    """Run ``sql`` (with ``{in}`` where the key test goes) for every chunk of ``keys``.
+
+    PostgreSQL gets ``column = ANY(?)`` with one array parameter, which it parses and plans
+    about twice as fast as a long ``IN (?, ?, ...)`` list; SQLite gets the list.
+    """
+    out: list[tuple[Any, ...]] = []
+    if dialect == "postgresql":
+        query = sql.replace("{in}", f"{column} = ANY(?)")
+        for chunk in chunks(keys, PG_ANY_CHUNK):
+            out += cur.execute(query, [*before, list(chunk)]).fetchall()
+        return out
+    for chunk in chunks(keys):
+        query = sql.replace("{in}", f"{column} IN ({marks(len(chunk))})")
+        out += cur.execute(query, [*before, *chunk]).fetchall()
+    return out

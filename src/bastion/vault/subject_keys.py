@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -12,7 +11,7 @@ from bastion.errors import KeyUnavailable
 from bastion.keys.provider import DEK_BYTES, KeyProvider, WrappedKey
 from bastion.store import Cursor
 from bastion.vault import codec
-from bastion.vault.schema import chunks, marks
+from bastion.vault.schema import select_in
 
 DEK_VERSION = 1
 
@@ -21,18 +20,19 @@ FieldKey = tuple[AESGCM, int]
 
 
 class SubjectKeys:
-    def __init__(self, provider: KeyProvider) -> None:
+    def __init__(self, provider: KeyProvider, dialect: str) -> None:
         self.provider = provider
+        self.dialect = dialect
 
     def load(self, cur: Cursor, tokens: Sequence[str]) -> dict[str, FieldKey]:
         """Field keys of the subjects that still have a data key; shredded ones are left out."""
-        rows: list[tuple[Any, ...]] = []
-        for chunk in chunks(tokens):
-            rows += cur.execute(
-                "SELECT token, dek_version, kek_version, wrapped FROM vault_subjects "
-                f"WHERE token IN ({marks(len(chunk))})",
-                chunk,
-            ).fetchall()
+        rows = select_in(
+            cur,
+            self.dialect,
+            "SELECT token, dek_version, kek_version, wrapped FROM vault_subjects WHERE {in}",
+            "token",
+            tokens,
+        )
         erasure = self.provider.erasure.get_many(r[0] for r in rows)
         out: dict[str, FieldKey] = {}
         for token, dek_version, kek_version, wrapped in rows:

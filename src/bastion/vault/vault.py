@@ -35,7 +35,7 @@ from bastion.store import Cursor, Database
 from bastion.vault.identity import VaultIdentity, ensure_identity, secret_aad
 from bastion.vault.plan import OpenedValues, RecordedPlan
 from bastion.vault.pseudonyms import Pseudonyms
-from bastion.vault.schema import SCHEMA, VAULT_LOCK, chunks, marks
+from bastion.vault.schema import SCHEMA, VAULT_LOCK, select_in
 from bastion.vault.sealing import DatasetLayout, RecordRow, ValidRow
 from bastion.vault.subject_keys import FieldKey, SubjectKeys
 
@@ -118,8 +118,8 @@ class Vault:
         self.catalog = catalog
         self.clock = clock
         self.identity = VaultIdentity(db, provider)
-        self._pseudonyms = Pseudonyms(self.identity)
-        self._keys = SubjectKeys(provider)
+        self._pseudonyms = Pseudonyms(self.identity, db.dialect)
+        self._keys = SubjectKeys(provider, db.dialect)
 
     # ---- setup ----------------------------------------------------------------------------
 
@@ -246,7 +246,7 @@ class Vault:
             records,
         )
         if cur.rowcount != len(records):
-            self._raise_duplicate(cur, batch, records, source, layout)
+            self._raise_duplicate(cur, self.db.dialect, batch, records, source, layout)
         for _, _, token, _, _ in records:
             state.counts[token] = state.counts.get(token, 0) + 1
         state.rows += len(batch)
@@ -255,6 +255,7 @@ class Vault:
     @staticmethod
     def _raise_duplicate(
         cur: Cursor,
+        dialect: str,
         batch: list[tuple[int, ValidRow]],
         records: list[RecordRow],
         source: str,
@@ -262,14 +263,17 @@ class Vault:
     ) -> None:
         # Our rows carry fresh random nonces, so a stored row that differs was not written now.
         mine = {r[1]: r[4] for r in records}
-        stored: dict[str, bytes] = {}
-        for chunk in chunks(list(mine)):
-            for key, sealed in cur.execute(
-                "SELECT record_key, sealed FROM vault_records WHERE dataset = ? AND "
-                f"record_key IN ({marks(len(chunk))})",
-                [layout.spec.name, *chunk],
-            ).fetchall():
-                stored[key] = bytes(sealed)
+        stored = {
+            key: bytes(sealed)
+            for key, sealed in select_in(
+                cur,
+                dialect,
+                "SELECT record_key, sealed FROM vault_records WHERE dataset = ? AND {in}",
+                "record_key",
+                list(mine),
+                [layout.spec.name],
+            )
+        }
         for (row_number, _), rec in zip(batch, records, strict=True):
             if stored.get(rec[1]) != mine[rec[1]]:
                 raise InputError(
@@ -300,13 +304,16 @@ class Vault:
             return OpenedValues(plan.dataset, recorded.receipt, {})
         rows: dict[str, tuple[str, str, bytes]] = {}
         with self.db.transaction() as cur:
-            for chunk in chunks(plan.records):
-                for key, subject, clear, sealed in cur.execute(
-                    "SELECT record_key, subject, clear, sealed FROM vault_records "
-                    f"WHERE dataset = ? AND record_key IN ({marks(len(chunk))})",
-                    [plan.dataset, *chunk],
-                ).fetchall():
-                    rows[key] = (subject, clear, bytes(sealed))
+            for key, subject, clear, sealed in select_in(
+                cur,
+                self.db.dialect,
+                "SELECT record_key, subject, clear, sealed FROM vault_records "
+                "WHERE dataset = ? AND {in}",
+                "record_key",
+                plan.records,
+                [plan.dataset],
+            ):
+                rows[key] = (subject, clear, bytes(sealed))
             missing = sum(1 for r in plan.records if r not in rows)
             if missing:
                 raise InputError(
@@ -381,11 +388,14 @@ class Vault:
                     field=name,
                 )
         out: dict[str, dict[str, object]] = {}
-        for chunk in chunks(list(dict.fromkeys(record_keys))):
-            for key, clear in self.db.query(
-                "SELECT record_key, clear FROM vault_records WHERE dataset = ? AND "
-                f"record_key IN ({marks(len(chunk))})",
-                [dataset, *chunk],
+        with self.db.transaction() as cur:
+            for key, clear in select_in(
+                cur,
+                self.db.dialect,
+                "SELECT record_key, clear FROM vault_records WHERE dataset = ? AND {in}",
+                "record_key",
+                list(dict.fromkeys(record_keys)),
+                [dataset],
             ):
                 values = json.loads(clear)
                 out[key] = {name: values.get(name) for name in fields}
@@ -445,15 +455,16 @@ class Vault:
         """Destroy erasure secrets no subject row uses (left by a crash during an ingest)."""
         with self.db.transaction(lock=VAULT_LOCK) as cur:
             refs = self.provider.erasure.refs()
-            live: set[str] = set()
-            for chunk in chunks(refs):
-                live.update(
-                    t
-                    for (t,) in cur.execute(
-                        f"SELECT token FROM vault_subjects WHERE token IN ({marks(len(chunk))})",
-                        chunk,
-                    ).fetchall()
+            live = {
+                str(t)
+                for (t,) in select_in(
+                    cur,
+                    self.db.dialect,
+                    "SELECT token FROM vault_subjects WHERE {in}",
+                    "token",
+                    refs,
                 )
+            }
             orphans = [r for r in refs if r not in live]
             for ref in orphans:
                 self.provider.erasure.destroy(ref)
