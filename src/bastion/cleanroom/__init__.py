@@ -7,6 +7,7 @@ store, and every query on the ledger before its answer leaves.
 
 from bastion.cleanroom.budget import Budget, BudgetStore
 from bastion.cleanroom.config import CleanRoomConfig, Measure
+from bastion.cleanroom.demo import demo
 from bastion.cleanroom.engines import (
     BoundedAggregate,
     DuckDBEngine,
@@ -44,6 +45,7 @@ __all__ = [
     "Template",
     "compile_plan",
     "default_data_dir",
+    "demo",
     "open_engine",
     "release",
 ]

@@ -1,0 +1,38 @@
+"""The clean room's demo scenario: CTR by campaign, reach by age band x region, refusal."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from cleanroom_doubles import MemoryLedger
+from rich.console import Console
+
+from bastion.cleanroom.demo import demo
+from bastion.clock import FixedClock
+from bastion.events import AnalyticsBudgetChange, AnalyticsQuery
+from bastion.store import Database
+
+
+def test_demo_story(db: Database, clock: FixedClock, tmp_path: Path) -> None:
+    ledger = MemoryLedger()
+    buf = io.StringIO()
+    report = demo(db, ledger, clock, tmp_path / "data", Console(file=buf, width=140))
+    text = buf.getvalue()
+    assert report["third_query_refused"] is True
+    assert report["ctr_campaigns_released"] > 0 and report["reach_groups"] == 56
+    assert report["analyst_epsilon_spent"] == 2.0
+    assert "CTR by campaign" in text and "Reach (distinct users)" in text
+    assert "query refused" in text
+    kinds = [
+        (type(e).__name__, getattr(e, "outcome", None))
+        for e in ledger.events()
+        if isinstance(e, AnalyticsQuery | AnalyticsBudgetChange)
+    ]
+    assert kinds == [
+        ("AnalyticsBudgetChange", None),
+        ("AnalyticsBudgetChange", None),
+        ("AnalyticsQuery", "released"),
+        ("AnalyticsQuery", "released"),
+        ("AnalyticsQuery", "refused"),
+    ]
