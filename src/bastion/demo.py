@@ -303,6 +303,25 @@ def run(home: Home, db: Database, console: Console, *, small: bool = True) -> di
     return ctx.report
 
 
+def releases_story(ctx: DemoContext) -> None:
+    from bastion.releases.demo import render_report
+    from bastion.releases.demo import run_demo as run_releases
+
+    report = run_releases(
+        home=ctx.home,
+        db=ctx.db,
+        ledger=ctx.log,
+        clock=ctx.clock,
+        workdir=ctx.home.path / "releases-demo",
+    )
+    render_report(report, ctx.console)
+    ctx.report["releases"] = report
+    if not report.get("ok"):
+        raise BastionError("the release-assurance scenario did not behave as expected")
+
+
 def extra_steps() -> list[tuple[str, Step]]:
     """Scenarios of the parts above the vault and ledger, in the order the story needs them."""
-    return []
+    return [
+        ("Release assurance: only reviewed code ships, and a phone can check it", releases_story),
+    ]
