@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -90,6 +91,15 @@ def create_app(runtime: Runtime, *, sweep_seconds: float = 0.0) -> FastAPI:
         from bastion.gateway.pipeline import reject_invalid_request
 
         err = await reject_invalid_request(runtime, request, exc)
+        return await _api_error(request, err)
+
+    @app.exception_handler(ValidationError)
+    async def _model_invalid(request: Request, exc: ValidationError) -> JSONResponse:
+        # A part's own model refused a value the API schema let through (e.g. a repeated
+        # subject): still the caller's input, so a recorded 422, never a 500.
+        from bastion.gateway.pipeline import reject_model_error
+
+        err = await reject_model_error(runtime, request, exc)
         return await _api_error(request, err)
 
     @app.exception_handler(BastionError)

@@ -36,7 +36,7 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from bastion.catalog import Classification, DatasetSpec, to_jsonable
@@ -211,6 +211,31 @@ async def reject_invalid_request(
             endpoint=endpoint_of(request),
             status=status,
             kind=kind,
+            message=message[:500],
+            dataset=str(dataset) if dataset else None,
+            field=path,
+        )
+    )
+
+
+async def reject_model_error(rt: Runtime, request: Request, exc: ValidationError) -> ApiError:
+    """A value refused by a part's model after the API schema accepted it: a recorded 422."""
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    path = ".".join(str(p) for p in first.get("loc", ())) or None
+    message = f"{first.get('msg', 'invalid value')}" + (f" at {path}" if path else "")
+    principal: Principal | None = getattr(request.state, "principal", None)
+    actor = principal.actor() if principal is not None else Actor(id="anonymous")
+    rid = new_request_id(request)
+    dataset = request.path_params.get("dataset")
+    return await run_in_threadpool(
+        lambda: reject(
+            rt,
+            actor,
+            request_id=rid,
+            endpoint=endpoint_of(request),
+            status=422,
+            kind="invalid-input",
             message=message[:500],
             dataset=str(dataset) if dataset else None,
             field=path,
