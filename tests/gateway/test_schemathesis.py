@@ -40,24 +40,26 @@ def test_no_server_errors(runtime: Runtime, server: ThreadedServer) -> None:
         who = "pat" if operation.path.startswith("/policy") else "alice"
         if operation.path.startswith("/subjects"):
             who = "audra"
-        headers = {"authorization": f"Bearer {tokens[who]}"}
-
-        @given(case=operation.as_strategy())
-        @settings(
-            max_examples=MAX_EXAMPLES,
-            deadline=None,
-            suppress_health_check=list(HealthCheck),
-            derandomize=True,
-            database=None,
-        )
-        def run(case: Any) -> None:
-            response = case.call(headers=headers, timeout=30)
-            if response.status_code >= 500:
-                failures.append(
-                    f"{case.method} {case.formatted_path} -> {response.status_code}: "
-                    f"{response.text[:200]}"
-                )
-
-        run()
+        _check(operation, {"authorization": f"Bearer {tokens[who]}"}, failures)
     assert operations >= 15
     assert failures == []
+
+
+def _check(operation: Any, headers: dict[str, str], failures: list[str]) -> None:
+    @given(case=operation.as_strategy())
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        derandomize=True,
+        database=None,
+    )
+    def run(case: Any) -> None:
+        response = case.call(headers=headers, timeout=30)
+        if response.status_code >= 500:
+            failures.append(
+                f"{case.method} {case.formatted_path} -> {response.status_code}: "
+                f"{response.text[:200]}"
+            )
+
+    run()
