@@ -114,10 +114,8 @@ class RightEdge:
             bundle = bytearray(row[1])
         return cls(size, border, tails, bundle, bundle_width)
 
-    def integrate(
-        self, entries: Sequence[bytes], hashes: Sequence[bytes]
-    ) -> tuple[list[tuple[int, int, bytes]], list[tuple[int, int, bytes]]]:
-        """Append entries; return the tile rows and bundle rows to write. Mutates self."""
+    def integrate(self, entries: Sequence[bytes], hashes: Sequence[bytes]) -> Writes:
+        """Append entries; return the rows to write. Mutates self."""
         tiles: list[tuple[int, int, bytes]] = []
         grown: dict[int, int] = {}  # level -> index of its partial tile that grew
         tails = self.tails
@@ -139,21 +137,33 @@ class RightEdge:
             tiles.append((tile_level, tile_index, bytes(tails[tile_level])))
 
         bundles: list[tuple[int, int, bytes]] = []
+        chunk: tuple[int, int, int, bytes] | None = None
         position, n = 0, len(entries)
         bundle_index = self.size // TILE_WIDTH
         while position < n:
             take = min(TILE_WIDTH - self.bundle_width, n - position)
-            self.bundle += encode_entry_bundle(entries[position : position + take])
+            encoded = encode_entry_bundle(entries[position : position + take])
+            start = self.bundle_width
+            self.bundle += encoded
             self.bundle_width += take
             position += take
             if self.bundle_width == TILE_WIDTH:
                 bundles.append((bundle_index, TILE_WIDTH, bytes(self.bundle)))
                 self.bundle, self.bundle_width = bytearray(), 0
                 bundle_index += 1
-        if self.bundle_width and n:
-            bundles.append((bundle_index, self.bundle_width, bytes(self.bundle)))
+            else:  # only the last stretch of a batch stays partial
+                chunk = (bundle_index, start, take, encoded)
         self.size += n
-        return tiles, bundles
+        return Writes(tiles, bundles, chunk)
+
+
+@dataclass(frozen=True)
+class Writes:
+    """What one batch writes: grown or completed tiles, completed bundles, one partial chunk."""
+
+    tiles: list[tuple[int, int, bytes]]
+    bundles: list[tuple[int, int, bytes]]
+    chunk: tuple[int, int, int, bytes] | None
 
 
 class Sequencer:
@@ -354,9 +364,11 @@ class Sequencer:
             size = storage.read_tree_size(cur)
             if edge is None or edge.size != size:
                 edge = RightEdge.load(cur, size)
-            tiles, bundles = edge.integrate(entries, hashes)
-            storage.write_tiles(cur, tiles)
-            storage.write_bundles(cur, bundles)
+            writes = edge.integrate(entries, hashes)
+            storage.write_tiles(cur, writes.tiles)
+            storage.write_bundles(cur, writes.bundles)
+            if writes.chunk is not None:
+                storage.write_bundle_chunk(cur, *writes.chunk)
             storage.advance_tree_size(cur, size, edge.size)
         self._edge = edge
         return size, edge.border.root()

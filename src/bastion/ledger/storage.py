@@ -7,7 +7,10 @@ entries it carries:
 - ``ledger_state``: one row, the integrated tree size. The sequencer's compare-and-swap target.
 - ``ledger_tiles``: Merkle tiles of height 8 (hashes concatenated). The rightmost tile of each
   level is rewritten as it grows; full tiles never change.
-- ``ledger_bundles``: entry bundles (uint16-length-prefixed entries), the same way.
+- ``ledger_bundles``: full entry bundles (256 uint16-length-prefixed entries), written once.
+- ``ledger_bundle_chunks``: the entries of the rightmost, partial bundle, one row per commit, so a
+  small commit writes only its own entries (not the whole partial bundle again). When the bundle
+  fills, it is written whole and its chunks are deleted in the same transaction.
 - ``ledger_checkpoints``: every signed checkpoint, with the witness cosignatures it gathered.
 
 Every function takes an open cursor so callers decide the transaction boundaries.
@@ -34,6 +37,12 @@ DDL = [
     " bundle_index {int} PRIMARY KEY,"
     " width {int} NOT NULL,"
     " entries {blob} NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS ledger_bundle_chunks ("
+    " bundle_index {int} NOT NULL,"
+    " first_entry {int} NOT NULL,"
+    " entry_count {int} NOT NULL,"
+    " entries {blob} NOT NULL,"
+    " PRIMARY KEY (bundle_index, first_entry))",
     "CREATE TABLE IF NOT EXISTS ledger_checkpoints ("
     " tree_size {int} PRIMARY KEY,"
     " root_hash {blob} NOT NULL,"
@@ -98,20 +107,54 @@ def read_tile(cur: Cursor, level: int, index: int) -> bytes | None:
 
 
 def read_bundle(cur: Cursor, index: int) -> tuple[int, bytes] | None:
+    """(width, encoded entries) of a bundle: a full one, or the partial one from its chunks."""
     row = cur.execute(
         "SELECT width, entries FROM ledger_bundles WHERE bundle_index = ?", (index,)
     ).fetchone()
-    return None if row is None else (int(row[0]), bytes(row[1]))
+    if row is not None:
+        return int(row[0]), bytes(row[1])
+    chunks = cur.execute(
+        "SELECT first_entry, entry_count, entries FROM ledger_bundle_chunks"
+        " WHERE bundle_index = ? ORDER BY first_entry",
+        (index,),
+    ).fetchall()
+    if not chunks:
+        return None
+    width, parts = 0, []
+    for first, count, data in chunks:
+        if int(first) != width:
+            raise IntegrityError(f"entry bundle {index} has a gap at entry {width}")
+        width += int(count)
+        parts.append(bytes(data))
+    return width, b"".join(parts)
 
 
-def read_bundles(cur: Cursor, first: int, last: int) -> list[tuple[int, int, bytes]]:
-    """(index, width, data) of bundles first..last inclusive, in order."""
+def read_full_bundles(cur: Cursor, first: int, last: int) -> list[tuple[int, int, bytes]]:
+    """(index, width, data) of the full bundles first..last inclusive, in order."""
     rows = cur.execute(
         "SELECT bundle_index, width, entries FROM ledger_bundles"
         " WHERE bundle_index >= ? AND bundle_index <= ? ORDER BY bundle_index",
         (first, last),
     ).fetchall()
     return [(int(i), int(w), bytes(d)) for i, w, d in rows]
+
+
+def read_bundles(cur: Cursor, first: int, last: int) -> list[tuple[int, int, bytes]]:
+    """(index, width, data) of every stored bundle first..last inclusive, partial one included."""
+    rows = read_full_bundles(cur, first, last)
+    full = {r[0] for r in rows}
+    partial = cur.execute(
+        "SELECT DISTINCT bundle_index FROM ledger_bundle_chunks"
+        " WHERE bundle_index >= ? AND bundle_index <= ?",
+        (first, last),
+    ).fetchall()
+    for (index,) in partial:
+        if int(index) not in full:
+            bundle = read_bundle(cur, int(index))
+            if bundle is not None:
+                rows.append((int(index), *bundle))
+    rows.sort()
+    return rows
 
 
 def write_tiles(cur: Cursor, tiles: Sequence[tuple[int, int, bytes]]) -> None:
@@ -125,7 +168,7 @@ def write_tiles(cur: Cursor, tiles: Sequence[tuple[int, int, bytes]]) -> None:
 
 
 def write_bundles(cur: Cursor, bundles: Sequence[tuple[int, int, bytes]]) -> None:
-    """Upsert (index, width, entries) rows."""
+    """Write full bundles (index, width, entries) and drop the chunks they replace."""
     if bundles:
         cur.executemany(
             "INSERT INTO ledger_bundles (bundle_index, width, entries) VALUES (?, ?, ?)"
@@ -133,6 +176,18 @@ def write_bundles(cur: Cursor, bundles: Sequence[tuple[int, int, bytes]]) -> Non
             " SET width = excluded.width, entries = excluded.entries",
             bundles,
         )
+        cur.executemany(
+            "DELETE FROM ledger_bundle_chunks WHERE bundle_index = ?", [(b[0],) for b in bundles]
+        )
+
+
+def write_bundle_chunk(cur: Cursor, index: int, first: int, count: int, data: bytes) -> None:
+    """Append `count` encoded entries to partial bundle `index`, starting at entry `first`."""
+    cur.execute(
+        "INSERT INTO ledger_bundle_chunks (bundle_index, first_entry, entry_count, entries)"
+        " VALUES (?, ?, ?, ?)",
+        (index, first, count, data),
+    )
 
 
 # --- checkpoints ---------------------------------------------------------------------------
