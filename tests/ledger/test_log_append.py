@@ -272,3 +272,11 @@ def test_open_log_refuses_a_new_key_for_a_log_that_already_signed(
     create_signing_key(home.keyring_dir, LOG_KEY_NAME)
     with pytest.raises(KeyUnavailable, match="not signed by this log's key"):
         open_log(home, db, clock, background=False)
+
+
+def test_entries_range_reads_full_and_partial_bundles(log: Log) -> None:
+    log.append_entries([f"r{i}".encode() for i in range(600)])
+    got = list(log.entries(250, 700))
+    assert [i for i, _ in got] == list(range(250, 600))
+    assert all(e == f"r{i}".encode() for i, e in got)
+    assert list(log.entries(5, 5)) == []

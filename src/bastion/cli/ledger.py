@@ -274,6 +274,8 @@ def status_cmd(
         emit_json(info)
         return
     table = Table(title="Ledger", show_header=False)
+    table.add_column("what", no_wrap=True)
+    table.add_column("value", overflow="fold")
     table.add_row("origin", info["origin"])
     table.add_row("vkey", info["vkey"])
     table.add_row("database", info["database"])

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -198,6 +198,22 @@ class LogReader:
             return None
         return self._stored_bundle(index, width)
 
+    def entries(self, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+        """(index, entry) for committed entries start..end-1, read a few bundles at a time."""
+        size = self.tree_size()
+        end = min(end, size)
+        if start >= end:
+            return
+        first, last = start // TILE_WIDTH, (end - 1) // TILE_WIDTH
+        for lo in range(first, last + 1, 64):
+            with self.db.transaction() as cur:
+                rows = storage.read_bundles(cur, lo, min(lo + 63, last))
+            for bundle_index, width, data in rows:
+                base = bundle_index * TILE_WIDTH
+                for offset, entry in enumerate(decode_entry_bundle(data, width)):
+                    if start <= base + offset < end:
+                        yield base + offset, entry
+
     def entry(self, index: int) -> bytes:
         """One committed entry."""
         size = self.tree_size()
@@ -352,6 +368,9 @@ class Log:
 
     def entry(self, index: int) -> bytes:
         return self.reader.entry(index)
+
+    def entries(self, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+        return self.reader.entries(start, end)
 
     def inclusion_proof(self, index: int, size: int) -> list[bytes]:
         return self.reader.inclusion_proof(index, size)
