@@ -162,12 +162,16 @@ class DatasetLayout:
             rk = record_key.encode()
             prefix = head + len(rk).to_bytes(2, "big") + rk + subject_part
             parts: list[bytes] = [_FORMAT]
+            add = parts.append
             offset = base
             for name, header, suffix, encode in sealed_fields:
                 nonce = nonces[offset : offset + _NONCE]
                 offset += _NONCE
                 ct = encrypt(nonce, encode(row[name]), prefix + suffix)
-                parts += (header, pack_len(_NONCE + len(ct)), nonce, ct)
+                add(header)
+                add(pack_len(_NONCE + len(ct)))
+                add(nonce)
+                add(ct)
             base += width
             clear: dict[str, object] = {}
             for name, convert in public:
