@@ -212,6 +212,69 @@ def proof_latency(db: Database, signer: NoteSigner, size: int, samples: int) -> 
     return result
 
 
+def full_verification(tmp: Path, signer: NoteSigner, size: int) -> dict[str, Any]:
+    """Build a `size`-entry log, serve it with uvicorn in another process, verify it all."""
+    import subprocess
+
+    from bastion.ledger.verifier import LogVerifier
+
+    path = tmp / "verify.db"
+    db = open_database(f"sqlite:///{path}")
+    storage.create_tables(db)
+    log = Log(db, signer, SystemClock(), background=False)
+    t0 = time.perf_counter()
+    for first in range(0, size, 50_000):
+        n = min(50_000, size - first)
+        log.append_entries(
+            [f'{{"i":{i},"pad":"{"x" * 80}"}}'.encode() for i in range(first, first + n)]
+        )
+    log.publish()
+    build_s = time.perf_counter() - t0
+    log.close()
+    db.close()
+    port = 18000 + os.getpid() % 1000
+    server = subprocess.Popen(
+        [sys.executable, "-c", _SERVE, str(path), signer.skey, str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        with LogVerifier(f"http://127.0.0.1:{port}", signer.vkey, tmp / "auditor") as verifier:
+            result = verifier.verify()
+    finally:
+        server.terminate()
+        server.wait()
+    return {
+        "tree_size": result.size,
+        "build_s": round(build_s, 1),
+        "verify_s": round(result.elapsed_s, 1),
+        "entries_per_s": round(result.entries_checked / result.elapsed_s),
+        "bytes_fetched": result.bytes_fetched,
+    }
+
+
+_SERVE = """
+import sys, threading, time, uvicorn
+from fastapi import FastAPI
+from bastion.clock import SystemClock
+from bastion.ledger.log import Log
+from bastion.ledger.note import NoteSigner
+from bastion.store import open_database
+db = open_database("sqlite:///" + sys.argv[1])
+log = Log(db, NoteSigner.from_skey(sys.argv[2]), SystemClock(), background=False)
+app = FastAPI()
+app.include_router(log.router())
+server = uvicorn.Server(uvicorn.Config(app, port=int(sys.argv[3]), log_level="warning"))
+def ready():
+    while not server.started:
+        time.sleep(0.05)
+    print("ready", flush=True)
+threading.Thread(target=ready, daemon=True).start()
+server.run()
+"""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=3.0)
@@ -219,6 +282,9 @@ def main() -> None:
     ap.add_argument("--backends", default="sqlite,postgresql")
     ap.add_argument("--appenders", default="1,16,256")
     ap.add_argument("--proof-size", type=int, default=100_000)
+    ap.add_argument(
+        "--verify-size", type=int, default=0, help="Also time a full verification over HTTP."
+    )
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
@@ -267,6 +333,10 @@ def main() -> None:
         db = Backend("sqlite", Path(tmp), args.pg).fresh()
         report["inclusion_proof_sqlite"] = proof_latency(db, signer, args.proof_size, 1000)
         db.close()
+        if args.verify_size:
+            report["full_verification_http"] = full_verification(
+                Path(tmp), signer, args.verify_size
+            )
     report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     text = json.dumps(report, indent=2)
     if args.out:
