@@ -76,9 +76,12 @@ class _Cache(Generic[K, V]):
                 self._data.popitem(last=False)
 
 
+_BYTES = (bytes, bytearray, memoryview)
+
+
 def check_entry(entry: bytes) -> bytes:
     """Refuse what the log cannot carry, with a clear reason. Entries are opaque bytes."""
-    if not isinstance(entry, bytes | bytearray | memoryview):
+    if not isinstance(entry, _BYTES):
         raise InputError(f"a log entry must be bytes, not {type(entry).__name__}")
     if len(entry) > MAX_ENTRY_BYTES:
         raise InputError(

@@ -62,6 +62,7 @@ class _Batch:
     futures: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = field(
         default_factory=dict
     )
+    timers: dict[asyncio.AbstractEventLoop, asyncio.TimerHandle] = field(default_factory=dict)
     nbytes: int = 0
     first: int = -1
     error: BaseException | None = None
@@ -238,7 +239,16 @@ class Sequencer:
             if waker is not None:
                 batch.wakers.append(waker)
             if future is not None:
-                batch.futures.setdefault(future.get_loop(), []).append(future)
+                loop = future.get_loop()
+                waiting = batch.futures.get(loop)
+                if waiting is None:
+                    waiting = batch.futures[loop] = []
+                    # One watchdog per batch and event loop (not per append): if the commit
+                    # never reports back, the waiters fail instead of hanging.
+                    batch.timers[loop] = loop.call_later(
+                        self._timeout, _expire_all, waiting, self._timeout
+                    )
+                waiting.append(future)
             if self._idle or (
                 self._gathering and (len(queue) > 1 or len(batch.entries) >= self._expected)
             ):
@@ -300,11 +310,7 @@ class Sequencer:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         batch, position = self._enqueue(entries, hashes, None, future)
-        timer = loop.call_later(self._timeout, _expire, future, self._timeout)
-        try:
-            await future
-        finally:
-            timer.cancel()
+        await future
         return _receipts(batch, position, hashes)
 
     # --- the sequencer thread ----------------------------------------------------------------
@@ -344,9 +350,10 @@ class Sequencer:
                 for wake in batch.wakers:
                     wake()
                 for loop, futures in batch.futures.items():
+                    timer = batch.timers[loop]
                     # A closed event loop has nobody waiting any more.
                     with contextlib.suppress(RuntimeError):
-                        loop.call_soon_threadsafe(_resolve_all, futures)
+                        loop.call_soon_threadsafe(_resolve_all, futures, timer)
             if batch.error is None:
                 self.batches += 1
                 self.committed += len(batch.entries)
@@ -383,14 +390,18 @@ class Sequencer:
             thread.join()
 
 
-def _expire(future: asyncio.Future[None], timeout: float) -> None:
-    if not future.done():
-        future.set_exception(
-            LedgerUnavailable(f"no commit within {timeout:.0f}s; treat the entries as unrecorded")
-        )
+def _expire_all(futures: list[asyncio.Future[None]], timeout: float) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_exception(
+                LedgerUnavailable(
+                    f"no commit within {timeout:.0f}s; treat the entries as unrecorded"
+                )
+            )
 
 
-def _resolve_all(futures: list[asyncio.Future[None]]) -> None:
+def _resolve_all(futures: list[asyncio.Future[None]], timer: asyncio.TimerHandle) -> None:
+    timer.cancel()
     for future in futures:
         if not future.done():
             future.set_result(None)
