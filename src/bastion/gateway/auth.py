@@ -14,7 +14,9 @@ import base64
 import hashlib
 import json
 import re
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -36,6 +38,7 @@ DEFAULT_TTL = timedelta(hours=8)
 MAX_TTL = timedelta(days=31)
 CLOCK_SKEW = timedelta(seconds=30)
 MAX_TOKEN_BYTES = 8192
+VERIFIED_CACHE_SIZE = 10_000
 
 AuthFailureKind = Literal[
     "missing",
@@ -325,6 +328,10 @@ class TokenVerifier:
         self.audience = audience
         self._clock = clock
         self._skew = int(skew.total_seconds())
+        # Verified tokens: the signature and claims of these exact bytes were checked once;
+        # time validity is re-checked on every use (see _check_time).
+        self._verified: OrderedDict[str, Principal] = OrderedDict()
+        self._cache_lock = threading.Lock()
 
     @property
     def issuers(self) -> Sequence[TrustedIssuer]:
@@ -335,6 +342,31 @@ class TokenVerifier:
             raise AuthError("missing", "a bearer token is required", claimed={})
         if len(token) > MAX_TOKEN_BYTES:
             raise AuthError("malformed", "token too long", claimed={})
+        with self._cache_lock:
+            cached = self._verified.get(token)
+        if cached is not None:
+            self._check_time(cached.extra, cached.extra)
+            return cached
+        principal = self._verify_uncached(token)
+        with self._cache_lock:
+            self._verified[token] = principal
+            while len(self._verified) > VERIFIED_CACHE_SIZE:
+                self._verified.popitem(last=False)
+        return principal
+
+    def _check_time(self, payload: Mapping[str, Any], claimed: Mapping[str, Any]) -> None:
+        now = to_unix(self._clock.now())
+        exp, nbf = payload.get("exp"), payload.get("nbf", payload.get("iat"))
+        if not isinstance(exp, int | float) or (
+            nbf is not None and not isinstance(nbf, int | float)
+        ):
+            raise AuthError("malformed", "exp/nbf must be numeric dates", claimed=claimed)
+        if now >= exp + self._skew:
+            raise AuthError("expired", "token has expired", claimed=claimed)
+        if nbf is not None and now + self._skew < nbf:
+            raise AuthError("not-yet-valid", "token is not valid yet", claimed=claimed)
+
+    def _verify_uncached(self, token: str) -> Principal:
         try:
             header = jwt.get_unverified_header(token)
             claimed = jwt.decode(token, options={"verify_signature": False})
@@ -387,16 +419,8 @@ class TokenVerifier:
         return self._principal(payload, trusted)
 
     def _principal(self, payload: dict[str, Any], trusted: TrustedIssuer) -> Principal:
-        now = to_unix(self._clock.now())
-        exp, nbf = payload.get("exp"), payload.get("nbf", payload.get("iat"))
-        if not isinstance(exp, int | float) or (
-            nbf is not None and not isinstance(nbf, int | float)
-        ):
-            raise AuthError("malformed", "exp/nbf must be numeric dates", claimed=payload)
-        if now >= exp + self._skew:
-            raise AuthError("expired", "token has expired", claimed=payload)
-        if nbf is not None and now + self._skew < nbf:
-            raise AuthError("not-yet-valid", "token is not valid yet", claimed=payload)
+        self._check_time(payload, payload)
+        exp = payload["exp"]
         mapped = {
             name: payload.get(trusted.claim_map.get(name, name)) for name in _ATTRIBUTE_CLAIMS
         }

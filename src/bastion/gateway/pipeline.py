@@ -221,7 +221,7 @@ async def reject_invalid_request(
 async def reject_model_error(rt: Runtime, request: Request, exc: ValidationError) -> ApiError:
     """A value refused by a part's model after the API schema accepted it: a recorded 422."""
     errors = exc.errors()
-    first = errors[0] if errors else {}
+    first: Mapping[str, Any] = errors[0] if errors else {}
     path = ".".join(str(p) for p in first.get("loc", ())) or None
     message = f"{first.get('msg', 'invalid value')}" + (f" at {path}" if path else "")
     principal: Principal | None = getattr(request.state, "principal", None)
@@ -555,7 +555,7 @@ class Gate:
             usage = usage_for(plan, subject_tokens)
             if usage:
                 try:
-                    rt.bulk.check_and_reserve(principal.id, principal.employer or "", usage)
+                    rt.bulk_batcher.reserve(principal.id, principal.employer or "", usage)
                 except BulkThresholdExceeded as exc:
                     rt.metrics.bulk_refusals.labels(exc.category.value).inc()
                     raise deny(429, "bulk-threshold", str(exc), plan=plan, **grant_fields) from None

@@ -13,6 +13,7 @@ from typing import Any
 from bastion.catalog import Catalog, SensitiveCategory
 from bastion.clock import Clock, SystemClock
 from bastion.gateway.auth import TokenIssuer, TokenVerifier, TrustedIssuer
+from bastion.gateway.bulk import BulkBatcher
 from bastion.gateway.config import GatewayConfig, load_external_issuers
 from bastion.gateway.metrics import GatewayMetrics
 from bastion.gateway.transparency import SubjectIndex, migrate_index
@@ -72,8 +73,13 @@ class Runtime:
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     owns_db: bool = False
     _cleanroom: Any = None
+    bulk_batcher: BulkBatcher = field(init=False)
     _closed: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        # Reads self.bulk at each batch, so a replaced counter (tests) takes effect at once.
+        self.bulk_batcher = BulkBatcher(lambda: self.bulk)
 
     @property
     def writer(self) -> LedgerWriter:
@@ -171,6 +177,7 @@ class Runtime:
             if self._closed:
                 return
             self._closed = True
+        self.bulk_batcher.close()
         close_log = getattr(self.ledger, "close", None)
         if callable(close_log):
             close_log()
