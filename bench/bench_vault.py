@@ -14,6 +14,8 @@ Figures (JSON on stdout, progress on stderr), on SQLite and on PostgreSQL:
   field of the event records (database read, key unwrap, authentication, decoding), as a
   ratio to a bare AES-256-GCM decrypt loop over as many ciphertexts.
 * shred: latency per subject for subjects with 10 and with 10,000 records, interleaved.
+* seal stage: ``DatasetLayout.seal_batch`` alone (value encoding, AAD, AES-GCM, record
+  layout, clear JSON), no database, against the same bare loop.
 
 Each measurement and each baseline is repeated ``--reps`` times and the best of each is
 used (a shared, busy machine only ever makes a run slower). Ratios are given on wall time
@@ -50,6 +52,7 @@ from bastion.ledger.api import Receipt
 from bastion.store import Database, open_database
 from bastion.synth import Format, Platform, SynthSpec, generate
 from bastion.vault import ReadPlan, RecordedPlan, Vault, codec, ingest_file
+from bastion.vault.sealing import DatasetLayout
 
 PG_URL = os.environ.get("BASTION_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 AAD = b"a" * 80
@@ -157,8 +160,11 @@ def keyring(workdir: Path) -> LocalKeyring:
 
 def settle(db: Database) -> None:
     """Flush the write-ahead log so the next timings do not pay for the last bulk load."""
+    if db.dialect == "sqlite":
+        db.query("PRAGMA wal_checkpoint(TRUNCATE)")
+        return
     with db.transaction() as cur:
-        cur.execute("PRAGMA wal_checkpoint(TRUNCATE)" if db.dialect == "sqlite" else "CHECKPOINT")
+        cur.execute("CHECKPOINT")
 
 
 def bench_throughput(
@@ -227,6 +233,30 @@ def bench_throughput(
         f"  {backend} open: {opened.wall:,.0f} values/s = {out['open_events']['ratio']:.2f}x bare "
         f"(cpu {out['open_events']['cpu_ratio']:.2f}x)"
     )
+    return out
+
+
+def bench_seal_stage(rows: list[tuple[int, dict[str, Any]]], reps: int) -> dict[str, Any]:
+    """The sealing step alone (no database): ``DatasetLayout.seal_batch`` on resolved keys."""
+    layout = DatasetLayout.of(default_catalog().dataset("events"))
+    subjects = [str(r["user_id"]) for _, r in rows]
+    tokens = {s: f"ps_{i:020d}" for i, s in enumerate(dict.fromkeys(subjects))}
+    for _, r in rows:
+        if r["device_id"] is not None:
+            tokens.setdefault(str(r["device_id"]), f"ps_d{len(tokens):019d}")
+    keys = {t: (AESGCM(AESGCM.generate_key(256)), 1) for t in tokens.values()}
+    plain = sealed_plaintexts("events", rows)
+    stage, bare = Rate(), Rate()
+
+    def seal_all() -> None:
+        for i in range(0, len(rows), 2000):
+            layout.seal_batch(rows[i : i + 2000], subjects[i : i + 2000], tokens, keys, "bench")
+
+    for _ in range(reps):
+        bare_seal(bare, plain)
+        measure(stage, len(plain), seal_all)
+    out = ratios(stage, bare)
+    log(f"  seal stage (events, no database): {stage.wall:,.0f} values/s = {out['ratio']:.2f}x")
     return out
 
 
@@ -352,6 +382,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         files = generate(spec, workdir / "synth", Format.PARQUET, datasets=("events",))
+        result["seal_stage_events"] = bench_seal_stage(rows["events"], args.reps)
         for backend in args.backends.split(","):
             log(f"{backend}:")
             result[backend] = {

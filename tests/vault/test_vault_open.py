@@ -63,6 +63,9 @@ def test_open_returns_typed_values(loaded: Vault, recorded: Recorded) -> None:
     assert events.get_value("e00000001", "ts") == datetime(2026, 1, 3, 10, 11, 12, tzinfo=UTC)
     assert events.get_value("e00000001", "revenue_usd") == 0.25
     assert events.get_value("e00000002", "campaign_id") is None
+    public = loaded.open(recorded("events", [("e00000001", "day"), ("e00000001", "event_type")]))
+    assert public.get_value("e00000001", "day") == date(2026, 1, 3)  # typed, not JSON text
+    assert public.get_value("e00000001", "event_type") == "ad_click"
 
 
 def test_open_returns_only_the_planned_pairs(loaded: Vault, recorded: Recorded) -> None:

@@ -22,6 +22,7 @@ from bastion.catalog import (
     FieldSpec,
     FieldType,
     Value,
+    coerce_value,
     to_jsonable,
 )
 from bastion.errors import InputError, IntegrityError
@@ -199,7 +200,7 @@ class DatasetLayout:
         dataset = spec.name
         how = {
             name: (
-                f.classification is Classification.PUBLIC,
+                f if f.classification is Classification.PUBLIC else None,
                 codec.field_aad_suffix(name),
                 codec.value_decoder(f.type),
             )
@@ -208,16 +209,17 @@ class DatasetLayout:
         }
         opened: dict[FieldRef, Value] = {}
         unpacked: dict[str, tuple[dict[str, bytes], bytes, Callable[..., bytes]]] = {}
-        clears: dict[str, dict[str, Value]] = {}
+        clears: dict[str, dict[str, object]] = {}
         for item in items:
             record, name = item
-            is_public, suffix, decode = how[name]
+            public, suffix, decode = how[name]
             subject, clear_text, sealed = rows[record]
-            if is_public:
+            if public is not None:
                 clear = clears.get(record)
                 if clear is None:
                     clear = clears[record] = json.loads(clear_text)
-                opened[item] = clear.get(name)
+                # Public values are stored as JSON; give them back typed, like opened values.
+                opened[item] = coerce_value(public, clear.get(name))
                 continue
             entry = unpacked.get(record)
             if entry is None:
