@@ -245,7 +245,7 @@ class Publisher:
 
     # --- background ----------------------------------------------------------------------------
 
-    def notify(self, size: int = 0, root_hash: bytes = b"") -> None:
+    def notify(self, size: int = 0) -> None:
         """The sequencer committed: publish soon (within `interval`)."""
         self._wake.set()
 

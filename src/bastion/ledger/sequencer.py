@@ -28,14 +28,15 @@ from dataclasses import dataclass, field
 from bastion.errors import BastionError, IntegrityError, LedgerUnavailable
 from bastion.ledger import storage
 from bastion.ledger.api import Receipt
-from bastion.ledger.merkle import CompactRange, leaf_hash
+from bastion.ledger.merkle import leaf_hash
 from bastion.ledger.tiles import (
     TILE_HEIGHT,
     TILE_WIDTH,
-    TileNodeReader,
     encode_entry_bundle,
     level_width,
+    tile_hashes,
     tile_levels,
+    tile_root,
 )
 from bastion.store import Cursor, Database
 
@@ -45,10 +46,9 @@ _sha256 = hashlib.sha256
 _allocate_lock = threading.Lock
 
 _TILE_BYTES = TILE_WIDTH * 32
-_LEVEL_MASK = TILE_HEIGHT - 1
 
-CommitListener = Callable[[int, bytes], None]
-"""Called after each commit with the new tree size and root hash."""
+CommitListener = Callable[[int], None]
+"""Called after each commit with the new tree size."""
 
 
 @dataclass
@@ -70,10 +70,13 @@ class _Batch:
 
 @dataclass
 class RightEdge:
-    """What appending needs from the tree: its border and the contents of its partial tiles."""
+    """What appending needs from the tree: the contents of its partial tiles and bundle.
+
+    Tessera-style: leaf hashes fill the level-0 tile; when a tile fills, its root (the hash of
+    its 256-leaf subtree) is appended to the tile above. Nothing else of the tree is kept.
+    """
 
     size: int
-    border: CompactRange
     # level -> hashes in the rightmost tile of that level (empty when the level's last tile is full)
     tails: dict[int, bytearray]
     bundle: bytearray
@@ -93,17 +96,6 @@ class RightEdge:
                         f"stored tile {level}/{nodes // TILE_WIDTH} does not match tree size {size}"
                     )
                 tails[level] = bytearray(data)
-
-        def fetch(level: int, index: int, width: int) -> bytes:
-            tail = tails.get(level)
-            if tail is not None and index == level_width(size, level) // TILE_WIDTH:
-                return bytes(tail)
-            data = storage.read_tile(cur, level, index)
-            if data is None:
-                raise IntegrityError(f"stored tile {level}/{index} is missing")
-            return data[: width * 32]
-
-        border = CompactRange.from_tree(size, TileNodeReader(size, fetch))
         bundle_width = size % TILE_WIDTH
         bundle = bytearray()
         if bundle_width:
@@ -113,29 +105,40 @@ class RightEdge:
                     f"stored entry bundle {size // TILE_WIDTH} does not match tree size {size}"
                 )
             bundle = bytearray(row[1])
-        return cls(size, border, tails, bundle, bundle_width)
+        return cls(size, tails, bundle, bundle_width)
+
+    def _push(
+        self, level: int, nodes: Sequence[bytes], tiles: list[tuple[int, int, bytes]]
+    ) -> list[bytes]:
+        """Append hashes to tile level `level`; return the roots of the tiles they complete."""
+        tail = self.tails.get(level)
+        if tail is None:
+            tail = bytearray()
+        index = level_width(self.size, level) >> TILE_HEIGHT  # the partial tile's index
+        roots: list[bytes] = []
+        position, n = 0, len(nodes)
+        while position < n:
+            room = TILE_WIDTH - len(tail) // 32
+            tail += b"".join(nodes[position : position + room])
+            position += room
+            if len(tail) == _TILE_BYTES:
+                full = bytes(tail)
+                tiles.append((level, index, full))
+                roots.append(tile_root(tile_hashes(full, TILE_WIDTH)))
+                tail = bytearray()
+                index += 1
+        if tail and n:
+            tiles.append((level, index, bytes(tail)))
+        self.tails[level] = tail
+        return roots
 
     def integrate(self, entries: Sequence[bytes], hashes: Sequence[bytes]) -> Writes:
         """Append entries; return the rows to write. Mutates self."""
         tiles: list[tuple[int, int, bytes]] = []
-        grown: dict[int, int] = {}  # level -> index of its partial tile that grew
-        tails = self.tails
-        for level, index, node in self.border.extend(hashes):
-            if level & _LEVEL_MASK:
-                continue  # only every 8th tree level is stored; the rest is recomputed
-            tile_level = level >> 3
-            tail = tails.get(tile_level)
-            if tail is None:
-                tail = tails[tile_level] = bytearray()
-            tail += node
-            if len(tail) == _TILE_BYTES:
-                tiles.append((tile_level, index >> TILE_HEIGHT, bytes(tail)))
-                tails[tile_level] = bytearray()
-                grown.pop(tile_level, None)
-            else:
-                grown[tile_level] = index >> TILE_HEIGHT
-        for tile_level, tile_index in grown.items():
-            tiles.append((tile_level, tile_index, bytes(tails[tile_level])))
+        level, nodes = 0, hashes
+        while nodes:
+            nodes = self._push(level, nodes, tiles)
+            level += 1
 
         bundles: list[tuple[int, int, bytes]] = []
         chunk: tuple[int, int, int, bytes] | None = None
@@ -337,9 +340,8 @@ class Sequencer:
                     self._cv.wait(self._gather)
                     self._gathering = False
                 batch = self._queue.popleft()
-            root = b""
             try:
-                batch.first, root = self._commit(batch.entries, batch.hashes)
+                batch.first = self._commit(batch.entries, batch.hashes)
             except BaseException as exc:  # every failure must reach the waiting appenders
                 batch.error = exc
                 if not isinstance(exc, Exception):
@@ -359,11 +361,11 @@ class Sequencer:
                 self.committed += len(batch.entries)
                 if self._on_commit is not None:
                     try:
-                        self._on_commit(batch.first + len(batch.entries), root)
+                        self._on_commit(batch.first + len(batch.entries))
                     except Exception:
                         log.exception("ledger commit listener failed")
 
-    def _commit(self, entries: list[bytes], hashes: list[bytes]) -> tuple[int, bytes]:
+    def _commit(self, entries: list[bytes], hashes: list[bytes]) -> int:
         """One transaction: append the batch after whatever the stored tree holds."""
         edge = self._edge
         self._edge = None  # unknown until this commit succeeds
@@ -378,7 +380,7 @@ class Sequencer:
                 storage.write_bundle_chunk(cur, *writes.chunk)
             storage.advance_tree_size(cur, size, edge.size)
         self._edge = edge
-        return size, edge.border.root()
+        return size
 
     def close(self) -> None:
         """Commit what is queued, then stop the thread."""
