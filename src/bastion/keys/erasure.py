@@ -6,6 +6,23 @@ shredded subject's values. ``secure_delete`` makes SQLite overwrite a destroyed 
 the file instead of merely unlinking its page; the rollback journal (not WAL) keeps no
 long-lived copy of old pages. What the disk itself keeps after an overwrite (SSD wear
 levelling, filesystem snapshots) is outside what software can promise.
+
+Why a per-subject secret in a separate store, and not the alternatives:
+
+* KEK rotation on every shred: the old database copy would still open under the old KEK
+  unless it is destroyed, and rewrapping every subject per shred does not scale.
+* Per-bucket keys replaced on each shred (rewrapping the bucket's other subjects): makes old
+  copies useless too, but also makes every earlier backup lose whole buckets of *living*
+  subjects after each shred. With a per-subject secret a restored backup still opens for
+  everyone who was not shredded (the test suite checks both sides).
+* One HSM object per subject: HSMs hold thousands of objects, not millions. With PKCS#11
+  the secrets are instead sealed in this file by an AES-GCM key that never leaves the token.
+
+Limits: the store is a file in the home's keyring, so processes sharing a PostgreSQL
+database must share that keyring directory (as they must share the local KEK files). A key
+backup taken before a shred, together with a database backup, still opens the shredded
+subject: shredding reaches every copy of the *database*, and key backups must be kept and
+expired as the custodian's key policy says.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ in it. Shredding leaves the subject's records in place, so its cost does not dep
 many there are; :meth:`Vault.purge_shredded` removes the dead rows later.
 
 Rotation adds a KEK version and rewraps every DEK; the field ciphertexts are not touched.
-See ``pseudonyms.py`` for tokens and docs/VAULT.md for the design and its trade-offs.
+See ``pseudonyms.py`` for tokens and ``keys/erasure.py`` for why erasure secrets live apart.
 """
 
 from __future__ import annotations
