@@ -117,7 +117,9 @@ def bootstrap(home: Home, db: Database, clock: Clock, *, publish_interval: float
     initialize_all(home, db, clock)
     log = open_log(home, db, clock, publish_interval=publish_interval)
     try:
-        return Runtime.build(home, db, clock, ledger=log)
+        rt = Runtime.build(home, db, clock, ledger=log)
+        rt.owns_ledger = True
+        return rt
     except BaseException:
         log.close()
         raise
@@ -141,7 +143,7 @@ def sample_user(n: int) -> dict[str, Any]:
         "signup_date": "2025-12-01",
         "device_ids": [f"dev-{n}-a", f"dev-{n}-b"],
         "ip_address": f"10.0.{n % 250}.{n % 200}",
-        "location": [37.7749 + n / 1000, -122.4194],
+        "location": [37.7749 + (n % 1000) / 10_000, -122.4194],
         "language": "en-US",
     }
 

@@ -468,6 +468,8 @@ class Gate:
                 decision="deny",
                 policies=list(plan.policies) if plan else [],
                 denied_reason=reason[:1024],
+                # The subjects an attempt named, so they see refused attempts on their data too.
+                subjects=self._attempted_subjects(spec, selection),
                 **extra,
             )
             (receipt,) = record(rt, [event])
@@ -612,6 +614,17 @@ class Gate:
         if access_request_id:
             out["access_request_id"] = access_request_id
         return out
+
+    def _attempted_subjects(self, spec: DatasetSpec, selection: Selection) -> list[str]:
+        """Keyed subject hashes of the records a refused request named (ids only, no search)."""
+        if not selection.record_ids:
+            return []
+        try:
+            resolved = self.resolve(spec, Selection(record_ids=selection.record_ids))
+        except BastionError:
+            return []
+        tokens = dict.fromkeys(resolved.subjects[k] for k in resolved.keys)
+        return [self.rt.vault.subject_hash(t) for t in tokens]
 
     def _request_approval(
         self, principal: Principal, plan: AccessPlan, context: AccessContext

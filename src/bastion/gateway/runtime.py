@@ -72,6 +72,7 @@ class Runtime:
     subject_index: SubjectIndex
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     owns_db: bool = False
+    owns_ledger: bool = True
     _cleanroom: Any = None
     bulk_batcher: BulkBatcher = field(init=False)
     _closed: bool = False
@@ -162,6 +163,7 @@ class Runtime:
             catalog=catalog,
             vault=vault,
             ledger=log,
+            owns_ledger=ledger is None,
             policy=policy,
             policy_store=store,
             approvals=approvals,
@@ -179,7 +181,7 @@ class Runtime:
             self._closed = True
         self.bulk_batcher.close()
         close_log = getattr(self.ledger, "close", None)
-        if callable(close_log):
+        if self.owns_ledger and callable(close_log):
             close_log()
         provider = getattr(self.vault, "provider", None)
         close_provider = getattr(provider, "close", None)
