@@ -191,11 +191,15 @@ class DatasetLayout:
 
     def open_items(
         self,
-        items: Sequence[FieldRef],
+        grouped: dict[str, list[FieldRef]],
         rows: dict[str, tuple[str, str, bytes]],
         keys: dict[str, FieldKey],
     ) -> dict[FieldRef, Value]:
-        """Open exactly ``items``. ``rows``: record key -> (subject token, clear, sealed)."""
+        """Open exactly the planned items, grouped by record.
+
+        ``rows``: record key -> (subject token, clear JSON, sealed blob); ``keys``: subject
+        token -> field key. Each record's layout and AAD prefix are built once.
+        """
         spec = self.spec
         dataset = spec.name
         how = {
@@ -204,41 +208,44 @@ class DatasetLayout:
                 codec.field_aad_suffix(name),
                 codec.value_decoder(f.type),
             )
-            for name in {item.field for item in items}
+            for name in {item.field for items in grouped.values() for item in items}
             for f in (spec.field(name),)
         }
+        head = self.aad_head
         opened: dict[FieldRef, Value] = {}
-        unpacked: dict[str, tuple[dict[str, bytes], bytes, Callable[..., bytes]]] = {}
-        clears: dict[str, dict[str, object]] = {}
-        for item in items:
-            record, name = item
-            public, suffix, decode = how[name]
+        for record, items in grouped.items():
             subject, clear_text, sealed = rows[record]
-            if public is not None:
-                clear = clears.get(record)
-                if clear is None:
-                    clear = clears[record] = json.loads(clear_text)
-                # Public values are stored as JSON; give them back typed, like opened values.
-                opened[item] = coerce_value(public, clear.get(name))
-                continue
-            entry = unpacked.get(record)
-            if entry is None:
-                aead, dek_version = keys[subject]
-                prefix = codec.record_aad_prefix(dataset, record, subject, dek_version)
-                entry = unpacked[record] = (codec.unpack_sealed(sealed), prefix, aead.decrypt)
-            parts, prefix, decrypt = entry
-            blob = parts.get(name)
-            if blob is None:
-                raise IntegrityError(
-                    f"record {record!r} of dataset {dataset!r} has no sealed value for "
-                    f"field {name!r}"
-                )
-            try:
-                plain = decrypt(blob[:_NONCE], blob[_NONCE:], prefix + suffix)
-            except InvalidTag:
-                raise IntegrityError(
-                    f"sealed value failed authentication (dataset {dataset!r}, record "
-                    f"{record!r}, field {name!r})"
-                ) from None
-            opened[item] = decode(plain)
+            aead, dek_version = keys[subject]
+            decrypt = aead.decrypt
+            rk = record.encode()
+            prefix = (
+                head + len(rk).to_bytes(2, "big") + rk + codec.subject_aad(subject, dek_version)
+            )
+            parts: dict[str, bytes] | None = None
+            clear: dict[str, object] | None = None
+            for item in items:
+                name = item.field
+                public, suffix, decode = how[name]
+                if public is not None:
+                    if clear is None:
+                        clear = json.loads(clear_text)
+                    # Public values are stored as JSON; give them back typed, like the others.
+                    opened[item] = coerce_value(public, clear.get(name))
+                    continue
+                if parts is None:
+                    parts = codec.unpack_sealed(sealed)
+                blob = parts.get(name)
+                if blob is None:
+                    raise IntegrityError(
+                        f"record {record!r} of dataset {dataset!r} has no sealed value for "
+                        f"field {name!r}"
+                    )
+                try:
+                    plain = decrypt(blob[:_NONCE], blob[_NONCE:], prefix + suffix)
+                except InvalidTag:
+                    raise IntegrityError(
+                        f"sealed value failed authentication (dataset {dataset!r}, record "
+                        f"{record!r}, field {name!r})"
+                    ) from None
+                opened[item] = decode(plain)
         return opened

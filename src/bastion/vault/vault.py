@@ -33,7 +33,7 @@ from bastion.events import Actor, DeletionReceipt, KeyRotation
 from bastion.keys.provider import KeyProvider, WrappedKey
 from bastion.store import Cursor, Database
 from bastion.vault.identity import VaultIdentity, ensure_identity, secret_aad
-from bastion.vault.plan import OpenedValues, RecordedPlan
+from bastion.vault.plan import FieldRef, OpenedValues, RecordedPlan
 from bastion.vault.pseudonyms import Pseudonyms
 from bastion.vault.schema import SCHEMA, VAULT_LOCK, select_in
 from bastion.vault.sealing import DatasetLayout, RecordRow, ValidRow
@@ -302,6 +302,10 @@ class Vault:
             spec.field(name)  # unknown fields fail before anything is read
         if not plan.items:
             return OpenedValues(plan.dataset, recorded.receipt, {})
+        grouped: dict[str, list[FieldRef]] = {}
+        for item in plan.items:
+            grouped.setdefault(item.record, []).append(item)
+        records = list(grouped)
         rows: dict[str, tuple[str, str, bytes]] = {}
         with self.db.transaction() as cur:
             for key, subject, clear, sealed in select_in(
@@ -310,11 +314,11 @@ class Vault:
                 "SELECT record_key, subject, clear, sealed FROM vault_records "
                 "WHERE dataset = ? AND {in}",
                 "record_key",
-                plan.records,
+                records,
                 [plan.dataset],
             ):
                 rows[key] = (subject, clear, bytes(sealed))
-            missing = sum(1 for r in plan.records if r not in rows)
+            missing = len(records) - len(rows)
             if missing:
                 raise InputError(
                     f"no such record ({missing} of the plan's records)", dataset=plan.dataset
@@ -325,7 +329,7 @@ class Vault:
             raise KeyUnavailable(
                 "the plan includes records whose subject was shredded: their data key is destroyed"
             )
-        opened = DatasetLayout.of(spec).open_items(plan.items, rows, keys)
+        opened = DatasetLayout.of(spec).open_items(grouped, rows, keys)
         return OpenedValues(plan.dataset, recorded.receipt, opened)
 
     # ---- reads that decrypt nothing (for the gateway) --------------------------------------
