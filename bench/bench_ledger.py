@@ -12,7 +12,9 @@ loop (the ratio is appends/s over hashes/s), and RFC 8785 encoding of the events
 computed from the stored tiles (p50/p99), with a cold reader (no cache) and a warm one.
 
 Prints one JSON document. Usage:
-``python bench/bench_ledger.py [--seconds 3] [--pg postgresql://...] [--out FILE]``.
+``python bench/bench_ledger.py [--seconds 2] [--trials 3] [--pg postgresql://...] [--out FILE]``.
+The machine is shared, so each configuration runs ``--trials`` times and the best is kept
+(all trials are listed); the SHA-256 baseline is the best of the same number of runs.
 """
 
 from __future__ import annotations
@@ -277,7 +279,8 @@ server.run()
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--pg", default=PG_DEFAULT)
     ap.add_argument("--backends", default="sqlite,postgresql")
     ap.add_argument("--appenders", default="1,16,256")
@@ -291,7 +294,7 @@ def main() -> None:
     events = make_events(10_000)
     entries = [encode_event(e) for e in events]
     signer = NoteSigner.generate(ORIGIN)
-    sha_rate = sha256_baseline(entries)
+    sha_rate = max(sha256_baseline(entries) for _ in range(3))
     report: dict[str, Any] = {
         "benchmark": "ledger",
         "machine": {
@@ -320,12 +323,19 @@ def main() -> None:
                 try:
                     log.append_entries(entries[:100])  # warm up: tables, connections, caches
                     run = run_threads if mode == "threads" else run_async
-                    r = run(log, entries, n, args.seconds)
-                    r["ratio_to_sha256"] = round(r["appends_per_s"] / sha_rate, 4)
-                    r["entries_per_commit"] = round(r["appends"] / max(1, r["commits"]), 1)
-                    assert log.size() == 100 + r["appends"], "every receipt must be in the log"
-                    results[f"{mode}_{n}"] = r
-                    print(f"{name:10} {mode:7} {n:4}: {r['appends_per_s']:>7}/s", file=sys.stderr)
+                    trials = []
+                    for _ in range(args.trials):
+                        before = log.size()
+                        r = run(log, entries, n, args.seconds)
+                        assert log.size() == before + r["appends"], "every receipt is in the log"
+                        trials.append(r)
+                    # The machine is shared: keep the best trial, and show them all.
+                    best = max(trials, key=lambda t: t["appends_per_s"])
+                    best["trials_per_s"] = [t["appends_per_s"] for t in trials]
+                    best["ratio_to_sha256"] = round(best["appends_per_s"] / sha_rate, 4)
+                    best["entries_per_commit"] = round(best["appends"] / max(1, best["commits"]), 1)
+                    results[f"{mode}_{n}"] = best
+                    print(f"{name:10} {mode:7} {n:4}: {best['trials_per_s']}/s", file=sys.stderr)
                 finally:
                     log.close()
                     backend.drop(db)

@@ -11,6 +11,7 @@ proofs) that the C2SP tlog-tiles router and the CLI serve. Composition:
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -45,6 +46,8 @@ from bastion.ledger.tiles import (
 )
 from bastion.ledger.tlogproof import build_proof
 from bastion.store import Database
+
+_log = logging.getLogger(__name__)
 
 LOG_KEY_NAME = "log"
 MAX_ENTRY_BYTES = MAX_ENTRY_SIZE
@@ -322,6 +325,7 @@ class Log:
             interval=publish_interval,
         )
         self.sequencer = Sequencer(db, on_commit=self.publisher.notify if background else None)
+        self._background = background
         if background:
             self.publisher.start()
 
@@ -481,8 +485,13 @@ class Log:
         )
 
     def close(self) -> None:
-        """Commit what is queued, stop the background threads."""
+        """Commit what is queued, publish it (best effort), stop the background threads."""
         self.sequencer.close()
+        if self._background:
+            try:
+                self.publisher.publish()
+            except Exception as exc:  # closing must not fail; the next start publishes
+                _log.warning("final checkpoint not published: %s", type(exc).__name__)
         self.publisher.close()
 
 
