@@ -131,3 +131,29 @@ def test_cli_with_an_unreachable_hsm_fails_closed(tmp_path: Path) -> None:
     assert code == 5 and out["error"] == "KeyUnavailable"
     code, out = run(env, "vault", "stats", "--json")
     assert code == 3  # the vault was never initialized: said plainly, nothing opened
+
+
+def test_operator_actions_are_recorded_in_the_ledger(
+    home_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Ingest, shred, rotate and retire each leave an entry, in order, after the policy pack."""
+    assert run(home_env, "init", "--json")[0] == 0
+    users = _jsonl(tmp_path / "users.jsonl", [R.user(i) for i in range(3)])
+    code, out = run(home_env, "ingest", "users", str(users), "--json")
+    assert code == 0
+    indexes = [out["ledger"]["index"]]
+    code, out = run(home_env, "vault", "shred", "u00001", "--json")
+    indexes.append(out["ledger"]["index"])
+    code, out = run(home_env, "keys", "rotate", "--json")
+    indexes.append(out["ledger"]["index"])
+    code, out = run(home_env, "keys", "retire", "1", "--json")
+    indexes.append(out["ledger"]["index"])
+    assert indexes == sorted(indexes) and len(set(indexes)) == 4
+    types = []
+    for index in indexes:
+        code, out = run(home_env, "ledger", "entry", str(index), "--json")
+        assert code == 0, out
+        types.append(out["entry"]["type"])
+    assert types == ["data.ingest", "deletion.receipt", "key.rotation", "key.rotation"]
+    code, out = run(home_env, "ledger", "status", "--json")
+    assert out["checkpoint"]["size"] == indexes[-1] + 1  # published, not just committed

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bastion.cli.common import HOME_OPTION, JSON_OPTION, console, emit_json, reported_errors
-from bastion.cli.vault import opened_vault
+from bastion.cli.vault import opened_vault, operator, record
+from bastion.clock import iso
+from bastion.events import DataIngest
 from bastion.vault import ingest_file
 from bastion.vault.files import count_rows
 
@@ -41,14 +44,35 @@ def ingest(
                 batch_size=batch_size,
                 progress=lambda n: progress.advance(task, n),
             )
+        entry = record(
+            home,
+            DataIngest(
+                actor=operator(None),
+                reason=f"ingest {file.name}",
+                at=iso(vault.clock.now()),
+                dataset=dataset,
+                source=file.name,
+                records=result.rows,
+                sealed_values=result.sealed_values,
+                source_sha256=file_sha256(file),
+            ),
+        )
         if as_json:
-            emit_json({"ok": True, **result.to_json()})
+            emit_json({"ok": True, **result.to_json(), "ledger": entry.to_json()})
         else:
             console.print(
                 f"Ingested {result.rows:,} {dataset} rows from {file}: {result.sealed_values:,} "
                 f"values sealed, {result.new_subjects:,} new subjects, "
-                f"{result.new_pseudonyms:,} new pseudonyms."
+                f"{result.new_pseudonyms:,} new pseudonyms; ledger index {entry.index}."
             )
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def register(app: typer.Typer) -> None:

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from bastion.cli.common import HOME_OPTION, JSON_OPTION, console, emit_json, reported_errors
 from bastion.cli.groups import keys_app
-from bastion.cli.vault import ACTOR_OPTION, opened_vault, operator
+from bastion.cli.vault import ACTOR_OPTION, opened_vault, operator, record
 
 
 @keys_app.command("list")
@@ -58,13 +58,14 @@ def rotate(
                 progress=lambda done, total: progress.update(task, completed=done, total=total),
             )
         body = event.model_dump(mode="json", exclude_none=True)
+        entry = record(home, event)
         if as_json:
-            emit_json({"ok": True, "event": body})
+            emit_json({"ok": True, "event": body, "ledger": entry.to_json()})
         else:
             console.print(
                 f"KEK version {event.new_version} is current; rewrapped {event.rewrapped:,} keys "
-                f"(was version {event.old_version}). Retire the old version with "
-                f"`bastion keys retire {event.old_version}`."
+                f"(was version {event.old_version}); ledger index {entry.index}. Retire the old "
+                f"version with `bastion keys retire {event.old_version}`."
             )
 
 
@@ -79,10 +80,17 @@ def retire(
     """Destroy an old KEK version (refused while any data key is still wrapped under it)."""
     with reported_errors(as_json), opened_vault(home) as vault:
         event = vault.retire(version, operator(actor), reason)
+        entry = record(home, event)
         if as_json:
-            emit_json({"ok": True, "event": event.model_dump(mode="json", exclude_none=True)})
+            emit_json(
+                {
+                    "ok": True,
+                    "event": event.model_dump(mode="json", exclude_none=True),
+                    "ledger": entry.to_json(),
+                }
+            )
         else:
-            console.print(f"KEK version {version} retired (destroyed).")
+            console.print(f"KEK version {version} retired (destroyed); ledger index {entry.index}.")
 
 
 def register(app: typer.Typer) -> None:

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import typer
+from pydantic import BaseModel
 from rich.table import Table
 
 from bastion.cli.common import HOME_OPTION, JSON_OPTION, console, emit_json, reported_errors
@@ -16,6 +17,7 @@ from bastion.cli.groups import vault_app
 from bastion.clock import SystemClock
 from bastion.events import Actor
 from bastion.home import Home
+from bastion.ledger.api import Receipt
 from bastion.vault import Vault, open_vault
 
 ACTOR_OPTION = typer.Option(
@@ -45,6 +47,25 @@ def opened_vault(home_path: Path | None) -> Iterator[Vault]:
         db.close()
 
 
+def record(home_path: Path | None, event: BaseModel) -> Receipt:
+    """Append an operator action to the home's ledger and publish a checkpoint that holds it."""
+    from bastion.ledger.log import open_log
+    from bastion.wiring import open_store
+
+    home = Home.load(home_path)
+    db = open_store(home)
+    try:
+        log = open_log(home, db, SystemClock(), background=False)
+        try:
+            receipt = log.append(event)
+            log.publish()
+            return receipt
+        finally:
+            log.close()
+    finally:
+        db.close()
+
+
 @vault_app.command("shred")
 def shred(
     subject: str = typer.Argument(..., help="The subject id (e.g. a user id) to erase."),
@@ -57,8 +78,9 @@ def shred(
     with reported_errors(as_json), opened_vault(home) as vault:
         receipt = vault.shred(subject, operator(actor), reason)
         body = receipt.model_dump(mode="json", exclude_none=True)
+        entry = record(home, receipt)
         if as_json:
-            emit_json({"ok": True, "receipt": body})
+            emit_json({"ok": True, "receipt": body, "ledger": entry.to_json()})
             return
         console.print("[bold green]Shredded.[/] Deletion receipt:")
         table = Table(show_header=False)
@@ -74,6 +96,7 @@ def shred(
         ):
             table.add_row(key, str(body[key]))
         table.add_row("actor", receipt.actor.id)
+        table.add_row("ledger index", str(entry.index))
         console.print(table)
 
 
