@@ -280,3 +280,16 @@ def test_entries_range_reads_full_and_partial_bundles(log: Log) -> None:
     assert [i for i, _ in got] == list(range(250, 600))
     assert all(e == f"r{i}".encode() for i, e in got)
     assert list(log.entries(5, 5)) == []
+
+
+def test_reader_cache_is_bounded_in_entries_and_bytes() -> None:
+    from bastion.ledger.log import _Cache
+
+    cache: _Cache[int, bytes] = _Cache(3, max_bytes=100)
+    for k in range(5):
+        cache.put(k, bytes(10))
+    assert [cache.get(k) is not None for k in range(5)] == [False, False, True, True, True]
+    cache.put(9, bytes(95))  # pushes out everything older to stay under 100 bytes
+    assert cache.get(9) is not None and cache.get(4) is None
+    cache.put(10, bytes(101))  # larger than the whole cache: not kept
+    assert cache.get(10) is None

@@ -58,11 +58,14 @@ V = TypeVar("V")
 
 
 class _Cache(Generic[K, V]):
-    """A small thread-safe LRU for immutable data (full tiles, perfect-subtree hashes)."""
+    """A small thread-safe LRU for immutable bytes (full tiles and bundles, subtree hashes),
+    bounded in entries and in bytes (a bundle of 64 KiB entries is 16 MiB)."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_bytes: int = 64 << 20) -> None:
         self._data: OrderedDict[K, V] = OrderedDict()
         self._capacity = capacity
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._lock = threading.Lock()
 
     def get(self, key: K) -> V | None:
@@ -73,10 +76,19 @@ class _Cache(Generic[K, V]):
             return value
 
     def put(self, key: K, value: V) -> None:
+        size = len(value) if isinstance(value, bytes) else 0
+        if size > self._max_bytes:
+            return
         with self._lock:
+            old = self._data.pop(key, None)
+            if isinstance(old, bytes):
+                self._bytes -= len(old)
             self._data[key] = value
-            if len(self._data) > self._capacity:
-                self._data.popitem(last=False)
+            self._bytes += size
+            while len(self._data) > self._capacity or self._bytes > self._max_bytes:
+                _, evicted = self._data.popitem(last=False)
+                if isinstance(evicted, bytes):
+                    self._bytes -= len(evicted)
 
 
 _BYTES = (bytes, bytearray, memoryview)
