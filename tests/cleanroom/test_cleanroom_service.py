@@ -265,3 +265,20 @@ def test_parallel_spending_across_store_instances(room: CleanRoom) -> None:
     assert results.count(True) == 10
     b = room.budgets.get("analyst", "ana")
     assert b is not None and b.epsilon_spent == pytest.approx(1.0)
+
+
+def test_missing_data_is_a_config_error_before_any_charge(
+    db: Any, ledger: MemoryLedger, clock: Any, tmp_path: Any
+) -> None:
+    from bastion.cleanroom import LazyEngine
+    from bastion.errors import ConfigError
+
+    room = CleanRoom(db, ledger, clock, LazyEngine("duckdb", tmp_path / "nowhere"))
+    grant(room)
+    with pytest.raises(ConfigError):
+        room.run_query(Q, analyst="ana", organization="acme")
+    b = room.budgets.get("analyst", "ana")
+    assert b is not None and b.epsilon_spent == 0
+    assert not [e for e in ledger.events() if isinstance(e, AnalyticsQuery)]
+    with pytest.raises(ConfigError):
+        LazyEngine("postgres", tmp_path)

@@ -12,6 +12,7 @@ from bastion.cleanroom.engines import (
     BoundedAggregate,
     DuckDBEngine,
     Engine,
+    LazyEngine,
     SparkEngine,
     open_engine,
 )
@@ -22,6 +23,7 @@ from bastion.cleanroom.service import (
     QueryRefused,
     QueryResult,
     default_data_dir,
+    open_cleanroom,
 )
 from bastion.cleanroom.templates import QueryPlan, QueryRequest, Template, compile_plan
 
@@ -33,6 +35,7 @@ __all__ = [
     "CleanRoomConfig",
     "DuckDBEngine",
     "Engine",
+    "LazyEngine",
     "Measure",
     "QueryFailed",
     "QueryPlan",
@@ -46,6 +49,7 @@ __all__ = [
     "compile_plan",
     "default_data_dir",
     "demo",
+    "open_cleanroom",
     "open_engine",
     "release",
 ]

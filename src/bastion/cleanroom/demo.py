@@ -102,7 +102,12 @@ def demo(
         out.print(f"Budgets granted (logged): {ANALYST} ε=2.5, {PARTNER} ε=10")
 
         ctr = room.run_query(
-            {"template": "ctr", "epsilon": 1.0, "group_by": ["campaign_id"]},
+            {
+                "template": "ctr",
+                "epsilon": 1.0,
+                "group_by": ["campaign_id"],
+                "max_rows_per_group": 3,
+            },
             analyst=ANALYST,
             organization=PARTNER,
         )

@@ -138,6 +138,37 @@ class SparkEngine:
         self.spark.catalog.dropTempView("events")
 
 
+class LazyEngine:
+    """Opens the named engine on first use, so a gateway can start before the data exists.
+
+    ``CleanRoom`` calls ``open()`` before charging a budget: a missing data directory is then
+    a configuration error, not a failed (and charged) query.
+    """
+
+    def __init__(self, name: str, data_dir: Path) -> None:
+        if name not in ("duckdb", "spark"):
+            raise ConfigError(f"unknown clean-room engine {name!r} (duckdb or spark)")
+        self.name = name
+        self.data_dir = data_dir
+        self._engine: Engine | None = None
+        self._lock = threading.Lock()
+
+    def open(self) -> Engine:
+        with self._lock:
+            if self._engine is None:
+                self._engine = open_engine(self.name, self.data_dir)
+            return self._engine
+
+    def aggregate(self, plan: QueryPlan, salt: str) -> BoundedAggregate:
+        return self.open().aggregate(plan, salt)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._engine is not None:
+                self._engine.close()
+                self._engine = None
+
+
 def open_engine(name: str, data_dir: Path) -> Engine:
     if name == "duckdb":
         return DuckDBEngine(data_dir)
@@ -151,6 +182,7 @@ __all__ = [
     "DuckDBEngine",
     "Engine",
     "GroupAggregate",
+    "LazyEngine",
     "SparkEngine",
     "open_engine",
 ]

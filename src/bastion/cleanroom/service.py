@@ -34,6 +34,7 @@ from bastion.cleanroom.templates import QueryPlan, QueryRequest, compile_plan, p
 from bastion.clock import Clock, iso
 from bastion.errors import BastionError, InputError
 from bastion.events import Actor, AnalyticsBudgetChange, AnalyticsQuery
+from bastion.home import Home
 from bastion.ledger.api import LedgerWriter, Receipt
 from bastion.store import Database
 
@@ -154,6 +155,9 @@ class CleanRoom:
                 )
             )
 
+        opener = getattr(self.engine, "open", None)
+        if callable(opener):
+            opener()  # a missing data directory is a ConfigError, raised before any charge
         charged = self.budgets.try_spend(
             query_id=query_id,
             analyst=analyst,
@@ -279,6 +283,21 @@ class CleanRoom:
         if analyst is None and organization is None:
             out = self.budgets.list()
         return out
+
+
+def open_cleanroom(
+    home: Home, db: Database, ledger: LedgerWriter, clock: Clock, *, engine: str = "duckdb"
+) -> CleanRoom:
+    """The clean room of a home: ``[cleanroom]`` settings, its data directory, a lazy engine.
+
+    For the gateway: ``open_cleanroom(home, db, log, clock).run_query(body, analyst=principal.id,
+    organization=principal.org)``.
+    """
+    from bastion.cleanroom.engines import LazyEngine
+
+    config = CleanRoomConfig.from_settings(home.settings.raw)
+    data_dir = default_data_dir(home.path, home.settings.raw)
+    return CleanRoom(db, ledger, clock, LazyEngine(engine, data_dir), config=config)
 
 
 def default_data_dir(home_path: Path, raw_settings: dict[str, Any]) -> Path:

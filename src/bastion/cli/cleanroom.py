@@ -42,7 +42,7 @@ def opened_cleanroom(
     """A CleanRoom on the home's database and log. ``engine`` is opened before anything is
     charged (a missing data directory is a configuration error, not a failed query); without
     one, the room can manage budgets but not answer queries."""
-    from bastion.cleanroom import CleanRoom, CleanRoomConfig, default_data_dir, open_engine
+    from bastion.cleanroom import CleanRoom, CleanRoomConfig, LazyEngine, default_data_dir
     from bastion.clock import SystemClock
     from bastion.home import Home
     from bastion.ledger.log import open_log
@@ -51,7 +51,9 @@ def opened_cleanroom(
     home = Home.load(home_path)
     config = CleanRoomConfig.from_settings(home.settings.raw)
     data_dir = data or default_data_dir(home.path, home.settings.raw)
-    eng: Any = open_engine(engine, data_dir) if engine else _NoEngine()
+    eng: Any = LazyEngine(engine or "duckdb", data_dir)
+    if engine:
+        eng.open()
     try:
         db = open_database(home.database_url)
         try:
@@ -65,16 +67,6 @@ def opened_cleanroom(
             db.close()
     finally:
         eng.close()
-
-
-class _NoEngine:
-    name = "none"
-
-    def aggregate(self, plan: Any, salt: str) -> Any:
-        raise RuntimeError("no engine opened")
-
-    def close(self) -> None:
-        pass
 
 
 def _split(value: str | None) -> list[str]:
