@@ -12,7 +12,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -249,12 +249,17 @@ def audit_over_http(ctx: DemoContext, base_url: str | None = None) -> None:
     ctx.log.publish()
     state = ctx.home.path / "auditor-state"
 
+    witness_vkeys: list[str] = ctx.report.get("witnesses", [])
+
     def verify(url: str) -> None:
-        result = LogVerifier(url, ctx.log.vkey, state).verify()
+        result = LogVerifier(
+            url, ctx.log.vkey, state, witness_vkeys=witness_vkeys, quorum=len(witness_vkeys)
+        ).verify()
+        cosigners = ", ".join(c.name for c in result.cosigners) or "none"
         ctx.console.print(
             f"An auditor verified the log over HTTP at {url}: size {result.size},"
             f" root {result.root_hash.hex()[:16]}…, {result.entries_checked} entries checked"
-            f" in {result.elapsed_s:.2f}s."
+            f" in {result.elapsed_s:.2f}s; cosigned by {cosigners}."
         )
         ctx.report["audit"] = {"size": result.size, "root": result.root_hash.hex()}
 
@@ -272,14 +277,63 @@ def audit_over_http(ctx: DemoContext, base_url: str | None = None) -> None:
 Step = Callable[[DemoContext], None]
 
 
-def run(home: Home, db: Database, console: Console, *, small: bool = True) -> dict[str, Any]:
+WITNESS_NAMES = ("witness.regulator.example", "witness.ngo.example")
+
+
+@contextmanager
+def witnesses(home: Home, clock: Clock) -> Iterator[tuple[Home, list[str]]]:
+    """Two independent witnesses (a regulator's, an NGO's) on local ports for the demo.
+
+    Returns the home re-pointed at them (quorum 2, not written to its config: they stop
+    with the demo) and their cosignature vkeys, which the auditor then requires.
+    """
+    from dataclasses import replace
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from bastion.keys.signing import load_signing_key
+    from bastion.ledger.cosignature import CosignatureSigner
+    from bastion.ledger.log import LOG_KEY_NAME
+    from bastion.ledger.note import NoteSigner
+    from bastion.ledger.witness import Witness, witness_app
+    from bastion.store import open_database
+
+    log_vkey = NoteSigner(
+        home.settings.log_origin, load_signing_key(home.keyring_dir, LOG_KEY_NAME)
+    ).vkey
+    specs: list[str] = []
+    vkeys: list[str] = []
+    with ExitStack() as stack:
+        for name in WITNESS_NAMES:
+            folder = home.path / "witnesses" / name
+            folder.mkdir(parents=True, exist_ok=True)
+            wdb = open_database(f"sqlite:///{folder / 'witness.db'}")
+            stack.callback(wdb.close)
+            signer = CosignatureSigner(name, Ed25519PrivateKey.generate())
+            witness = Witness.for_log_vkeys(wdb, signer, [log_vkey], clock)
+            url = stack.enter_context(serving(witness_app(witness), free_port()))
+            specs.append(f"{url} {signer.vkey}")
+            vkeys.append(signer.vkey)
+        settings = replace(home.settings, witnesses=tuple(specs), witness_quorum=len(specs))
+        yield replace(home, settings=settings), vkeys
+
+
+def run(home: Home, db: Database, console: Console) -> dict[str, Any]:
     clock = SystemClock()
+    with witnesses(home, clock) as (witnessed, witness_vkeys):
+        return run_story(witnessed, db, console, clock, witness_vkeys)
+
+
+def run_story(
+    home: Home, db: Database, console: Console, clock: Clock, witness_vkeys: list[str]
+) -> dict[str, Any]:
     log = open_log(home, db, clock)
     vault = open_vault(home, db, clock)
     data_dir = home.path / "data"
     if data_dir.exists():
         shutil.rmtree(data_dir)
     ctx = DemoContext(home, db, log, vault, clock, console, data_dir)
+    ctx.report["witnesses"] = witness_vkeys
     started = time.perf_counter()
     try:
         section(console, "Vault: a synthetic social video platform under custodian keys")

@@ -136,6 +136,8 @@ token = "bastion"
 
 [ledger]
 origin = "{origin}"
+# Each witness is "<add-checkpoint URL prefix> <its C2SP cosignature vkey>"; the log submits
+# every new checkpoint and publishes it with the cosignatures that verify.
 witnesses = []
 witness_quorum = 0
 """
