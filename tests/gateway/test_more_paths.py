@@ -128,3 +128,26 @@ def test_cleanroom_queries_through_the_gateway(
     with pytest.raises(GatewayError) as err:
         connect("wei").cleanroom_query({"template": "count", "epsilon": 0.1})
     assert err.value.status == 403 and err.value.receipt is not None
+
+
+def test_large_release_spans_several_entries_in_one_commit(
+    runtime: Runtime, connect: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bastion.gateway import pipeline
+
+    monkeypatch.setattr(pipeline, "ENTRY_BUDGET", 600)
+    kenji = connect("kenji")
+    out = kenji.search(
+        "events", page_size=40, fields=["event_id", "user_id"], context=Context(purpose="qa")
+    )
+    assert len(out.records) == 40 and len(out.receipts) > 3
+    indexes = [r.index for r in out.receipts]
+    assert indexes == list(range(indexes[0], indexes[0] + len(indexes)))  # one commit, in order
+    listed: list[str] = []
+    for r in out.receipts:
+        event = decode_event(runtime.ledger.entry(r.index))
+        assert isinstance(event, AccessDecision) and event.request_id == out.request_id
+        assert len(runtime.ledger.entry(r.index)) < 64 * 1024
+        listed += event.released_records or []
+    assert sorted(listed) == sorted(rec.record_id for rec in out.records)
+    assert all(rec.values["user_id"].startswith("ps_") for rec in out.records)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import typer
@@ -21,16 +22,39 @@ def register(app: typer.Typer) -> None:
         sweep_seconds: float = typer.Option(
             5.0, help="How often expired grants and lapsed requests are recorded (0: never)."
         ),
+        workers: int = typer.Option(
+            1, min=1, max=64, help="Worker processes (each with its own runtime)."
+        ),
     ) -> None:
         """Run the gateway: policy-checked, logged-before-released access, plus /log/."""
         with reported_errors(False):
             import uvicorn
 
-            from bastion.gateway.app import create_app
+            from bastion.gateway.app import ENV_SWEEP, create_app
             from bastion.gateway.runtime import Runtime
 
             logging.basicConfig(level=getattr(logging, log_level.upper(), logging.WARNING))
-            rt = Runtime.open(Home.load(home))
+            h = Home.load(home)
+            if workers > 1:
+                # Workers import the app themselves: hand them the home and settings by env.
+                os.environ["BASTION_HOME"] = str(h.path)
+                os.environ[ENV_SWEEP] = str(sweep_seconds)
+                console.print(
+                    f"Bastion gateway on http://{host}:{port} with {workers} workers",
+                    highlight=False,
+                )
+                uvicorn.run(
+                    "bastion.gateway.app:app_from_environment",
+                    factory=True,
+                    host=host,
+                    port=port,
+                    workers=workers,
+                    log_level=log_level,
+                    access_log=False,
+                    timeout_graceful_shutdown=5,
+                )
+                return
+            rt = Runtime.open(h)
             try:
                 api = create_app(rt, sweep_seconds=sweep_seconds)
                 console.print(

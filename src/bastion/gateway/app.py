@@ -40,7 +40,26 @@ def _error_response(err: ErrorOut, status: int, headers: dict[str, str] | None) 
     return JSONResponse(err.model_dump(exclude_none=True), status_code=status, headers=headers)
 
 
-def create_app(runtime: Runtime, *, sweep_seconds: float = 0.0) -> FastAPI:
+ENV_SWEEP = "BASTION_GATEWAY_SWEEP_SECONDS"
+
+
+def app_from_environment() -> FastAPI:
+    """An app for one worker process of ``bastion serve --workers N``: opens the home named by
+    BASTION_HOME itself (each worker has its own runtime; the database and the ledger's lock
+    keep them consistent) and closes it at shutdown."""
+    import os
+
+    from bastion.home import Home
+
+    runtime = Runtime.open(Home.load())
+    return create_app(
+        runtime, sweep_seconds=float(os.environ.get(ENV_SWEEP, "0")), close_runtime=True
+    )
+
+
+def create_app(
+    runtime: Runtime, *, sweep_seconds: float = 0.0, close_runtime: bool = False
+) -> FastAPI:
     """The ASGI app for a runtime. ``sweep_seconds`` > 0 runs the approvals sweeper (it records
     grant expiries and lapsed requests in the ledger) in the background."""
     from bastion.gateway.routes import register_routes
@@ -60,6 +79,8 @@ def create_app(runtime: Runtime, *, sweep_seconds: float = 0.0) -> FastAPI:
             stop.set()
             if sweeper is not None:
                 sweeper.join(timeout=5)
+            if close_runtime:
+                runtime.close()
 
     app = FastAPI(
         lifespan=lifespan,

@@ -129,6 +129,10 @@ class ReleaseOut(BaseModel):
     dataset: str
     decision: Literal["allow", "deny"]
     receipt: ReceiptOut
+    receipts: list[ReceiptOut] = Field(
+        default_factory=list,
+        description="Every entry recording this release (large releases span several).",
+    )
     plan: list[FieldPlanOut]
     records: list[RecordOut]
     missing: list[str] = Field(

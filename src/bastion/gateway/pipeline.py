@@ -243,6 +243,25 @@ async def reject_model_error(rt: Runtime, request: Request, exc: ValidationError
     )
 
 
+ENTRY_BUDGET = 40_000  # bytes of record keys and subject refs per ledger entry (max 64 KiB)
+
+
+def chunk_records(
+    keys: Sequence[str], subjects: Mapping[str, str], subject_ref: Any
+) -> list[list[str]]:
+    """Split released records so each recording entry stays well under the 64 KiB limit."""
+    chunks: list[list[str]] = [[]]
+    size = 0
+    for key in keys:
+        cost = len(key) + len(subject_ref(subjects[key])) + 8
+        if chunks[-1] and size + cost > ENTRY_BUDGET:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(key)
+        size += cost
+    return chunks
+
+
 # ---------------------------------------------------------------------------- selection
 
 
@@ -329,14 +348,35 @@ class Gate:
                 out.update({str(k): str(s) for k, s in rows})
         return out
 
+    def _record_keys(self, spec: DatasetSpec, ids: Sequence[str]) -> dict[str, str]:
+        """Record id -> the vault's record key, in one query where the id is pseudonymized.
+
+        Uses the vault's batched pseudonym lookup when it has one (a single ``IN`` query);
+        otherwise one ``record_key`` call per id.
+        """
+        vault = self.rt.vault
+        if not spec.field(spec.record_id).pseudonymize:
+            return {rid: rid for rid in ids}
+        lookup = getattr(getattr(vault, "_pseudonyms", None), "lookup", None)
+        if lookup is None or len(ids) == 1:
+            return {rid: key for rid in ids if (key := vault.record_key(spec.name, rid))}
+        vault.identity.load()
+        out: dict[str, str] = {}
+        with self.rt.db.transaction() as cur:
+            for i in range(0, len(ids), _IN_CHUNK):
+                found = lookup(cur, list(ids[i : i + _IN_CHUNK]))
+                out.update({rid: str(pair[0]) for rid, pair in found.items()})
+        return out
+
     def resolve(self, spec: DatasetSpec, selection: Selection) -> Resolved:
         vault = self.rt.vault
         if selection.record_ids:
             keys: list[str] = []
             missing: list[str] = []
             by_id: dict[str, str] = {}
+            resolved_keys = self._record_keys(spec, list(dict.fromkeys(selection.record_ids)))
             for rid in dict.fromkeys(selection.record_ids):
-                key = vault.record_key(spec.name, rid)
+                key = resolved_keys.get(rid)
                 if key is None:
                     missing.append(rid)
                 else:
@@ -562,28 +602,35 @@ class Gate:
                     rt.metrics.bulk_refusals.labels(exc.category.value).inc()
                     raise deny(429, "bulk-threshold", str(exc), plan=plan, **grant_fields) from None
 
-        # Record BEFORE opening anything.
-        subject_hashes = [rt.vault.subject_hash(t) for t in subject_tokens]
-        decision = AccessDecision(
-            **base_event,
-            reason=(context.purpose or "access")[:4096],
-            at=iso(rt.clock.now()),
-            decision="allow",
-            policies=list(plan.policies),
-            subjects=subject_hashes,
-            released_fields={f: t.value for f, t in released.items()} if keys else {},
-            released_records=keys if released else [],
-            row_filter=plan.row_filter.kind.value if plan.row_filter else None,
-            access_request_id=access_request_id,
-            **grant_fields,
-        )
-        events: list[BaseModel] = [decision]
+        # Record BEFORE opening anything: one AccessDecision per chunk of records (a ledger
+        # entry holds at most 64 KiB), all appended in ONE commit.
+        chunks = chunk_records(keys, resolved.subjects, rt.subject_ref) if released else [[]]
+        decisions: list[BaseModel] = []
+        at = iso(rt.clock.now())
+        for chunk in chunks:
+            tokens = dict.fromkeys(resolved.subjects[k] for k in chunk)
+            decisions.append(
+                AccessDecision(
+                    **base_event,
+                    reason=(context.purpose or "access")[:4096],
+                    at=at,
+                    decision="allow",
+                    policies=list(plan.policies),
+                    subjects=[rt.subject_ref(t) for t in tokens],
+                    released_fields={f: t.value for f, t in released.items()} if chunk else {},
+                    released_records=list(chunk),
+                    row_filter=plan.row_filter.kind.value if plan.row_filter else None,
+                    access_request_id=access_request_id,
+                    **grant_fields,
+                )
+            )
+        events = list(decisions)
         if action is Action.EXPORT and destination:
             events.append(
                 Export(
                     actor=actor,
                     reason=(context.purpose or "export")[:4096],
-                    at=decision.at,
+                    at=at,
                     dataset=spec.name,
                     destination=destination,
                     records=len(keys),
@@ -594,7 +641,10 @@ class Gate:
         receipt = receipts[0]
         rt.metrics.decisions.labels(action.value, "allow").inc()
 
-        values = self._open(spec, plan, keys, receipt) if keys and released else {}
+        values: dict[str, dict[str, Any]] = {}
+        for chunk, chunk_receipt in zip(chunks, receipts, strict=False):
+            if chunk:
+                values.update(self._open(spec, plan, chunk, chunk_receipt))
         for transform in released.values():
             rt.metrics.released_values.labels(transform.value).inc(len(keys))
         out: dict[str, Any] = {
@@ -602,6 +652,9 @@ class Gate:
             "dataset": spec.name,
             "decision": "allow",
             "receipt": {"index": receipt.index, "leaf_hash": receipt.leaf_hash.hex()},
+            "receipts": [
+                {"index": r.index, "leaf_hash": r.leaf_hash.hex()} for r in receipts[: len(chunks)]
+            ],
             "plan": [
                 {"field": f.field, "transform": f.transform.value, "policies": list(f.policies)}
                 for f in plan.fields
@@ -624,7 +677,7 @@ class Gate:
         except BastionError:
             return []
         tokens = dict.fromkeys(resolved.subjects[k] for k in resolved.keys)
-        return [self.rt.vault.subject_hash(t) for t in tokens]
+        return [self.rt.subject_ref(t) for t in tokens]
 
     def _request_approval(
         self, principal: Principal, plan: AccessPlan, context: AccessContext

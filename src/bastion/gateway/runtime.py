@@ -87,6 +87,17 @@ class Runtime:
         writer: LedgerWriter = self.ledger
         return writer
 
+    def subject_ref(self, token: str) -> str:
+        """What ledger entries carry for a subject: the vault's keyed hash of its pseudonymous
+        token, cut to 128 bits (plenty to tell subjects apart; entries stay small)."""
+        ref: str = self.vault.subject_hash(token)
+        prefix, _, digest = ref.rpartition(":")
+        return f"{prefix}:{digest[:32]}" if prefix else digest[:32]
+
+    def subject_ref_for_id(self, subject_id: str) -> str | None:
+        token = self.vault.pseudonym_of(subject_id)
+        return None if token is None else self.subject_ref(token)
+
     def engine(self) -> PolicyEngine:
         return self.policy.engine()
 
@@ -152,11 +163,7 @@ class Runtime:
         verifier = TokenVerifier(trusted, audience=config.audience, clock=clock)
         migrate_index(db)
 
-        def subject_ref(subject_id: str) -> str | None:
-            token = vault.pseudonym_of(subject_id)
-            return None if token is None else vault.subject_hash(token)
-
-        return cls(
+        rt = cls(
             home=home,
             db=db,
             clock=clock,
@@ -171,8 +178,10 @@ class Runtime:
             issuer=issuer,
             verifier=verifier,
             config=config,
-            subject_index=SubjectIndex(db, log, subject_ref),
+            subject_index=SubjectIndex(db, log, lambda _subject: None),
         )
+        rt.subject_index.subject_ref = rt.subject_ref_for_id
+        return rt
 
     def close(self) -> None:
         with self._lock:

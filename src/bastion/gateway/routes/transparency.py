@@ -50,8 +50,7 @@ def subject_accesses(
     """Every access to the subject's data (Access Transparency), each verifiable offline."""
     rid = new_request_id(request)
     decision = rt.engine().can_read_access_history(principal, subject_id)
-    token = rt.vault.pseudonym_of(subject_id)
-    subject_hash = rt.vault.subject_hash(token) if token is not None else None
+    subject_hash = rt.subject_ref_for_id(subject_id)
     event = AccessDecision(
         actor=principal.actor(),
         reason="access history lookup",
