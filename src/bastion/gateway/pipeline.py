@@ -328,6 +328,11 @@ class Gate:
     # -- records ---------------------------------------------------------------------------
 
     def _live_subjects(self, dataset: str, keys: Sequence[str]) -> dict[str, str]:
+        with self.rt.db.transaction() as cur:
+            return self._live_subjects_in(cur, dataset, keys)
+
+    @staticmethod
+    def _live_subjects_in(cur: Any, dataset: str, keys: Sequence[str]) -> dict[str, str]:
         """Record key -> subject token, for records whose subject still has its data key.
 
         Reads only the vault's non-secret index columns (no decryption). Records of a
@@ -335,56 +340,44 @@ class Gate:
         """
         out: dict[str, str] = {}
         unique = list(dict.fromkeys(keys))
-        with self.rt.db.transaction() as cur:
-            for i in range(0, len(unique), _IN_CHUNK):
-                chunk = unique[i : i + _IN_CHUNK]
-                marks = ", ".join("?" * len(chunk))
-                rows = cur.execute(
-                    "SELECT r.record_key, r.subject FROM vault_records r "
-                    "JOIN vault_subjects s ON s.token = r.subject "
-                    f"WHERE r.dataset = ? AND r.record_key IN ({marks})",
-                    [dataset, *chunk],
-                ).fetchall()
-                out.update({str(k): str(s) for k, s in rows})
+        for i in range(0, len(unique), _IN_CHUNK):
+            chunk = unique[i : i + _IN_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            rows = cur.execute(
+                "SELECT r.record_key, r.subject FROM vault_records r "
+                "JOIN vault_subjects s ON s.token = r.subject "
+                f"WHERE r.dataset = ? AND r.record_key IN ({marks})",
+                [dataset, *chunk],
+            ).fetchall()
+            out.update({str(k): str(s) for k, s in rows})
         return out
 
-    def _record_keys(self, spec: DatasetSpec, ids: Sequence[str]) -> dict[str, str]:
-        """Record id -> the vault's record key, in one query where the id is pseudonymized.
-
-        Uses the vault's batched pseudonym lookup when it has one (a single ``IN`` query);
-        otherwise one ``record_key`` call per id.
-        """
-        vault = self.rt.vault
+    def _record_keys_in(self, cur: Any, spec: DatasetSpec, ids: Sequence[str]) -> dict[str, str]:
+        """Record id -> the vault's record key: the id's pseudonym where it is pseudonymized,
+        found with the vault's batched lookup (one ``IN`` query) inside the caller's
+        transaction."""
         if not spec.field(spec.record_id).pseudonymize:
             return {rid: rid for rid in ids}
-        lookup = getattr(getattr(vault, "_pseudonyms", None), "lookup", None)
-        if lookup is None or len(ids) == 1:
-            return {rid: key for rid in ids if (key := vault.record_key(spec.name, rid))}
-        vault.identity.load()
         out: dict[str, str] = {}
-        with self.rt.db.transaction() as cur:
-            for i in range(0, len(ids), _IN_CHUNK):
-                found = lookup(cur, list(ids[i : i + _IN_CHUNK]))
-                out.update({rid: str(pair[0]) for rid, pair in found.items()})
+        lookup = self.rt.vault._pseudonyms.lookup
+        for i in range(0, len(ids), _IN_CHUNK):
+            found = lookup(cur, list(ids[i : i + _IN_CHUNK]))
+            out.update({rid: str(pair[0]) for rid, pair in found.items()})
         return out
 
     def resolve(self, spec: DatasetSpec, selection: Selection) -> Resolved:
         vault = self.rt.vault
         if selection.record_ids:
-            keys: list[str] = []
-            missing: list[str] = []
-            by_id: dict[str, str] = {}
-            resolved_keys = self._record_keys(spec, list(dict.fromkeys(selection.record_ids)))
-            for rid in dict.fromkeys(selection.record_ids):
-                key = resolved_keys.get(rid)
-                if key is None:
-                    missing.append(rid)
-                else:
-                    by_id[rid] = key
-                    keys.append(key)
-            subjects = self._live_subjects(spec.name, keys)
-            missing += [rid for rid, key in by_id.items() if key not in subjects]
-            return Resolved([k for k in keys if k in subjects], subjects, missing)
+            ids = list(dict.fromkeys(selection.record_ids))
+            if spec.field(spec.record_id).pseudonymize:
+                vault.identity.load()  # outside the transaction: it reads the database itself
+            # One read transaction: ids -> keys -> live subjects.
+            with self.rt.db.transaction() as cur:
+                by_id = self._record_keys_in(cur, spec, ids)
+                subjects = self._live_subjects_in(cur, spec.name, list(by_id.values()))
+            keys = [by_id[rid] for rid in ids if rid in by_id and by_id[rid] in subjects]
+            missing = [rid for rid in ids if rid not in by_id or by_id[rid] not in subjects]
+            return Resolved(keys, subjects, missing)
         # Search / export: structured filters on identifying keys only.
         candidates: list[str] | None = None
         for f in selection.filters:
