@@ -374,8 +374,26 @@ def releases_story(ctx: DemoContext) -> None:
         raise BastionError("the release-assurance scenario did not behave as expected")
 
 
+def gateway_story(ctx: DemoContext) -> None:
+    from bastion.gateway.demo import run_demo as run_gateway
+
+    ctx.report["gateway"] = run_gateway(
+        home=ctx.home, db=ctx.db, ledger=ctx.log, clock=ctx.clock, console=ctx.console
+    )
+
+
+def cleanroom_story(ctx: DemoContext) -> None:
+    from bastion.cleanroom.demo import demo as run_cleanroom
+
+    ctx.report["cleanroom"] = run_cleanroom(
+        ctx.db, ctx.log, ctx.clock, ctx.data_dir, console=ctx.console
+    )
+
+
 def extra_steps() -> list[tuple[str, Step]]:
     """Scenarios of the parts above the vault and ledger, in the order the story needs them."""
     return [
+        ("Gateway: every access decided, minimized, approved and recorded first", gateway_story),
+        ("Clean room: the ad partner gets differentially private aggregates only", cleanroom_story),
         ("Release assurance: only reviewed code ships, and a phone can check it", releases_story),
     ]
