@@ -75,6 +75,7 @@ def test_filter_outside_domain() -> None:
     bad("outside the declared domain", template="count", epsilon=1, where={"day": ["2025-12-31"]})
     bad("only use public dimensions", template="count", epsilon=1, where={"user_id": ["u1"]})
     bad("the ctr template fixes", template="ctr", epsilon=1, where={"event_type": ["view"]})
+    bad("cannot be grouped by event type", template="ctr", epsilon=1, group_by=["event_type"])
     bad("at least one value", template="count", epsilon=1, where={"region": []})
 
 

@@ -200,6 +200,8 @@ def compile_plan(request: QueryRequest, catalog: Catalog, config: CleanRoomConfi
                 dataset=ds.name,
                 field=col,
             )
+    if template is Template.CTR and EVENT_TYPE in group_by:
+        raise InputError("the ctr template cannot be grouped by event type", field=EVENT_TYPE)
     public_groups = math.prod(len(d) for d in domains if d is not None)
     if public_groups > config.max_public_groups:
         raise InputError(
