@@ -122,6 +122,7 @@ def served_home(
     db.close()
 
 
+@pytest.mark.slow
 def test_sigkill_under_load_loses_no_acknowledged_access(
     served_home: tuple[Home, Database, dict[str, str]], tmp_path: Path
 ) -> None:
