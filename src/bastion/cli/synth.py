@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -10,7 +11,14 @@ from rich.table import Table
 
 from bastion.cli.common import JSON_OPTION, console, emit_json, reported_errors
 from bastion.errors import InputError
-from bastion.synth import Format, SynthSpec, generate
+
+
+class OutputFormat(StrEnum):
+    """Mirrors bastion.synth.Format without importing pyarrow at CLI start-up."""
+
+    PARQUET = "parquet"
+    CSV = "csv"
+    JSONL = "jsonl"
 
 
 def synth(
@@ -20,10 +28,13 @@ def synth(
     videos: int = typer.Option(2_000, "--videos", help="Number of videos."),
     events: int = typer.Option(100_000, "--events", help="Number of engagement events."),
     campaigns: int = typer.Option(200, "--campaigns", help="Number of ad campaigns."),
-    fmt: Format = typer.Option(Format.PARQUET, "--format", "-f", help="Output format."),
+    fmt: OutputFormat = typer.Option(OutputFormat.PARQUET, "--format", "-f", help="Output format."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Generate users, videos and events (deterministic for a seed, streamed in chunks)."""
+    # Imported here: pyarrow and numpy are only needed by this command; the CLI starts faster.
+    from bastion.synth import SynthSpec, generate
+
     with reported_errors(as_json):
         try:
             spec = SynthSpec(
@@ -33,7 +44,7 @@ def synth(
             raise InputError(str(exc)) from None
         totals = {"users": users, "videos": videos, "events": events}
         if as_json:
-            result = generate(spec, out, fmt)
+            result = generate(spec, out, fmt.value)
             emit_json({"ok": True, **result.to_json()})
             return
         progress = Progress(
@@ -46,7 +57,7 @@ def synth(
         with progress:
             tasks = {name: progress.add_task(name, total=n) for name, n in totals.items()}
             result = generate(
-                spec, out, fmt, on_progress=lambda name, n: progress.advance(tasks[name], n)
+                spec, out, fmt.value, on_progress=lambda name, n: progress.advance(tasks[name], n)
             )
         table = Table(title=f"Synthetic platform (seed {seed}, {result.seconds:.1f} s)")
         for col in ("dataset", "rows", "file", "MiB"):

@@ -20,7 +20,6 @@ from bastion.errors import ConfigError, InputError, KeyUnavailable
 from bastion.keys.signing import create_signing_key, load_signing_key
 from bastion.ledger.cosignature import CosignatureSigner
 from bastion.ledger.note import KeyFormatError, is_valid_name
-from bastion.ledger.witness import Witness, witness_app
 from bastion.store import open_database
 
 witness_app_cli = typer.Typer(
@@ -134,6 +133,9 @@ def serve_cmd(
 ) -> None:
     """Serve POST /add-checkpoint (C2SP tlog-witness)."""
     import uvicorn
+
+    # Imported here: the web stack is only needed by this command, and the CLI starts faster.
+    from bastion.ledger.witness import Witness, witness_app
 
     with reported_errors(False):
         signer = _signer(directory, key, name)
