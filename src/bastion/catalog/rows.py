@@ -19,7 +19,6 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from bastion.catalog.model import DatasetSpec, FieldSpec, FieldType
-from bastion.errors import InputError
 
 Value = str | int | float | bool | date | datetime | list[str] | tuple[float, float] | None
 
@@ -192,30 +191,15 @@ def coerce_value(spec: FieldSpec, raw: object) -> Value:
 def validate_row(
     dataset: DatasetSpec, row: Mapping[str, object], *, file: str, row_number: int
 ) -> dict[str, Value]:
-    """Return the row with every declared field coerced, or raise InputError saying where."""
+    """Return the row with every declared field coerced, or raise InputError saying where.
 
-    def bad(reason: str, field: str | None = None) -> InputError:
-        return InputError(reason, file=file, row=row_number, dataset=dataset.name, field=field)
+    Unknown columns are refused; then fields are checked in catalog order, and the first
+    problem raises, naming file, row, dataset and field. The work is done by the dataset's
+    compiled validator (``catalog.compiled``), built on first use.
+    """
+    from bastion.catalog.compiled import row_validator
 
-    for column in row:
-        if not isinstance(column, str) or not dataset.has_field(column):
-            shown = str(column)[:MAX_COLUMN_NAME_SHOWN]
-            raise bad("unknown column (not declared in the catalog)", shown)
-    out: dict[str, Value] = {}
-    for spec in dataset.fields:
-        try:
-            value = coerce_value(spec, row.get(spec.name))
-        except _Bad as exc:
-            raise bad(str(exc), spec.name) from None
-        if value is None:
-            if spec.name == dataset.subject_key:
-                raise bad("missing subject id", spec.name)
-            if spec.name == dataset.record_id:
-                raise bad("missing record id", spec.name)
-            if not spec.nullable:
-                raise bad("missing value for a required field", spec.name)
-        out[spec.name] = value
-    return out
+    return row_validator(dataset).validate(row, file=file, row_number=row_number)
 
 
 def to_jsonable(value: Value) -> object:

@@ -55,6 +55,12 @@ class SqliteDatabase(Database):
         else:
             conn.execute("COMMIT")
 
+    def is_unique_violation(self, exc: BaseException) -> bool:
+        return isinstance(exc, sqlite3.IntegrityError) and getattr(exc, "sqlite_errorname", "") in (
+            "SQLITE_CONSTRAINT_PRIMARYKEY",
+            "SQLITE_CONSTRAINT_UNIQUE",
+        )
+
     def close(self) -> None:
         with self._guard:
             for conn in self._all:

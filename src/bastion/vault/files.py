@@ -11,8 +11,12 @@ import csv
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bastion.errors import InputError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 Row = tuple[int, Mapping[str, object]]
 FORMATS = {
@@ -111,6 +115,26 @@ def _read_jsonl(path: Path) -> Iterator[Row]:
 
 
 def _read_parquet(path: Path) -> Iterator[Row]:
+    number = 0
+    for batch in read_arrow(path, _PARQUET_BATCH):
+        for row in batch.to_pylist():
+            number += 1
+            yield number, row
+
+
+def read_arrow(path: Path, batch_size: int = _PARQUET_BATCH) -> Iterator[pa.RecordBatch]:
+    """A Parquet file as Arrow record batches of up to ``batch_size`` rows, in file order.
+
+    A missing file fails at once; a corrupt one when read, naming the first row that
+    could not be read.
+    """
+    if file_format(path) != "parquet":
+        raise InputError("not a Parquet file", file=str(path))
+    _check_readable(path)
+    return _arrow_batches(path, batch_size)
+
+
+def _arrow_batches(path: Path, batch_size: int) -> Iterator[pa.RecordBatch]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -121,9 +145,8 @@ def _read_parquet(path: Path) -> Iterator[Row]:
         raise InputError("not a readable Parquet file", file=name) from None
     number = 0
     try:
-        for batch in pf.iter_batches(batch_size=_PARQUET_BATCH):
-            for row in batch.to_pylist():
-                number += 1
-                yield number, row
+        for batch in pf.iter_batches(batch_size=batch_size):
+            yield batch
+            number += batch.num_rows
     except (pa.ArrowException, OSError):
         raise InputError("Parquet file is corrupt", file=name, row=number + 1) from None

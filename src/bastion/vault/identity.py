@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+from collections.abc import Sequence
 
 from cryptography.hazmat.primitives import hashes, hmac
 
@@ -18,6 +19,7 @@ from bastion.store import Cursor, Database
 from bastion.vault import codec
 
 IDENTITY_SECRET = "identity"
+_INDEX_LABEL = b"bastion/pseudonym/v1\x00"
 
 
 def secret_aad(name: str) -> bytes:
@@ -68,8 +70,19 @@ class VaultIdentity:
     def index(self, value: str) -> str:
         """HMAC-SHA256 index of an identifying value: finds its token without storing it."""
         h = self.load()[0].copy()
-        h.update(b"bastion/pseudonym/v1\x00" + value.encode())
+        h.update(_INDEX_LABEL + value.encode())
         return h.finalize().hex()
+
+    def index_many(self, values: Sequence[str]) -> list[str]:
+        """:meth:`index` of each value, with the key looked up once."""
+        base = self.load()[0]
+        out: list[str] = []
+        add = out.append
+        for value in values:
+            h = base.copy()
+            h.update(_INDEX_LABEL + value.encode())
+            add(h.finalize().hex())
+        return out
 
     def _receipt_hmac(self, label: bytes, value: str) -> str:
         h = hmac.HMAC(self.load()[1], hashes.SHA256())

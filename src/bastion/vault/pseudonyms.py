@@ -13,26 +13,43 @@ import base64
 import secrets
 from collections.abc import Mapping, Sequence
 
-from bastion.store import Cursor
+from bastion.store import Cursor, Database
 from bastion.vault.identity import VaultIdentity
 from bastion.vault.schema import select_in
 
-_INSERT = "INSERT INTO vault_pseudonyms (idx, token, owner) VALUES (?, ?, ?)"
+_COLUMNS = ("idx", "token", "owner")
+
+
+_TOKEN_BYTES = 15  # 120 bits; a multiple of 3, so each token is exactly 20 base64 characters
+_TOKEN_CHARS = 20
 
 
 def new_token() -> str:
     """A pseudonym: 120 random bits, so it says nothing about the value it stands for."""
-    return "ps_" + base64.urlsafe_b64encode(secrets.token_bytes(15)).decode()
+    return "ps_" + base64.urlsafe_b64encode(secrets.token_bytes(_TOKEN_BYTES)).decode()
+
+
+def new_tokens(n: int) -> list[str]:
+    """``n`` pseudonyms, each with its own 120 random bits, from one call to the OS RNG.
+
+    15-byte groups line up with base64's 3-byte blocks, so encoding the whole buffer once
+    and cutting it every 20 characters gives exactly each group's own encoding.
+    """
+    text = base64.urlsafe_b64encode(secrets.token_bytes(_TOKEN_BYTES * n)).decode()
+    return ["ps_" + text[i : i + _TOKEN_CHARS] for i in range(0, _TOKEN_CHARS * n, _TOKEN_CHARS)]
 
 
 class Pseudonyms:
-    def __init__(self, identity: VaultIdentity, dialect: str) -> None:
+    def __init__(self, identity: VaultIdentity, db: Database) -> None:
         self._identity = identity
-        self._dialect = dialect
+        self._db = db
+        self._dialect = db.dialect
 
     def lookup(self, cur: Cursor, values: Sequence[str]) -> dict[str, tuple[str, str]]:
         """value -> (token, owner token) for the values that already have a mapping."""
-        by_idx = {self._identity.index(v): v for v in values}
+        return self._lookup(cur, dict(zip(self._identity.index_many(values), values, strict=True)))
+
+    def _lookup(self, cur: Cursor, by_idx: dict[str, str]) -> dict[str, tuple[str, str]]:
         found: dict[str, tuple[str, str]] = {}
         for idx, token, owner in select_in(
             cur,
@@ -59,35 +76,39 @@ class Pseudonyms:
         created = 0
         fresh = [s for s in dict.fromkeys(subjects) if s not in tokens]
         if fresh:
-            found = self.lookup(cur, fresh)
+            indexes = self._identity.index_many(fresh)
+            found = self._lookup(cur, dict(zip(indexes, fresh, strict=True)))
             inserts, reowned = [], []
-            for subject in fresh:
+            made = iter(new_tokens(len(fresh) - len(found)))
+            for subject, idx in zip(fresh, indexes, strict=True):
                 if subject in found:
                     token, owner = found[subject]
                     if owner != token:
                         # First seen as someone else's identifier; a subject owns its own id.
-                        reowned.append((token, self._identity.index(subject)))
+                        reowned.append((token, idx))
                 else:
-                    token = new_token()
-                    inserts.append((self._identity.index(subject), token, token))
+                    token = next(made)
+                    inserts.append((idx, token, token))
                 tokens[subject] = token
             if inserts:
-                cur.executemany(_INSERT, inserts)
+                self._db.copy_rows(cur, "vault_pseudonyms", _COLUMNS, inserts)
             if reowned:
                 cur.executemany("UPDATE vault_pseudonyms SET owner = ? WHERE idx = ?", reowned)
             created += len(inserts)
         rest = [v for v in others if v not in tokens]
         if rest:
-            found = self.lookup(cur, rest)
+            indexes = self._identity.index_many(rest)
+            found = self._lookup(cur, dict(zip(indexes, rest, strict=True)))
             inserts = []
-            for value in rest:
+            made = iter(new_tokens(len(rest) - len(found)))
+            for value, idx in zip(rest, indexes, strict=True):
                 if value in found:
                     tokens[value] = found[value][0]
                 else:
-                    token = new_token()
-                    inserts.append((self._identity.index(value), token, tokens[others[value]]))
+                    token = next(made)
+                    inserts.append((idx, token, tokens[others[value]]))
                     tokens[value] = token
             if inserts:
-                cur.executemany(_INSERT, inserts)
+                self._db.copy_rows(cur, "vault_pseudonyms", _COLUMNS, inserts)
             created += len(inserts)
         return created

@@ -3,6 +3,10 @@
 A record is one row of ``vault_records``: public values and pseudonym tokens as JSON in
 ``clear``, every other field sealed on its own with AES-256-GCM under the subject's field key,
 its AAD binding dataset, record, subject, data-key version and field name.
+
+Ingest seals a batch column by column where it can (value encoding, pseudonym tokens, clear
+JSON), so the per-value loop is left with what must be per value: a fresh nonce, the AAD
+and one AES-GCM call.
 """
 
 from __future__ import annotations
@@ -12,41 +16,57 @@ import os
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from itertools import repeat
 
 from cryptography.exceptions import InvalidTag
 
 from bastion.catalog import (
     Classification,
     DatasetSpec,
-    FieldSpec,
     FieldType,
     Value,
     coerce_value,
     to_jsonable,
 )
+from bastion.catalog.compiled import ValidBatch
 from bastion.errors import InputError, IntegrityError
 from bastion.vault import codec
 from bastion.vault.plan import FieldRef
 from bastion.vault.subject_keys import FieldKey
 
 _NONCE = codec.NONCE_BYTES
+_TAG = codec.TAG_BYTES
 _pack_len = struct.Struct(">I").pack
 _FORMAT = bytes([codec.SEALED_FORMAT])
-# One encoder for every record: json.dumps with options builds a new encoder per call.
-_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 # dataset, record_key, subject token, clear JSON, sealed blob
 RecordRow = tuple[str, str, str, str, bytes]
+RECORD_COLUMNS = ("dataset", "record_key", "subject", "clear", "sealed")
 ValidRow = dict[str, Value]
 
 
-# How a public value becomes JSON (as catalog.to_jsonable does); None means "as it is".
-_TO_JSON: dict[FieldType, Callable[[Any], object]] = {
-    FieldType.DATE: lambda v: v.isoformat(),
-    FieldType.TIMESTAMP: lambda v: to_jsonable(v),
-    FieldType.GEO: lambda v: [v[0], v[1]],
-}
+def _json_default(value: object) -> object:
+    return to_jsonable(value)  # type: ignore[arg-type]
+
+
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_json_default)
+
+
+def json_value(value: Value) -> str:
+    """One value as JSON: dates as ISO 8601, timestamps in UTC with ``Z``, points as lists."""
+    return _JSON.encode(value)
+
+
+def _json_column(values: Sequence[Value]) -> list[str]:
+    """``json_value`` of each value, written once per distinct value."""
+    try:
+        distinct = set(values)
+    except TypeError:  # lists: no sharing
+        return [json_value(v) for v in values]
+    if any(v.__class__ is float for v in distinct):  # 0.0 == -0.0, but not as text
+        return [json_value(v) for v in values]
+    written = {v: json_value(v) for v in distinct}
+    return list(map(written.__getitem__, values))
 
 
 @dataclass(frozen=True)
@@ -54,7 +74,14 @@ class _SealedField:
     name: str
     header: bytes
     aad_suffix: bytes
-    encode: Callable[[object], bytes]
+    encode_column: Callable[[Sequence[object]], list[bytes]]
+
+
+@dataclass(frozen=True)
+class _ClearField:
+    name: str
+    pseudonymized: bool
+    is_list: bool
 
 
 @dataclass(frozen=True)
@@ -63,14 +90,25 @@ class DatasetLayout:
 
     spec: DatasetSpec
     sealed: tuple[_SealedField, ...]
-    public: tuple[str, ...]
-    public_converters: tuple[tuple[str, Callable[[Any], object] | None], ...]
-    pseudonymized: tuple[FieldSpec, ...]
+    clear: tuple[_ClearField, ...]
+    # Pseudonymized fields other than the subject key: (name, holds a list).
+    identifying: tuple[tuple[str, bool], ...]
     record_id_pseudonymized: bool
     aad_head: bytes
+    # '{"name":%s,...}' over the clear fields, for one row's JSON texts.
+    clear_template: str
 
     @classmethod
     def of(cls, spec: DatasetSpec) -> DatasetLayout:
+        public = [
+            _ClearField(f.name, False, False)
+            for f in spec.fields
+            if f.classification is Classification.PUBLIC and not f.pseudonymize
+        ]
+        pseudo = [
+            _ClearField(f.name, True, f.type is FieldType.STRING_LIST)
+            for f in spec.pseudonymized_fields
+        ]
         return cls(
             spec=spec,
             sealed=tuple(
@@ -78,80 +116,142 @@ class DatasetLayout:
                     f.name,
                     codec.field_header(f.name),
                     codec.field_aad_suffix(f.name),
-                    codec.value_encoder(f.type),
+                    codec.column_encoder(f.type),
                 )
                 for f in spec.fields
                 if f.classification is not Classification.PUBLIC
             ),
-            public=tuple(
-                f.name
-                for f in spec.fields
-                if f.classification is Classification.PUBLIC and not f.pseudonymize
+            clear=(*public, *pseudo),
+            identifying=tuple(
+                (f.name, f.type is FieldType.STRING_LIST)
+                for f in spec.pseudonymized_fields
+                if f.name != spec.subject_key
             ),
-            public_converters=tuple(
-                (f.name, _TO_JSON.get(f.type))
-                for f in spec.fields
-                if f.classification is Classification.PUBLIC and not f.pseudonymize
-            ),
-            pseudonymized=tuple(spec.pseudonymized_fields),
             record_id_pseudonymized=spec.field(spec.record_id).pseudonymize,
             aad_head=codec.dataset_aad(spec.name),
+            clear_template="{"
+            + ",".join(json.dumps(f.name).replace("%", "%%") + ":%s" for f in (*public, *pseudo))
+            + "}",
         )
 
-    def identifying_values(self, row: ValidRow) -> list[str]:
-        """The values of this row's pseudonymized fields, as the text their index is over."""
-        out: list[str] = []
-        for f in self.pseudonymized:
-            v = row[f.name]
-            if v is None:
-                continue
-            if isinstance(v, list):
-                out.extend(str(x) for x in v)
+    def identifying_values(self, batch: ValidBatch, subjects: Sequence[str]) -> dict[str, str]:
+        """Identifying values other than subject ids, each with the subject id of the first
+        row (in row order) it appears in: that subject will own its pseudonym."""
+        owners: dict[str, str] = {}
+        own = owners.setdefault
+        columns = [(batch.columns[name], is_list) for name, is_list in self.identifying]
+        if len(columns) == 1:
+            column, is_list = columns[0]
+            if is_list:
+                for subject, values in zip(subjects, column, strict=True):
+                    if values:
+                        for v in values:  # type: ignore[union-attr]
+                            own(str(v), subject)
             else:
-                out.append(str(v))
-        return out
+                for subject, value in zip(subjects, column, strict=True):
+                    if value is not None:
+                        own(str(value), subject)
+            return owners
+        for i, subject in enumerate(subjects):
+            for column, is_list in columns:
+                value = column[i]
+                if value is None:
+                    continue
+                if is_list:
+                    for v in value:  # type: ignore[union-attr]
+                        own(str(v), subject)
+                else:
+                    own(str(value), subject)
+        return owners
 
-    def seal_batch(
+    def record_keys(self, batch: ValidBatch, tokens: dict[str, str], source: str) -> list[str]:
+        """Each row's key in the vault (its record id, or that id's pseudonym); a record id
+        given twice in the batch is an ``InputError`` at its second row."""
+        ids = batch.columns[self.spec.record_id]
+        keys = (
+            [tokens[str(v)] for v in ids] if self.record_id_pseudonymized else list(map(str, ids))
+        )
+        if len(set(keys)) != len(keys):
+            first: dict[str, int] = {}
+            for number, key in zip(batch.numbers, keys, strict=True):
+                if key in first:
+                    raise InputError(
+                        f"duplicate record id (first at row {first[key]})",
+                        file=source,
+                        row=number,
+                        dataset=self.spec.name,
+                        field=self.spec.record_id,
+                    )
+                first[key] = number
+        return keys
+
+    def clear_texts(
+        self, batch: ValidBatch, subject_tokens: Sequence[str], tokens: dict[str, str]
+    ) -> list[str]:
+        """The clear JSON of every row: public values, and pseudonyms for identifying ones.
+
+        Built column by column: each distinct public value of the batch is written as JSON
+        once, each pseudonym is quoted (pseudonyms are URL-safe base64, nothing to escape),
+        and each row is one ``%`` of a template made from the field names.
+        """
+        if not self.clear:
+            return ["{}"] * len(batch)
+        subject_key = self.spec.subject_key
+        columns: list[Sequence[str]] = []
+        for f in self.clear:
+            column = batch.columns[f.name]
+            if not f.pseudonymized:
+                columns.append(_json_column(column))
+            elif f.name == subject_key:
+                columns.append(['"' + t + '"' for t in subject_tokens])
+            elif f.is_list:
+                columns.append(
+                    [
+                        "null"
+                        if v is None
+                        else "[" + ",".join(['"' + tokens[str(x)] + '"' for x in v]) + "]"  # type: ignore[union-attr]
+                        for v in column
+                    ]
+                )
+            else:
+                columns.append(
+                    ["null" if v is None else '"' + tokens[str(v)] + '"' for v in column]
+                )
+        return list(map(self.clear_template.__mod__, zip(*columns, strict=True)))
+
+    def seal(
         self,
-        batch: Sequence[tuple[int, ValidRow]],
-        subjects: Sequence[str],
+        batch: ValidBatch,
+        subject_tokens: Sequence[str],
         tokens: dict[str, str],
         keys: dict[str, FieldKey],
         source: str,
     ) -> list[RecordRow]:
-        """Seal a batch. ``subjects[i]`` is row i's subject id; tokens and keys are resolved.
+        """Seal a batch into records. ``subject_tokens[i]`` is row i's subject pseudonym;
+        ``tokens`` and ``keys`` hold every pseudonym and field key the batch needs.
 
-        The hot loop of ingest: locals only, tuples instead of attribute lookups, one
-        urandom call per batch (each value still gets its own 96 random nonce bits).
+        The hot loop of ingest. Plaintexts and clear JSON are built column by column first;
+        one urandom call gives the whole batch its nonces (each value still gets its own
+        96 random bits).
         """
-        sealed_fields = [(sf.name, sf.header, sf.aad_suffix, sf.encode) for sf in self.sealed]
-        width = _NONCE * len(sealed_fields)
-        nonces = os.urandom(width * len(batch))
+        n = len(batch)
+        record_keys = self.record_keys(batch, tokens, source)
+        clears = self.clear_texts(batch, subject_tokens, tokens)
+        plains = [f.encode_column(batch.columns[f.name]) for f in self.sealed]
+        fields = [(f.header, f.aad_suffix) for f in self.sealed]
+        nonces = os.urandom(_NONCE * len(fields) * n)
+        per_row = zip(*plains, strict=True) if plains else repeat((), n)
         dataset = self.spec.name
-        record_id = self.spec.record_id
         head = self.aad_head
-        public = self.public_converters
-        pseudo = [(f.name, f.type is FieldType.STRING_LIST) for f in self.pseudonymized]
-        rid_pseudo = self.record_id_pseudonymized
         pack_len = _pack_len
-        dumps = _JSON.encode
+        overhead = _NONCE + _TAG
         subject_parts: dict[str, tuple[Callable[..., bytes], bytes]] = {}
-        seen: dict[str, int] = {}
         out: list[RecordRow] = []
-        base = 0
-        for (row_number, row), subject in zip(batch, subjects, strict=True):
-            token = tokens[subject]
-            rid = row[record_id]
-            record_key = tokens[str(rid)] if rid_pseudo else str(rid)
-            if record_key in seen:
-                raise InputError(
-                    f"duplicate record id (first at row {seen[record_key]})",
-                    file=source,
-                    row=row_number,
-                    dataset=dataset,
-                    field=record_id,
-                )
-            seen[record_key] = row_number
+        add_record = out.append
+        offset = 0
+        for record_key, token, row_plains, clear in zip(
+            record_keys, subject_tokens, per_row, clears, strict=True
+        ):
             cached = subject_parts.get(token)
             if cached is None:
                 aead, dek_version = keys[token]
@@ -163,48 +263,39 @@ class DatasetLayout:
             rk = record_key.encode()
             prefix = head + len(rk).to_bytes(2, "big") + rk + subject_part
             parts: list[bytes] = [_FORMAT]
-            add = parts.append
-            offset = base
-            for name, header, suffix, encode in sealed_fields:
+            extend = parts.extend
+            for (header, suffix), plain in zip(fields, row_plains, strict=True):
                 nonce = nonces[offset : offset + _NONCE]
                 offset += _NONCE
-                ct = encrypt(nonce, encode(row[name]), prefix + suffix)
-                add(header)
-                add(pack_len(_NONCE + len(ct)))
-                add(nonce)
-                add(ct)
-            base += width
-            clear: dict[str, object] = {}
-            for name, convert in public:
-                v = row[name]
-                clear[name] = v if convert is None or v is None else convert(v)
-            for name, is_list in pseudo:
-                v = row[name]
-                if v is None:
-                    clear[name] = None
-                elif is_list:
-                    clear[name] = [tokens[str(x)] for x in v]  # type: ignore[union-attr]
-                else:
-                    clear[name] = tokens[str(v)]
-            out.append((dataset, record_key, token, dumps(clear), b"".join(parts)))
+                extend(
+                    (
+                        header,
+                        pack_len(overhead + len(plain)),
+                        nonce,
+                        encrypt(nonce, plain, prefix + suffix),
+                    )
+                )
+            add_record((dataset, record_key, token, clear, b"".join(parts)))
         return out
 
     def open_items(
         self,
         grouped: dict[str, list[FieldRef]],
-        rows: dict[str, tuple[str, str, bytes]],
+        rows: dict[str, tuple[str, str | None, bytes]],
         keys: dict[str, FieldKey],
     ) -> dict[FieldRef, Value]:
         """Open exactly the planned items, grouped by record.
 
-        ``rows``: record key -> (subject token, clear JSON, sealed blob); ``keys``: subject
-        token -> field key. Each record's layout and AAD prefix are built once.
+        ``rows``: record key -> (subject token, clear JSON or None if no public field is
+        planned, sealed blob); ``keys``: subject token -> field key. Each record's layout
+        and AAD prefix are built once.
         """
         spec = self.spec
         dataset = spec.name
         how = {
             name: (
                 f if f.classification is Classification.PUBLIC else None,
+                name.encode(),
                 codec.field_aad_suffix(name),
                 codec.value_decoder(f.type),
             )
@@ -212,40 +303,50 @@ class DatasetLayout:
             for f in (spec.field(name),)
         }
         head = self.aad_head
+        subject_parts: dict[str, tuple[Callable[..., bytes], bytes]] = {}
+        spans_of = codec.sealed_spans
         opened: dict[FieldRef, Value] = {}
         for record, items in grouped.items():
             subject, clear_text, sealed = rows[record]
-            aead, dek_version = keys[subject]
-            decrypt = aead.decrypt
+            cached = subject_parts.get(subject)
+            if cached is None:
+                aead, dek_version = keys[subject]
+                cached = subject_parts[subject] = (
+                    aead.decrypt,
+                    codec.subject_aad(subject, dek_version),
+                )
+            decrypt, subject_part = cached
             rk = record.encode()
-            prefix = (
-                head + len(rk).to_bytes(2, "big") + rk + codec.subject_aad(subject, dek_version)
-            )
-            parts: dict[str, bytes] | None = None
+            prefix = head + len(rk).to_bytes(2, "big") + rk + subject_part
+            spans: dict[bytes, tuple[int, int]] | None = None
             clear: dict[str, object] | None = None
             for item in items:
-                name = item.field
-                public, suffix, decode = how[name]
+                public, key, suffix, decode = how[item[1]]
                 if public is not None:
                     if clear is None:
-                        clear = json.loads(clear_text)
+                        clear = json.loads(clear_text or "{}")
                     # Public values are stored as JSON; give them back typed, like the others.
-                    opened[item] = coerce_value(public, clear.get(name))
+                    opened[item] = coerce_value(public, clear.get(public.name))
                     continue
-                if parts is None:
-                    parts = codec.unpack_sealed(sealed)
-                blob = parts.get(name)
-                if blob is None:
+                if spans is None:
+                    spans = spans_of(sealed)
+                span = spans.get(key)
+                if span is None:
                     raise IntegrityError(
                         f"record {record!r} of dataset {dataset!r} has no sealed value for "
-                        f"field {name!r}"
+                        f"field {item[1]!r}"
                     )
+                start, end = span
                 try:
-                    plain = decrypt(blob[:_NONCE], blob[_NONCE:], prefix + suffix)
+                    plain = decrypt(
+                        sealed[start : start + _NONCE],
+                        sealed[start + _NONCE : end],
+                        prefix + suffix,
+                    )
                 except InvalidTag:
                     raise IntegrityError(
                         f"sealed value failed authentication (dataset {dataset!r}, record "
-                        f"{record!r}, field {name!r})"
+                        f"{record!r}, field {item[1]!r})"
                     ) from None
                 opened[item] = decode(plain)
         return opened

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from bastion.errors import KeyUnavailable
 from bastion.keys.provider import DEK_BYTES, KeyProvider, WrappedKey
-from bastion.store import Cursor
+from bastion.store import Cursor, Database
 from bastion.vault import codec
 from bastion.vault.schema import select_in
 
@@ -20,9 +20,10 @@ FieldKey = tuple[AESGCM, int]
 
 
 class SubjectKeys:
-    def __init__(self, provider: KeyProvider, dialect: str) -> None:
+    def __init__(self, provider: KeyProvider, db: Database) -> None:
         self.provider = provider
-        self.dialect = dialect
+        self.db = db
+        self.dialect = db.dialect
 
     def load(self, cur: Cursor, tokens: Sequence[str]) -> dict[str, FieldKey]:
         """Field keys of the subjects that still have a data key; shredded ones are left out."""
@@ -50,8 +51,17 @@ class SubjectKeys:
             out[token] = (AESGCM(key), int(dek_version))
         return out
 
-    def create(self, cur: Cursor, tokens: Sequence[str], now: str) -> dict[str, FieldKey]:
-        """New data keys and erasure secrets. The caller destroys the secrets if it rolls back."""
+    def create(
+        self,
+        cur: Cursor,
+        tokens: Sequence[str],
+        now: str,
+        records: Mapping[str, int] | None = None,
+    ) -> dict[str, FieldKey]:
+        """New data keys and erasure secrets. The caller destroys the secrets if it rolls back.
+
+        ``records`` gives each new subject's starting record count (0 if left out).
+        """
         if not tokens:
             return {}
         erasure = self.provider.erasure.create_many(tokens)
@@ -60,12 +70,14 @@ class SubjectKeys:
         for token in tokens:
             dek = secrets.token_bytes(DEK_BYTES)
             wrapped = self.provider.wrap(dek, codec.dek_aad(token, DEK_VERSION))
-            rows.append((token, DEK_VERSION, wrapped.version, wrapped.blob, 0, now))
+            count = records.get(token, 0) if records else 0
+            rows.append((token, DEK_VERSION, wrapped.version, wrapped.blob, count, now))
             key = codec.derive_field_key(dek, erasure[token], token, DEK_VERSION)
             out[token] = (AESGCM(key), DEK_VERSION)
-        cur.executemany(
-            "INSERT INTO vault_subjects (token, dek_version, kek_version, wrapped, records, "
-            "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        self.db.copy_rows(
+            cur,
+            "vault_subjects",
+            ("token", "dek_version", "kek_version", "wrapped", "records", "created_at"),
             rows,
         )
         return out

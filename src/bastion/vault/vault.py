@@ -23,21 +23,30 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import groupby, islice
+from operator import itemgetter
+from typing import TYPE_CHECKING, TypeVar
 
-from bastion.catalog import Catalog, Classification, validate_row
+from bastion.catalog import Catalog, Classification, DatasetSpec
+from bastion.catalog.compiled import ValidBatch, row_validator
 from bastion.clock import Clock, iso
 from bastion.errors import InputError, IntegrityError, KeyUnavailable
 from bastion.events import Actor, DeletionReceipt, KeyRotation
 from bastion.keys.provider import KeyProvider, WrappedKey
-from bastion.store import Cursor, Database
+from bastion.store import Cursor, Database, DuplicateKey
 from bastion.vault.identity import VaultIdentity, ensure_identity, secret_aad
 from bastion.vault.plan import FieldRef, OpenedValues, RecordedPlan
 from bastion.vault.pseudonyms import Pseudonyms
-from bastion.vault.schema import SCHEMA, VAULT_LOCK, select_in
-from bastion.vault.sealing import DatasetLayout, RecordRow, ValidRow
+from bastion.vault.schema import PG_ANY_CHUNK, SCHEMA, VAULT_LOCK, chunks, select_in
+from bastion.vault.sealing import RECORD_COLUMNS, DatasetLayout, RecordRow, ValidRow
 from bastion.vault.subject_keys import FieldKey, SubjectKeys
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 DEFAULT_BATCH = 2000
 # Field keys kept per ingest; beyond this the cache is dropped and keys are unwrapped again.
@@ -101,7 +110,7 @@ class _IngestState:
 
     tokens: dict[str, str] = field(default_factory=dict)
     keys: dict[str, FieldKey] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
+    counts: Counter[str] = field(default_factory=Counter)
     created_secrets: list[str] = field(default_factory=list)
     new_subjects: int = 0
     new_pseudonyms: int = 0
@@ -118,8 +127,8 @@ class Vault:
         self.catalog = catalog
         self.clock = clock
         self.identity = VaultIdentity(db, provider)
-        self._pseudonyms = Pseudonyms(self.identity, db.dialect)
-        self._keys = SubjectKeys(provider, db.dialect)
+        self._pseudonyms = Pseudonyms(self.identity, db)
+        self._keys = SubjectKeys(provider, db)
 
     # ---- setup ----------------------------------------------------------------------------
 
@@ -156,10 +165,37 @@ class Vault:
         file is stored. Erasure secrets made for new subjects are destroyed again.
         """
         spec = self.catalog.dataset(dataset)
-        validated = ((n, validate_row(spec, raw, file=source, row_number=n)) for n, raw in rows)
-        return self.ingest_validated(
-            dataset, validated, source=source, batch_size=batch_size, progress=progress
-        )
+        validator = row_validator(spec)
+        batches = (validator.batch(chunk, file=source) for chunk in _chunks(rows, batch_size))
+        return self._ingest(spec, batches, source, progress)
+
+    def ingest_arrow(
+        self,
+        dataset: str,
+        batches: Iterable[pa.RecordBatch],
+        *,
+        source: str = "<api>",
+        first_row: int = 1,
+        batch_size: int = DEFAULT_BATCH,
+        progress: Callable[[int], None] | None = None,
+    ) -> IngestResult:
+        """Like :meth:`ingest_rows` for Arrow record batches (rows numbered from ``first_row``).
+
+        Columns are checked whole with Arrow compute; a batch with any problem is checked
+        again row by row, so the error names the same row and field ``ingest_rows`` would.
+        """
+        spec = self.catalog.dataset(dataset)
+        validator = row_validator(spec)
+
+        def checked() -> Iterator[ValidBatch]:
+            number = first_row
+            for record_batch in batches:
+                for offset in range(0, record_batch.num_rows, batch_size):
+                    part = record_batch.slice(offset, batch_size)
+                    yield validator.arrow(part, file=source, first_row=number)
+                    number += part.num_rows
+
+        return self._ingest(spec, checked(), source, progress)
 
     def ingest_validated(
         self,
@@ -176,28 +212,39 @@ class Vault:
         that did not come from ``validate_row`` for this dataset must not be passed here.
         """
         spec = self.catalog.dataset(dataset)
+        names = spec.field_names
+        batches = (ValidBatch.from_rows(chunk, names) for chunk in _chunks(rows, batch_size))
+        return self._ingest(spec, batches, source, progress)
+
+    def _ingest(
+        self,
+        spec: DatasetSpec,
+        batches: Iterable[ValidBatch],
+        source: str,
+        progress: Callable[[int], None] | None,
+    ) -> IngestResult:
         layout = DatasetLayout.of(spec)
         state = _IngestState()
         self.identity.load()  # outside the transaction: it reads the database itself
         try:
             with self.db.transaction(lock=VAULT_LOCK) as cur:
                 self.provider.refresh()
-                batch: list[tuple[int, ValidRow]] = []
-                for item in rows:
-                    batch.append(item)
-                    if len(batch) >= batch_size:
-                        self._ingest_batch(cur, layout, batch, state, source)
+                with _RecordWriter(self, cur, layout, source) as writer:
+                    for batch in batches:
+                        if len(batch):
+                            writer.wait()  # the cursor is free again
+                            subject_tokens = self._resolve_batch(cur, layout, batch, state)
+                            writer.start()  # stores the previous batch, maybe in the background
+                            records = layout.seal(
+                                batch, subject_tokens, state.tokens, state.keys, source
+                            )
+                            writer.hold(batch, records)
+                            state.rows += len(batch)
+                            state.sealed += len(batch) * len(layout.sealed)
                         if progress:
                             progress(len(batch))
-                        batch = []
-                if batch:
-                    self._ingest_batch(cur, layout, batch, state, source)
-                    if progress:
-                        progress(len(batch))
-                cur.executemany(
-                    "UPDATE vault_subjects SET records = records + ? WHERE token = ?",
-                    [(n, token) for token, n in state.counts.items()],
-                )
+                    writer.flush()
+                self._add_record_counts(cur, state.counts)
         except BaseException:
             for token in state.created_secrets:
                 # An orphan secret opens nothing; sweep_orphan_secrets() removes it later.
@@ -205,77 +252,79 @@ class Vault:
                     self.provider.erasure.destroy(token)
             raise
         return IngestResult(
-            dataset, source, state.rows, state.sealed, state.new_subjects, state.new_pseudonyms
+            spec.name, source, state.rows, state.sealed, state.new_subjects, state.new_pseudonyms
         )
 
-    def _ingest_batch(
-        self,
-        cur: Cursor,
-        layout: DatasetLayout,
-        batch: list[tuple[int, ValidRow]],
-        state: _IngestState,
-        source: str,
-    ) -> None:
-        subject_key = layout.spec.subject_key
+    def _resolve_batch(
+        self, cur: Cursor, layout: DatasetLayout, batch: ValidBatch, state: _IngestState
+    ) -> list[str]:
+        """Pseudonyms and field keys for a batch (made where missing); its subject tokens."""
         if len(state.keys) > _KEY_CACHE_LIMIT:
             state.keys.clear()
         if len(state.tokens) > _TOKEN_CACHE_LIMIT:
             state.tokens.clear()
         # 1. Tokens: subject ids first (each owns its own), then the other identifying values.
-        subjects = [str(row[subject_key]) for _, row in batch]
-        others: dict[str, str] = {}
-        for subject, (_, row) in zip(subjects, batch, strict=True):
-            for value in layout.identifying_values(row):
-                others.setdefault(value, subject)
+        subjects = list(map(str, batch.columns[layout.spec.subject_key]))
+        others = layout.identifying_values(batch, subjects)
         state.new_pseudonyms += self._pseudonyms.resolve(cur, subjects, others, state.tokens)
-        # 2. Field keys: cached, else unwrapped, else created (with a new erasure secret).
         tokens = state.tokens
-        needed = [t for t in dict.fromkeys(tokens[s] for s in subjects) if t not in state.keys]
+        subject_tokens = [tokens[s] for s in subjects]
+        counts = Counter(subject_tokens)
+        # 2. Field keys: cached, else unwrapped, else created (with a new erasure secret).
+        needed = [t for t in counts if t not in state.keys]
         if needed:
             loaded = self._keys.load(cur, needed)
             fresh = [t for t in needed if t not in loaded]
             state.created_secrets.extend(fresh)
             state.keys.update(loaded)
-            state.keys.update(self._keys.create(cur, fresh, iso(self.clock.now())))
+            # A new subject's row starts with this batch's count; later batches add to it.
+            starting = {t: counts.pop(t) for t in fresh}
+            state.keys.update(self._keys.create(cur, fresh, iso(self.clock.now()), starting))
             state.new_subjects += len(fresh)
-        # 3. Seal and store. A key that conflicts was stored before, or earlier in this file.
-        records = layout.seal_batch(batch, subjects, tokens, state.keys, source)
-        cur.executemany(
-            "INSERT INTO vault_records (dataset, record_key, subject, clear, sealed) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            records,
-        )
-        if cur.rowcount != len(records):
-            self._raise_duplicate(cur, self.db.dialect, batch, records, source, layout)
-        for _, _, token, _, _ in records:
-            state.counts[token] = state.counts.get(token, 0) + 1
-        state.rows += len(batch)
-        state.sealed += len(batch) * len(layout.sealed)
+        state.counts.update(counts)
+        return subject_tokens
 
-    @staticmethod
+    def _add_record_counts(self, cur: Cursor, counts: Mapping[str, int]) -> None:
+        if not counts:
+            return
+        if self.db.dialect == "postgresql":
+            # One statement per chunk: an UPDATE per subject costs a round trip each.
+            items = list(counts.items())
+            for chunk in chunks(items, PG_ANY_CHUNK):
+                cur.execute(
+                    "UPDATE vault_subjects AS s SET records = s.records + u.n "
+                    "FROM unnest(?::text[], ?::bigint[]) AS u(token, n) WHERE s.token = u.token",
+                    [[t for t, _ in chunk], [n for _, n in chunk]],
+                )
+            return
+        cur.executemany(
+            "UPDATE vault_subjects SET records = records + ? WHERE token = ?",
+            [(n, token) for token, n in counts.items()],
+        )
+
     def _raise_duplicate(
+        self,
         cur: Cursor,
-        dialect: str,
-        batch: list[tuple[int, ValidRow]],
+        batch: ValidBatch,
         records: list[RecordRow],
         source: str,
         layout: DatasetLayout,
     ) -> None:
-        # Our rows carry fresh random nonces, so a stored row that differs was not written now.
-        mine = {r[1]: r[4] for r in records}
+        # copy_rows inserted nothing of this batch, so every key found was stored before:
+        # by an earlier ingest or an earlier batch of this one.
         stored = {
-            key: bytes(sealed)
-            for key, sealed in select_in(
+            str(key)
+            for (key,) in select_in(
                 cur,
-                dialect,
-                "SELECT record_key, sealed FROM vault_records WHERE dataset = ? AND {in}",
+                self.db.dialect,
+                "SELECT record_key FROM vault_records WHERE dataset = ? AND {in}",
                 "record_key",
-                list(mine),
+                [r[1] for r in records],
                 [layout.spec.name],
             )
         }
-        for (row_number, _), rec in zip(batch, records, strict=True):
-            if stored.get(rec[1]) != mine[rec[1]]:
+        for row_number, rec in zip(batch.numbers, records, strict=True):
+            if rec[1] in stored:
                 raise InputError(
                     "duplicate record id (already stored, or earlier in this file)",
                     file=source,
@@ -283,7 +332,7 @@ class Vault:
                     dataset=layout.spec.name,
                     field=layout.spec.record_id,
                 )
-        raise IntegrityError("the database stored fewer records than were written")
+        raise IntegrityError("the database refused records whose keys it does not hold")
 
     # ---- open ------------------------------------------------------------------------------
 
@@ -298,20 +347,31 @@ class Vault:
             raise TypeError("Vault.open takes a RecordedPlan (a plan with its ledger receipt)")
         plan = recorded.plan
         spec = self.catalog.dataset(plan.dataset)
-        for name in {item.field for item in plan.items}:
+        names = set(map(itemgetter(1), plan.items))
+        for name in names:
             spec.field(name)  # unknown fields fail before anything is read
         if not plan.items:
             return OpenedValues(plan.dataset, recorded.receipt, {})
+        # Plans list a record's fields together, so grouping runs over runs, not items.
         grouped: dict[str, list[FieldRef]] = {}
-        for item in plan.items:
-            grouped.setdefault(item.record, []).append(item)
+        for record, run in groupby(plan.items, itemgetter(0)):
+            found = grouped.get(record)
+            if found is None:
+                grouped[record] = list(run)
+            else:
+                found.extend(run)
         records = list(grouped)
-        rows: dict[str, tuple[str, str, bytes]] = {}
+        # The clear column is read only when a public value is planned.
+        wants_clear = any(
+            spec.field(name).classification is Classification.PUBLIC for name in names
+        )
+        clear_column = "clear" if wants_clear else "NULL"
+        rows: dict[str, tuple[str, str | None, bytes]] = {}
         with self.db.transaction() as cur:
             for key, subject, clear, sealed in select_in(
                 cur,
                 self.db.dialect,
-                "SELECT record_key, subject, clear, sealed FROM vault_records "
+                f"SELECT record_key, subject, {clear_column}, sealed FROM vault_records "
                 "WHERE dataset = ? AND {in}",
                 "record_key",
                 records,
@@ -601,3 +661,101 @@ class Vault:
             values_by_classification=by_class,
             dead_records=int(dead[0][0]),
         )
+
+
+class _RecordWriter:
+    """Stores sealed batches in ``vault_records``, all rows of a batch or none.
+
+    Where the database does the writing in another process (PostgreSQL), one batch is
+    stored by a worker thread while the caller seals the next: the caller calls
+    :meth:`wait` before it uses the cursor itself, and the worker uses the cursor only in
+    between. A store that fails is reported at the next :meth:`wait`, or when the ingest
+    fails for another reason, since its rows come earlier in the file.
+    """
+
+    def __init__(self, vault: Vault, cur: Cursor, layout: DatasetLayout, source: str) -> None:
+        self._vault = vault
+        self._cur = cur
+        self._layout = layout
+        self._source = source
+        self._held: tuple[ValidBatch, list[RecordRow]] | None = None
+        self._failed = False
+        self._running: tuple[ValidBatch, list[RecordRow], Future[None]] | None = None
+        self._pool = (
+            ThreadPoolExecutor(1, thread_name_prefix="vault-copy")
+            if vault.db.bulk_load_in_background
+            else None
+        )
+
+    def __enter__(self) -> _RecordWriter:
+        return self
+
+    def __exit__(self, kind: object, error: BaseException | None, tb: object) -> None:
+        # On failure, report the earliest bad row: a store still running, or the batch held
+        # back, holds rows that come before those of a later batch's InputError.
+        try:
+            if error is not None and not self._failed:
+                self.wait()
+                if isinstance(error, InputError):
+                    self.start()
+                    self.wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+
+    def _store(self, records: list[RecordRow]) -> None:
+        self._vault.db.copy_rows(self._cur, "vault_records", RECORD_COLUMNS, records)
+
+    def hold(self, batch: ValidBatch, records: list[RecordRow]) -> None:
+        """Keep a sealed batch until :meth:`start` (after the next batch's key lookups)."""
+        self._held = (batch, records)
+
+    def start(self) -> None:
+        """Store the held batch: in the background where that pays, else now."""
+        if self._held is None:
+            return
+        batch, records = self._held
+        self._held = None
+        if self._pool is None:
+            self._stored(batch, records, None)
+        else:
+            self._running = (batch, records, self._pool.submit(self._store, records))
+
+    def wait(self) -> None:
+        """Wait for a background store; raise what it failed with."""
+        if self._running is not None:
+            batch, records, future = self._running
+            self._running = None
+            self._stored(batch, records, future)
+
+    def flush(self) -> None:
+        self.wait()
+        self.start()
+        self.wait()
+
+    def _stored(
+        self, batch: ValidBatch, records: list[RecordRow], future: Future[None] | None
+    ) -> None:
+        try:
+            if future is None:
+                self._store(records)
+            else:
+                future.result()
+        except DuplicateKey:
+            self._failed = True
+            self._vault._raise_duplicate(self._cur, batch, records, self._source, self._layout)
+        except BaseException:
+            self._failed = True
+            raise
+
+
+T = TypeVar("T")
+
+
+def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of ``size`` items (the last may be shorter), read lazily."""
+    if size < 1:
+        raise ValueError("batch size must be at least 1")
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
