@@ -60,13 +60,32 @@ def any_vault(
 
 @pytest.fixture
 def recorded() -> Callable[..., object]:
-    """Build a RecordedPlan with a stand-in receipt (the gateway supplies real ones)."""
+    """Build a RecordedPlan bound to an allowing access decision that lists exactly its pairs,
+    with a stand-in receipt for that entry (the gateway's come from the ledger)."""
+    from bastion.events import AccessDecision, Actor, FieldRelease, encode_event
     from bastion.ledger.api import Receipt
     from bastion.vault import ReadPlan, RecordedPlan
+    from bastion.vault.plan import leaf_hash
 
     counter = iter(range(1, 1_000_000))
 
     def build(dataset: str, pairs: list[tuple[str, str]]) -> RecordedPlan:
-        return RecordedPlan(ReadPlan.of(dataset, pairs), Receipt(next(counter), b"\x11" * 32))
+        entry = encode_event(
+            AccessDecision(
+                actor=Actor(id="vault-tests", kind="operator"),
+                reason="vault test",
+                at="2026-01-01T00:00:00Z",
+                request_id="vault-test",
+                action="read",
+                dataset=dataset,
+                decision="allow",
+                released=[
+                    FieldRelease(dataset=dataset, record=r, field=f, transform="clear")
+                    for r, f in pairs
+                ],
+            )
+        )
+        receipt = Receipt(next(counter), leaf_hash(entry))
+        return RecordedPlan.bind(ReadPlan.of(dataset, pairs), receipt, entry)
 
     return build

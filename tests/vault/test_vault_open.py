@@ -79,10 +79,13 @@ def test_open_needs_a_recorded_plan(loaded: Vault) -> None:
     plan = ReadPlan.of("users", [(_key(loaded, "u00001"), "email")])
     with pytest.raises(TypeError):
         loaded.open(plan)  # type: ignore[arg-type]
+    # No unchecked construction: the constructor itself refuses, whatever it is given.
+    with pytest.raises(TypeError, match="bind"):
+        RecordedPlan(plan, (Receipt(1, b"\x00" * 32),))
     with pytest.raises(TypeError):
-        RecordedPlan(plan, 5)  # type: ignore[arg-type]
+        RecordedPlan.bind(plan, 5, b"{}")  # type: ignore[arg-type]
     with pytest.raises(InputError):
-        RecordedPlan(plan, Receipt(-1, b"\x00" * 32))
+        RecordedPlan.bind(plan, Receipt(-1, b"\x00" * 32), b"{}")
 
 
 def test_empty_plan_reads_nothing(loaded: Vault, recorded: Recorded) -> None:

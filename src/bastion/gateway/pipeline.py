@@ -11,11 +11,13 @@ authenticate → decide → plan → record → open → transform → respond
 * **select**: the records asked for are resolved to vault record keys without decrypting
   anything; records of subjects outside the row filter are dropped; the bulk counters of
   28 CFR 202.205 are checked and reserved.
-* **record**: ONE ``AccessDecision`` naming every released (record, field, transform) is
-  durably appended to the ledger. If that fails, nothing is opened.
-* **open**: the vault opens exactly the recorded plan's sealed values (a ``RecordedPlan``
-  carries the receipt); public values and pseudonym tokens come from the vault's clear
-  columns, so a pseudonymized field is never decrypted at all.
+* **record**: an ``AccessDecision`` naming every released (record, field, transform) is
+  durably appended to the ledger (a large release: several entries, each under 64 KiB, in
+  ONE commit). If that fails, nothing is opened.
+* **open**: the vault opens exactly the recorded plan's sealed values: each chunk's
+  ``RecordedPlan`` is bound to its entry, which the vault's check re-hashes against the
+  receipt and requires to list every value opened. Public values and pseudonym tokens come
+  from the vault's clear columns, so a pseudonymized field is never decrypted at all.
 * **transform / respond**: each value takes its planned form; the response carries the
   receipt (ledger index and leaf hash).
 
@@ -41,8 +43,8 @@ from starlette.concurrency import run_in_threadpool
 
 from bastion.catalog import Classification, DatasetSpec, to_jsonable
 from bastion.clock import iso
-from bastion.errors import BastionError, InputError
-from bastion.events import AccessDecision, Actor, Export, RequestRejected
+from bastion.errors import BastionError, InputError, IntegrityError
+from bastion.events import AccessDecision, Actor, Export, RequestRejected, encode_event
 from bastion.gateway.auth import AuthError, Principal, bearer_token
 from bastion.gateway.errors import ApiError, ReceiptOut
 from bastion.gateway.models import AccessContext, Filter
@@ -98,14 +100,28 @@ def endpoint_of(request: Request) -> str:
 
 def record(rt: Runtime, events: Sequence[BaseModel]) -> list[Receipt]:
     """Durably append events; any failure becomes a 503 and nothing is released."""
+    return [receipt for receipt, _entry in record_entries(rt, events)]
+
+
+def record_entries(rt: Runtime, events: Sequence[BaseModel]) -> list[tuple[Receipt, bytes]]:
+    """Durably append events; each receipt comes with the exact entry bytes it covers (what
+    ``RecordedPlan.bind`` checks). Any failure becomes a 503 and nothing is released."""
     import time
 
     start = time.perf_counter()
     try:
-        if len(events) == 1:
+        # Encoded once here (canonical JSON of a bulk entry costs milliseconds): the same
+        # bytes are appended and later checked against the receipt's leaf hash.
+        entries = [encode_event(e) for e in events]  # type: ignore[arg-type]
+        append_entries = getattr(rt.ledger, "append_entries", None)
+        if callable(append_entries):
+            receipts = list(append_entries(entries))
+        elif len(events) == 1:
             receipts = [rt.writer.append(events[0])]
         else:
             receipts = list(rt.writer.append_many(events))
+        if len(receipts) != len(entries):
+            raise RuntimeError("the ledger returned a receipt count that does not match")
     except Exception as exc:
         rt.metrics.ledger_failures.inc()
         log.error("ledger append failed: %s", type(exc).__name__)
@@ -115,7 +131,7 @@ def record(rt: Runtime, events: Sequence[BaseModel]) -> list[Receipt]:
             "the ledger could not record this request, so nothing was released",
         ) from None
     rt.metrics.ledger_append.observe(time.perf_counter() - start)
-    return receipts
+    return list(zip(receipts, entries, strict=True))
 
 
 def reject(
@@ -630,14 +646,17 @@ class Gate:
                     fields=list(released),
                 )
             )
-        receipts = record(rt, events)
+        recorded = record_entries(rt, events)
+        receipts = [r for r, _entry in recorded]
         receipt = receipts[0]
         rt.metrics.decisions.labels(action.value, "allow").inc()
 
         values: dict[str, dict[str, Any]] = {}
-        for chunk, chunk_receipt in zip(chunks, receipts, strict=False):
+        # Each chunk opens bound to the one entry that lists its records (zip stops before a
+        # trailing Export entry).
+        for chunk, chunk_recorded in zip(chunks, recorded, strict=False):
             if chunk:
-                values.update(self._open(spec, plan, chunk, chunk_receipt))
+                values.update(self._open(spec, plan, chunk, chunk_recorded))
         for transform in released.values():
             rt.metrics.released_values.labels(transform.value).inc(len(keys))
         out: dict[str, Any] = {
@@ -698,9 +717,16 @@ class Gate:
         return outcome.request.id
 
     def _open(
-        self, spec: DatasetSpec, plan: AccessPlan, keys: Sequence[str], receipt: Receipt
+        self,
+        spec: DatasetSpec,
+        plan: AccessPlan,
+        keys: Sequence[str],
+        recorded: tuple[Receipt, bytes],
     ) -> dict[str, dict[str, Any]]:
-        """Open the recorded plan's values and put each in its planned form."""
+        """Open the recorded plan's values and put each in its planned form.
+
+        The read plan is bound to the ledger entry that recorded it: the vault refuses it
+        unless that entry (checked against its receipt) lists every value opened."""
         rt = self.rt
         released = plan.released
         clear_side: list[str] = []  # public values and pseudonym tokens: no decryption
@@ -717,7 +743,16 @@ class Gate:
         out: dict[str, dict[str, Any]] = {k: {} for k in keys}
         if sealed_side:
             read_plan = ReadPlan.of(spec.name, ((k, f) for k in keys for f in sealed_side))
-            opened = rt.vault.open(RecordedPlan(read_plan, receipt))
+            try:
+                bound = RecordedPlan.bind(read_plan, *recorded)
+            except InputError:
+                # The gateway's own entry does not list what it is about to open: a bug here,
+                # never the caller's doing. Refuse (500) rather than open an unrecorded value.
+                log.error("a recorded plan did not match its ledger entry; nothing opened")
+                raise IntegrityError(
+                    "the ledger entry does not list every value to open; nothing was released"
+                ) from None
+            opened = rt.vault.open(bound)
             pseudonymize = self._pseudonymizer()
             for ref, value in opened.items():
                 fp = plan.field(ref.field)
