@@ -369,10 +369,10 @@ class Log:
 
     async def append_async(self, event: BaseModel) -> Receipt:
         """`append` for asyncio callers: waits for the commit without holding a thread."""
-        return (await self.sequencer.submit_async([encode_entry(event)]))[0]
+        return await self.sequencer.submit_one_async(encode_entry(event))
 
     async def append_entry_async(self, entry: bytes) -> Receipt:
-        return (await self.sequencer.submit_async([check_entry(entry)]))[0]
+        return await self.sequencer.submit_one_async(check_entry(entry))
 
     # --- reads (delegated) ---------------------------------------------------------------------
 

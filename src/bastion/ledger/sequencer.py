@@ -1,17 +1,27 @@
 """Group commit: many appenders, one sequencer, one transaction per batch.
 
 Appenders hash their entry, enqueue it and block. One sequencer thread per process drains the
-queue a batch at a time and, in ONE transaction holding the ``ledger:sequencer`` lock (a
-PostgreSQL advisory lock, or SQLite's single writer), reads the tree size, appends the batch to
-the stored tiles and entry bundles, and compare-and-swaps the tree size. Only after the commit
-returns does it wake the batch's appenders with their indexes, so a receipt always means
-"durable". While one batch commits, the next one fills up: that is what makes throughput grow
-with the number of appenders.
+queue a batch at a time and appends the batch to the stored tiles and entry bundles in ONE
+transaction that compare-and-swaps the tree size. Only after the commit returns does it wake the
+batch's appenders with their indexes, so a receipt always means "durable". While one batch
+commits, the next one fills up: that is what makes throughput grow with the number of appenders.
 
-Several processes (each with its own sequencer) may share one database: the lock serializes
-their transactions, and each re-reads the tree size inside it, so the log cannot fork. Each
-sequencer caches the right edge of the tree (the partial tiles and bundle) and reloads it from
-the database whenever the stored size is not the one it last wrote.
+Several processes (each with its own sequencer) may share one database; the compare-and-swap on
+the tree size (and, on the slow path, the ``ledger:sequencer`` lock) means the log cannot fork.
+Each sequencer caches the right edge of the tree (the partial tiles and bundle) and reloads it
+from the database, under the lock, whenever the stored size is not the one it last wrote.
+
+Costs that decide throughput on a small machine, and what is done about them:
+
+- PostgreSQL round trips: with a cached right edge a batch is ONE autocommitted statement
+  (`storage.PgAppender`), whose row lock and ``WHERE tree_size = old`` are the compare-and-swap.
+- Waking threads: waking every waiter at once makes them all fight for the GIL (each wakes, finds
+  it taken, sleeps again; those that wait past the switch interval force extra switches). Instead
+  the sequencer wakes the first waiter and each woken waiter wakes the next ("baton passing"), so
+  each finds the GIL free. Async appenders cost no thread switch: one callback per event loop
+  resolves that loop's futures.
+- Per-entry work (leaf hash, the bundle's length prefix) is done by the appender, outside the
+  sequencer's critical path; the sequencer only concatenates.
 """
 
 from __future__ import annotations
@@ -23,16 +33,16 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from bastion.errors import BastionError, IntegrityError, LedgerUnavailable
+from bastion.errors import BastionError, InputError, IntegrityError, LedgerUnavailable
 from bastion.ledger import storage
 from bastion.ledger.api import Receipt
-from bastion.ledger.merkle import leaf_hash
+from bastion.ledger.storage import Writes
 from bastion.ledger.tiles import (
+    MAX_ENTRY_SIZE,
     TILE_HEIGHT,
     TILE_WIDTH,
-    encode_entry_bundle,
     level_width,
     tile_hashes,
     tile_levels,
@@ -44,28 +54,58 @@ log = logging.getLogger(__name__)
 
 _sha256 = hashlib.sha256
 _allocate_lock = threading.Lock
+_running_loop = asyncio.get_running_loop
 
 _TILE_BYTES = TILE_WIDTH * 32
 
 CommitListener = Callable[[int], None]
 """Called after each commit with the new tree size."""
 
+_Loop = asyncio.AbstractEventLoop
 
-@dataclass
+
 class _Batch:
     """Entries that will share one transaction, and how to wake whoever waits on them."""
 
-    entries: list[bytes] = field(default_factory=list)
-    hashes: list[bytes] = field(default_factory=list)
-    wakers: list[Callable[[], object]] = field(default_factory=list)
-    # Async appenders: one thread-safe callback per event loop wakes all of that loop's futures.
-    futures: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = field(
-        default_factory=dict
+    __slots__ = (
+        "chained",
+        "error",
+        "finished",
+        "first",
+        "futures",
+        "hashes",
+        "nbytes",
+        "records",
+        "timers",
+        "waiters",
     )
-    timers: dict[asyncio.AbstractEventLoop, asyncio.TimerHandle] = field(default_factory=dict)
-    nbytes: int = 0
-    first: int = -1
-    error: BaseException | None = None
+
+    def __init__(self) -> None:
+        # Each entry already carries its uint16 length prefix: a bundle is their concatenation.
+        self.records: list[bytes] = []
+        self.hashes: list[bytes] = []
+        self.nbytes = 0
+        # Threads, woken one after the other (see `_wait`).
+        self.waiters: list[threading.Lock] = []
+        # Async appenders: one thread-safe callback per event loop wakes all of that loop's futures.
+        self.futures: dict[_Loop, list[asyncio.Future[None]]] = {}
+        self.timers: dict[_Loop, asyncio.TimerHandle] = {}
+        self.first = -1
+        self.error: BaseException | None = None
+        self.finished = False  # set (under the sequencer's lock) once the commit is over
+        # False once a waiter gave up before the commit ended: then the sequencer wakes every
+        # waiter itself instead of passing the baton (a gone waiter would break the chain).
+        self.chained = True
+
+
+def _record(entry: bytes) -> bytes:
+    """An entry as an entry bundle holds it: big-endian uint16 length, then the bytes."""
+    try:
+        return len(entry).to_bytes(2, "big") + entry
+    except OverflowError:
+        raise InputError(
+            f"entry is {len(entry)} bytes; an entry bundle holds at most {MAX_ENTRY_SIZE}"
+        ) from None
 
 
 @dataclass
@@ -81,6 +121,7 @@ class RightEdge:
     tails: dict[int, bytearray]
     bundle: bytearray
     bundle_width: int
+    bundle_chunks: int = 0  # rows the partial bundle is stored in
 
     @classmethod
     def load(cls, cur: Cursor, size: int) -> RightEdge:
@@ -98,14 +139,15 @@ class RightEdge:
                 tails[level] = bytearray(data)
         bundle_width = size % TILE_WIDTH
         bundle = bytearray()
+        chunks = 0
         if bundle_width:
-            row = storage.read_bundle(cur, size // TILE_WIDTH)
-            if row is None or row[0] != bundle_width:
+            parts = storage.read_bundle_parts(cur, size // TILE_WIDTH)
+            if parts is None or parts.width != bundle_width:
                 raise IntegrityError(
                     f"stored entry bundle {size // TILE_WIDTH} does not match tree size {size}"
                 )
-            bundle = bytearray(row[1])
-        return cls(size, tails, bundle, bundle_width)
+            bundle, chunks = bytearray(parts.data), parts.chunks
+        return cls(size, tails, bundle, bundle_width, chunks)
 
     def _push(
         self, level: int, nodes: Sequence[bytes], tiles: list[tuple[int, int, bytes]]
@@ -132,8 +174,14 @@ class RightEdge:
         self.tails[level] = tail
         return roots
 
-    def integrate(self, entries: Sequence[bytes], hashes: Sequence[bytes]) -> Writes:
-        """Append entries; return the rows to write. Mutates self."""
+    def integrate(self, records: Sequence[bytes], hashes: Sequence[bytes]) -> Writes:
+        """Append entries (length-prefixed records); return the rows to write. Mutates self.
+
+        Entries are written once: each batch stores its stretch of a bundle as a chunk row, and
+        a bundle lies in the chunks that filled it. Only a bundle that ends up in more than
+        `storage.MAX_BUNDLE_CHUNKS` chunks (many small commits) is rewritten whole when it fills,
+        so that reading it stays a few rows.
+        """
         tiles: list[tuple[int, int, bytes]] = []
         level, nodes = 0, hashes
         while nodes:
@@ -141,33 +189,32 @@ class RightEdge:
             level += 1
 
         bundles: list[tuple[int, int, bytes]] = []
-        chunk: tuple[int, int, int, bytes] | None = None
-        position, n = 0, len(entries)
-        bundle_index = self.size // TILE_WIDTH
+        chunks: list[tuple[int, int, int, bytes]] = []
+        compacted: list[int] = []
+        position, n = 0, len(records)
+        index = self.size // TILE_WIDTH
         while position < n:
-            take = min(TILE_WIDTH - self.bundle_width, n - position)
-            encoded = encode_entry_bundle(entries[position : position + take])
             start = self.bundle_width
-            self.bundle += encoded
-            self.bundle_width += take
+            take = min(TILE_WIDTH - start, n - position)
+            encoded = b"".join(records[position : position + take])
             position += take
-            if self.bundle_width == TILE_WIDTH:
-                bundles.append((bundle_index, TILE_WIDTH, bytes(self.bundle)))
-                self.bundle, self.bundle_width = bytearray(), 0
-                bundle_index += 1
-            else:  # only the last stretch of a batch stays partial
-                chunk = (bundle_index, start, take, encoded)
+            if start + take < TILE_WIDTH:  # the last stretch of the batch: the bundle stays partial
+                chunks.append((index, start, take, encoded))
+                self.bundle += encoded
+                self.bundle_width += take
+                self.bundle_chunks += 1
+                break
+            if start == 0:  # the whole bundle is in this batch
+                bundles.append((index, TILE_WIDTH, encoded))
+            elif self.bundle_chunks < storage.MAX_BUNDLE_CHUNKS:
+                chunks.append((index, start, take, encoded))
+            else:
+                bundles.append((index, TILE_WIDTH, bytes(self.bundle) + encoded))
+                compacted.append(index)
+            self.bundle, self.bundle_width, self.bundle_chunks = bytearray(), 0, 0
+            index += 1
         self.size += n
-        return Writes(tiles, bundles, chunk)
-
-
-@dataclass(frozen=True)
-class Writes:
-    """What one batch writes: grown or completed tiles, completed bundles, one partial chunk."""
-
-    tiles: list[tuple[int, int, bytes]]
-    bundles: list[tuple[int, int, bytes]]
-    chunk: tuple[int, int, int, bytes] | None
+        return Writes(tiles, bundles, chunks, compacted)
 
 
 class Sequencer:
@@ -188,7 +235,8 @@ class Sequencer:
         self._max_entries = max_batch_entries
         self._max_bytes = max_batch_bytes
         self._timeout = commit_timeout
-        self._cv = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)
         self._queue: deque[_Batch] = deque()
         self._idle = False  # waiting for the first entry
         self._gathering = False  # waiting a moment for more entries
@@ -197,187 +245,226 @@ class Sequencer:
         self._expected = 1  # how many appenders the last commit woke
         self._thread: threading.Thread | None = None
         self._edge: RightEdge | None = None
+        self._appender: storage.PgAppender | None = None  # PostgreSQL's one-statement commit
         self.batches = 0
         self.committed = 0
 
     # --- appenders ---------------------------------------------------------------------------
 
-    def _enqueue(
-        self,
-        entries: Sequence[bytes],
-        hashes: Sequence[bytes],
-        waker: Callable[[], object] | None,
-        future: asyncio.Future[None] | None = None,
-    ) -> tuple[_Batch, int]:
-        n = len(entries)
-        nbytes = sum(len(e) for e in entries) if n > 1 else len(entries[0])
-        with self._cv:
-            if self._closing:
-                raise LedgerUnavailable("the log is closed; nothing was recorded")
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="ledger-sequencer", daemon=True
-                )
-                self._thread.start()
-            queue = self._queue
-            batch = queue[-1] if queue else None
+    def _open_batch(self, records: int, nbytes: int) -> _Batch:
+        """The batch that new entries join (a new one if they do not fit). Holds the lock."""
+        queue = self._queue
+        if queue and not self._closing:
+            batch = queue[-1]
             # A group of entries never spans batches, so append_many is one commit.
-            if batch is None or (
-                batch.entries
-                and (
-                    len(batch.entries) + n > self._max_entries
-                    or batch.nbytes + nbytes > self._max_bytes
-                )
+            if not batch.hashes or (
+                len(batch.hashes) + records <= self._max_entries
+                and batch.nbytes + nbytes <= self._max_bytes
             ):
-                batch = _Batch()
-                queue.append(batch)
-            position = len(batch.entries)
-            if n == 1:
-                batch.entries.append(entries[0])
-                batch.hashes.append(hashes[0])
-            else:
-                batch.entries.extend(entries)
-                batch.hashes.extend(hashes)
-            batch.nbytes += nbytes
-            if waker is not None:
-                batch.wakers.append(waker)
-            if future is not None:
-                loop = future.get_loop()
-                waiting = batch.futures.get(loop)
-                if waiting is None:
-                    waiting = batch.futures[loop] = []
-                    # One watchdog per batch and event loop (not per append): if the commit
-                    # never reports back, the waiters fail instead of hanging.
-                    batch.timers[loop] = loop.call_later(
-                        self._timeout, _expire_all, waiting, self._timeout
+                return batch
+        if self._closing:
+            raise LedgerUnavailable("the log is closed; nothing was recorded")
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="ledger-sequencer", daemon=True)
+            self._thread.start()
+        batch = _Batch()
+        queue.append(batch)
+        return batch
+
+    def _joined(self, batch: _Batch) -> None:
+        """An appender joined `batch`: wake the sequencer if it waits for this. Holds the lock."""
+        if self._idle or (
+            self._gathering and (len(self._queue) > 1 or len(batch.hashes) >= self._expected)
+        ):
+            self._cv.notify()
+
+    def _wait(self, batch: _Batch, done: threading.Lock, waiter: int) -> None:
+        """Block until `batch` is committed (or failed), then pass the baton to the next waiter."""
+        if not done.acquire(timeout=self._timeout):
+            with self._lock:
+                if not batch.finished:
+                    batch.chained = False  # the sequencer will wake the others itself
+                    raise LedgerUnavailable(
+                        f"no commit within {self._timeout:.0f}s; treat the entries as unrecorded"
                     )
-                waiting.append(future)
-            if self._idle or (
-                self._gathering and (len(queue) > 1 or len(batch.entries) >= self._expected)
-            ):
-                self._cv.notify()
-        return batch, position
+            done.acquire()  # finished meanwhile: our turn in the chain is imminent
+        if batch.chained:
+            waiters = batch.waiters
+            if waiter + 1 < len(waiters):
+                waiters[waiter + 1].release()
 
     def submit(self, entries: Sequence[bytes]) -> list[Receipt]:
         """Durably append entries (contiguously, in order); block until committed."""
         if not entries:
             return []
-        hashes = [leaf_hash(e) for e in entries]
+        hashes = [_sha256(b"\x00" + e).digest() for e in entries]
+        records = [_record(e) for e in entries]
+        nbytes = sum(map(len, records))
         done = _allocate_lock()
         done.acquire()
-        batch, position = self._enqueue(entries, hashes, done.release)
-        if not done.acquire(timeout=self._timeout):
-            raise LedgerUnavailable(
-                f"no commit within {self._timeout:.0f}s; treat the entries as unrecorded"
-            )
+        with self._lock:
+            batch = self._open_batch(len(records), nbytes)
+            position = len(batch.hashes)
+            batch.records += records
+            batch.hashes += hashes
+            batch.nbytes += nbytes
+            waiter = len(batch.waiters)
+            batch.waiters.append(done)
+            self._joined(batch)
+        self._wait(batch, done, waiter)
         return _receipts(batch, position, hashes)
 
     def submit_one(self, entry: bytes) -> Receipt:
         """`submit` for one entry: the hot path, kept to the minimum of Python per append."""
         digest = _sha256(b"\x00" + entry).digest()
+        record = _record(entry)
         done = _allocate_lock()
         done.acquire()
-        with self._cv:
-            batch = self._queue[-1] if self._queue else None
-            if (
-                batch is None
-                or len(batch.entries) >= self._max_entries
-                or batch.nbytes + len(entry) > self._max_bytes
-                or self._closing
-                or self._thread is None
-            ):
-                batch = None
-            else:
-                position = len(batch.entries)
-                batch.entries.append(entry)
-                batch.hashes.append(digest)
-                batch.nbytes += len(entry)
-                batch.wakers.append(done.release)
-                if self._idle or (self._gathering and position + 1 >= self._expected):
-                    self._cv.notify()
-        if batch is None:  # the slow path: start the thread, a new batch, or refuse
-            batch, position = self._enqueue((entry,), (digest,), done.release)
-        if not done.acquire(timeout=self._timeout):
-            raise LedgerUnavailable(
-                f"no commit within {self._timeout:.0f}s; treat the entry as unrecorded"
-            )
+        with self._lock:
+            batch = self._open_batch(1, len(record))
+            position = len(batch.hashes)
+            batch.records.append(record)
+            batch.hashes.append(digest)
+            batch.nbytes += len(record)
+            waiter = len(batch.waiters)
+            batch.waiters.append(done)
+            self._joined(batch)
+        self._wait(batch, done, waiter)
         if batch.error is not None:
-            _receipts(batch, position, [digest])
+            raise _failure(batch.error)
         return Receipt(batch.first + position, digest)
+
+    def _add_future(self, batch: _Batch, loop: _Loop, future: asyncio.Future[None]) -> None:
+        waiting = batch.futures.get(loop)
+        if waiting is None:
+            waiting = batch.futures[loop] = []
+            # One watchdog per batch and event loop (not per append): if the commit never
+            # reports back, the waiters fail instead of hanging.
+            batch.timers[loop] = loop.call_later(self._timeout, _expire_all, waiting, self._timeout)
+        waiting.append(future)
 
     async def submit_async(self, entries: Sequence[bytes]) -> list[Receipt]:
         """Like `submit`, without blocking the event loop: thousands of tasks can wait at once."""
         if not entries:
             return []
-        hashes = [leaf_hash(e) for e in entries]
-        loop = asyncio.get_running_loop()
+        hashes = [_sha256(b"\x00" + e).digest() for e in entries]
+        records = [_record(e) for e in entries]
+        nbytes = sum(map(len, records))
+        loop = _running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        batch, position = self._enqueue(entries, hashes, None, future)
+        with self._lock:
+            batch = self._open_batch(len(records), nbytes)
+            position = len(batch.hashes)
+            batch.records += records
+            batch.hashes += hashes
+            batch.nbytes += nbytes
+            self._add_future(batch, loop, future)
+            self._joined(batch)
         await future
         return _receipts(batch, position, hashes)
+
+    async def submit_one_async(self, entry: bytes) -> Receipt:
+        """`submit_async` for one entry: the asyncio hot path."""
+        digest = _sha256(b"\x00" + entry).digest()
+        record = _record(entry)
+        loop = _running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            batch = self._open_batch(1, len(record))
+            position = len(batch.hashes)
+            batch.records.append(record)
+            batch.hashes.append(digest)
+            batch.nbytes += len(record)
+            self._add_future(batch, loop, future)
+            self._joined(batch)
+        await future
+        if batch.error is not None:
+            raise _failure(batch.error)
+        return Receipt(batch.first + position, digest)
 
     # --- the sequencer thread ----------------------------------------------------------------
 
     def _run(self) -> None:
+        cv, queue = self._cv, self._queue
         while True:
-            with self._cv:
-                while not self._queue:
+            with cv:
+                while not queue:
                     if self._closing:
                         return
                     self._idle = True
-                    self._cv.wait()
+                    cv.wait()
                     self._idle = False
                 # Group-commit delay: the appenders just woken will be back in microseconds. Give
                 # them a moment (bounded) to join, so the batch is large and the commit runs
                 # while they all wait instead of competing with them for the GIL.
                 if (
                     self._gather > 0
-                    and len(self._queue) == 1
-                    and len(self._queue[0].entries) < self._expected
+                    and len(queue) == 1
+                    and len(queue[0].hashes) < self._expected
                     and not self._closing
                 ):
                     self._gathering = True
-                    self._cv.wait(self._gather)
+                    cv.wait(self._gather)
                     self._gathering = False
-                batch = self._queue.popleft()
+                batch = queue.popleft()
             try:
-                batch.first = self._commit(batch.entries, batch.hashes)
+                batch.first = self._commit(batch.records, batch.hashes)
             except BaseException as exc:  # every failure must reach the waiting appenders
                 batch.error = exc
                 if not isinstance(exc, Exception):
                     raise
                 log.error("ledger commit failed: %s", type(exc).__name__)
             finally:
-                self._expected = len(batch.wakers) + sum(map(len, batch.futures.values()))
-                for wake in batch.wakers:
-                    wake()
-                for loop, futures in batch.futures.items():
-                    timer = batch.timers[loop]
-                    # A closed event loop has nobody waiting any more.
-                    with contextlib.suppress(RuntimeError):
-                        loop.call_soon_threadsafe(_resolve_all, futures, timer)
+                self._finish(batch)
             if batch.error is None:
                 self.batches += 1
-                self.committed += len(batch.entries)
+                self.committed += len(batch.hashes)
                 if self._on_commit is not None:
                     try:
-                        self._on_commit(batch.first + len(batch.entries))
+                        self._on_commit(batch.first + len(batch.hashes))
                     except Exception:
                         log.exception("ledger commit listener failed")
 
-    def _commit(self, entries: list[bytes], hashes: list[bytes]) -> int:
-        """One transaction: append the batch after whatever the stored tree holds."""
+    def _finish(self, batch: _Batch) -> None:
+        """Wake whoever waits on `batch`: its threads (baton passing) and its event loops."""
+        with self._lock:
+            batch.finished = True
+            chained = batch.chained
+        waiters = batch.waiters
+        self._expected = len(waiters) + sum(map(len, batch.futures.values()))
+        if waiters:
+            if chained:
+                waiters[0].release()  # each woken waiter wakes the next (see `_wait`)
+            else:
+                for done in waiters:
+                    done.release()
+        for loop, futures in batch.futures.items():
+            timer = batch.timers[loop]
+            # A closed event loop has nobody waiting any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve_all, futures, timer)
+
+    def _commit(self, records: list[bytes], hashes: list[bytes]) -> int:
+        """Append the batch after whatever the stored tree holds; return its first index."""
         edge = self._edge
         self._edge = None  # unknown until this commit succeeds
+        if edge is not None and self.db.dialect == "postgresql":
+            # Fast path: one autocommitted statement, conditional on the size we last wrote.
+            if self._appender is None:
+                self._appender = storage.PgAppender.open(self.db)
+            old = edge.size
+            writes = edge.integrate(records, hashes)
+            if self._appender.append(old, edge.size, writes):
+                self._edge = edge
+                return old
+            edge = None  # another process moved the tree: reload under the lock
         with self.db.transaction(lock=storage.SEQUENCER_LOCK) as cur:
-            size = storage.read_tree_size(cur)
+            size = storage.read_tree_size(cur, for_update=self.db.dialect == "postgresql")
             if edge is None or edge.size != size:
                 edge = RightEdge.load(cur, size)
-            writes = edge.integrate(entries, hashes)
+            writes = edge.integrate(records, hashes)
             storage.write_tiles(cur, writes.tiles)
-            storage.write_bundles(cur, writes.bundles)
-            if writes.chunk is not None:
-                storage.write_bundle_chunk(cur, *writes.chunk)
+            storage.write_batch_bundles(cur, writes.bundles, writes.chunks, writes.compacted)
             storage.advance_tree_size(cur, size, edge.size)
         self._edge = edge
         return size
@@ -390,6 +477,9 @@ class Sequencer:
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join()
+        appender, self._appender = self._appender, None
+        if appender is not None:
+            appender.close()
 
 
 def _expire_all(futures: list[asyncio.Future[None]], timeout: float) -> None:
@@ -409,10 +499,15 @@ def _resolve_all(futures: list[asyncio.Future[None]], timer: asyncio.TimerHandle
             future.set_result(None)
 
 
+def _failure(exc: BaseException) -> LedgerUnavailable:
+    detail = str(exc) if isinstance(exc, BastionError) else type(exc).__name__
+    failure = LedgerUnavailable(f"the ledger could not record the entry: {detail}")
+    failure.__cause__ = exc
+    return failure
+
+
 def _receipts(batch: _Batch, position: int, hashes: list[bytes]) -> list[Receipt]:
     if batch.error is not None:
-        exc = batch.error
-        detail = str(exc) if isinstance(exc, BastionError) else type(exc).__name__
-        raise LedgerUnavailable(f"the ledger could not record the entry: {detail}") from exc
+        raise _failure(batch.error)
     first = batch.first + position
     return [Receipt(first + i, h) for i, h in enumerate(hashes)]

@@ -7,10 +7,12 @@ entries it carries:
 - ``ledger_state``: one row, the integrated tree size. The sequencer's compare-and-swap target.
 - ``ledger_tiles``: Merkle tiles of height 8 (hashes concatenated). The rightmost tile of each
   level is rewritten as it grows; full tiles never change.
-- ``ledger_bundles``: full entry bundles (256 uint16-length-prefixed entries), written once.
-- ``ledger_bundle_chunks``: the entries of the rightmost, partial bundle, one row per commit, so a
-  small commit writes only its own entries (not the whole partial bundle again). When the bundle
-  fills, it is written whole and its chunks are deleted in the same transaction.
+- ``ledger_bundle_chunks``: entries as the commits wrote them: one row per commit and bundle
+  (the commit's stretch of it), so every entry is written once, however the batches fall.
+- ``ledger_bundles``: whole entry bundles (256 uint16-length-prefixed entries) in one row: a
+  bundle that one batch filled alone, or one that filled through more than `MAX_BUNDLE_CHUNKS`
+  small commits (rewritten whole when it fills, its chunks deleted in the same transaction, so
+  reading it stays one row). Where a bundle has a whole row, that row is the bundle.
 - ``ledger_checkpoints``: every signed checkpoint, with the witness cosignatures it gathered.
 
 Every function takes an open cursor so callers decide the transaction boundaries.
@@ -18,10 +20,12 @@ Every function takes an open cursor so callers decide the transaction boundaries
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from bastion.errors import IntegrityError
+from bastion.errors import IntegrityError, StoreUnavailable
 from bastion.store import Cursor, Database
 
 COMPONENT = "ledger"
@@ -82,8 +86,11 @@ class StoredCheckpoint:
 # --- tree size -----------------------------------------------------------------------------
 
 
-def read_tree_size(cur: Cursor) -> int:
-    row = cur.execute("SELECT tree_size FROM ledger_state WHERE id = 1").fetchone()
+def read_tree_size(cur: Cursor, *, for_update: bool = False) -> int:
+    """The integrated tree size. `for_update` (PostgreSQL only) also locks the state row until
+    the transaction ends, so no other writer's compare-and-swap can move it meanwhile."""
+    sql = "SELECT tree_size FROM ledger_state WHERE id = 1"
+    row = cur.execute(sql + " FOR UPDATE" if for_update else sql).fetchone()
     if row is None:
         raise IntegrityError("the ledger's state row is missing; was the log initialized?")
     return int(row[0])
@@ -106,31 +113,50 @@ def read_tile(cur: Cursor, level: int, index: int) -> bytes | None:
     return None if row is None else bytes(row[0])
 
 
-def read_bundle(cur: Cursor, index: int) -> tuple[int, bytes] | None:
-    """(width, encoded entries) of a bundle: a full one, or the partial one from its chunks."""
-    row = cur.execute(
-        "SELECT width, entries FROM ledger_bundles WHERE bundle_index = ?", (index,)
-    ).fetchone()
-    if row is not None:
-        return int(row[0]), bytes(row[1])
-    chunks = cur.execute(
-        "SELECT first_entry, entry_count, entries FROM ledger_bundle_chunks"
-        " WHERE bundle_index = ? ORDER BY first_entry",
-        (index,),
-    ).fetchall()
-    if not chunks:
-        return None
+@dataclass(frozen=True)
+class BundleParts:
+    """A stored entry bundle: its width, its encoded entries, and how many chunk rows hold them
+    (0 when one whole row does)."""
+
+    width: int
+    data: bytes
+    chunks: int
+
+
+def _join_chunks(index: int, chunks: Sequence[tuple[Any, Any, Any]]) -> BundleParts:
+    """A bundle from its (first_entry, entry_count, entries) chunk rows, in order, gap-checked."""
     width, parts = 0, []
     for first, count, data in chunks:
         if int(first) != width:
             raise IntegrityError(f"entry bundle {index} has a gap at entry {width}")
         width += int(count)
         parts.append(bytes(data))
-    return width, b"".join(parts)
+    return BundleParts(width, b"".join(parts), len(parts))
+
+
+def read_bundle_parts(cur: Cursor, index: int) -> BundleParts | None:
+    """A bundle as stored: one whole row if there is one, else the chunks that hold it."""
+    row = cur.execute(
+        "SELECT width, entries FROM ledger_bundles WHERE bundle_index = ?", (index,)
+    ).fetchone()
+    if row is not None:
+        return BundleParts(int(row[0]), bytes(row[1]), 0)
+    chunks = cur.execute(
+        "SELECT first_entry, entry_count, entries FROM ledger_bundle_chunks"
+        " WHERE bundle_index = ? ORDER BY first_entry",
+        (index,),
+    ).fetchall()
+    return _join_chunks(index, chunks) if chunks else None
+
+
+def read_bundle(cur: Cursor, index: int) -> tuple[int, bytes] | None:
+    """(width, encoded entries) of a bundle, full or partial."""
+    parts = read_bundle_parts(cur, index)
+    return None if parts is None else (parts.width, parts.data)
 
 
 def read_full_bundles(cur: Cursor, first: int, last: int) -> list[tuple[int, int, bytes]]:
-    """(index, width, data) of the full bundles first..last inclusive, in order."""
+    """(index, width, data) of the bundles first..last inclusive stored as one whole row."""
     rows = cur.execute(
         "SELECT bundle_index, width, entries FROM ledger_bundles"
         " WHERE bundle_index >= ? AND bundle_index <= ? ORDER BY bundle_index",
@@ -140,21 +166,25 @@ def read_full_bundles(cur: Cursor, first: int, last: int) -> list[tuple[int, int
 
 
 def read_bundles(cur: Cursor, first: int, last: int) -> list[tuple[int, int, bytes]]:
-    """(index, width, data) of every stored bundle first..last inclusive, partial one included."""
-    rows = read_full_bundles(cur, first, last)
-    full = {r[0] for r in rows}
-    partial = cur.execute(
-        "SELECT DISTINCT bundle_index FROM ledger_bundle_chunks"
-        " WHERE bundle_index >= ? AND bundle_index <= ?",
+    """(index, width, data) of every stored bundle first..last inclusive, partial one included:
+    whole rows and chunked bundles alike, in two range queries."""
+    rows = {
+        index: (index, width, data) for index, width, data in read_full_bundles(cur, first, last)
+    }
+    chunks = cur.execute(
+        "SELECT bundle_index, first_entry, entry_count, entries FROM ledger_bundle_chunks"
+        " WHERE bundle_index >= ? AND bundle_index <= ? ORDER BY bundle_index, first_entry",
         (first, last),
     ).fetchall()
-    for (index,) in partial:
-        if int(index) not in full:
-            bundle = read_bundle(cur, int(index))
-            if bundle is not None:
-                rows.append((int(index), *bundle))
-    rows.sort()
-    return rows
+    start = 0
+    for end in range(1, len(chunks) + 1):
+        if end == len(chunks) or chunks[end][0] != chunks[start][0]:
+            index = int(chunks[start][0])
+            if index not in rows:  # a whole row, where there is one, is what readers get
+                parts = _join_chunks(index, [c[1:] for c in chunks[start:end]])
+                rows[index] = (index, parts.width, parts.data)
+            start = end
+    return [rows[index] for index in sorted(rows)]
 
 
 def write_tiles(cur: Cursor, tiles: Sequence[tuple[int, int, bytes]]) -> None:
@@ -188,6 +218,48 @@ def write_bundle_chunk(cur: Cursor, index: int, first: int, count: int, data: by
         " VALUES (?, ?, ?, ?)",
         (index, first, count, data),
     )
+
+
+MAX_BUNDLE_CHUNKS = 16
+"""A bundle that would lie in more chunk rows than this is rewritten as one row when it fills."""
+
+
+@dataclass(frozen=True)
+class Writes:
+    """What one batch writes: grown or completed tiles (level, index, hashes), whole bundles
+    (index, width, entries), bundle chunks (index, first entry, count, entries), and the bundles
+    whose chunks a whole row now replaces."""
+
+    tiles: list[tuple[int, int, bytes]]
+    bundles: list[tuple[int, int, bytes]]
+    chunks: list[tuple[int, int, int, bytes]]
+    compacted: list[int]
+
+
+def write_batch_bundles(
+    cur: Cursor,
+    bundles: Sequence[tuple[int, int, bytes]],
+    chunks: Sequence[tuple[int, int, int, bytes]],
+    compacted: Sequence[int],
+) -> None:
+    """A batch's entries: whole bundles, chunks, and the chunks that whole bundles replace."""
+    if bundles:
+        cur.executemany(
+            "INSERT INTO ledger_bundles (bundle_index, width, entries) VALUES (?, ?, ?)"
+            " ON CONFLICT (bundle_index) DO UPDATE"
+            " SET width = excluded.width, entries = excluded.entries",
+            bundles,
+        )
+    if compacted:
+        cur.executemany(
+            "DELETE FROM ledger_bundle_chunks WHERE bundle_index = ?", [(i,) for i in compacted]
+        )
+    if chunks:
+        cur.executemany(
+            "INSERT INTO ledger_bundle_chunks (bundle_index, first_entry, entry_count, entries)"
+            " VALUES (?, ?, ?, ?)",
+            chunks,
+        )
 
 
 # --- checkpoints ---------------------------------------------------------------------------
@@ -239,3 +311,107 @@ def record_cosignatures(cur: Cursor, size: int, cosignatures: str, witnesses: in
         "UPDATE ledger_checkpoints SET cosignatures = ?, witnesses = ? WHERE tree_size = ?",
         (cosignatures, witnesses, size),
     )
+
+
+# --- PostgreSQL: one statement per batch ------------------------------------------------------
+
+# Everything a batch writes, as ONE statement: a single round trip, committed on its own
+# (autocommit), instead of BEGIN, lock, read, writes and COMMIT one after the other. The UPDATE is
+# the compare-and-swap: it takes the state row's lock (a concurrent writer waits, then re-checks
+# ``tree_size = old`` against the committed row and matches nothing), and every write is
+# conditional on it, so a lost race writes nothing at all.
+_PG_APPEND = """
+WITH cas AS (
+    UPDATE ledger_state SET tree_size = %(new)b
+    WHERE id = 1 AND tree_size = %(old)b
+    RETURNING 1
+), tiles AS (
+    INSERT INTO ledger_tiles (tile_level, tile_index, hashes)
+    SELECT * FROM unnest(%(tile_levels)b::bigint[], %(tile_indexes)b::bigint[],
+                         %(tile_hashes)b::bytea[])
+    WHERE EXISTS (SELECT FROM cas)
+    ON CONFLICT (tile_level, tile_index) DO UPDATE SET hashes = excluded.hashes
+), bundles AS (
+    INSERT INTO ledger_bundles (bundle_index, width, entries)
+    SELECT * FROM unnest(%(bundle_indexes)b::bigint[], %(bundle_widths)b::bigint[],
+                         %(bundle_entries)b::bytea[])
+    WHERE EXISTS (SELECT FROM cas)
+    ON CONFLICT (bundle_index) DO UPDATE SET width = excluded.width, entries = excluded.entries
+), replaced AS (
+    DELETE FROM ledger_bundle_chunks
+    WHERE bundle_index = ANY(%(compacted)b::bigint[]) AND EXISTS (SELECT FROM cas)
+), chunk AS (
+    INSERT INTO ledger_bundle_chunks (bundle_index, first_entry, entry_count, entries)
+    SELECT * FROM unnest(%(chunk_indexes)b::bigint[], %(chunk_firsts)b::bigint[],
+                         %(chunk_counts)b::bigint[], %(chunk_entries)b::bytea[])
+    WHERE EXISTS (SELECT FROM cas)
+)
+SELECT count(*) FROM cas
+"""
+
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]*")
+
+
+class PgAppender:
+    """The sequencer's own autocommit PostgreSQL connection, for `append`.
+
+    The store's transactions cost a round trip each for BEGIN, every statement and COMMIT; on a
+    busy machine each round trip waits for the server process to be scheduled. This keeps a
+    batch to one. Reached only through `open`, which checks the dialect.
+    """
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    @classmethod
+    def open(cls, db: Database) -> PgAppender:
+        import psycopg
+
+        dsn, schema = getattr(db, "dsn", None), getattr(db, "schema", None)
+        if db.dialect != "postgresql" or not isinstance(dsn, str):
+            raise StoreUnavailable(f"{db.description} is not a PostgreSQL database")
+        if schema is not None and not (isinstance(schema, str) and _SCHEMA_NAME.fullmatch(schema)):
+            raise StoreUnavailable(f"invalid schema name {schema!r}")
+        try:
+            conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+            if schema:
+                conn.execute(f"SET search_path TO {schema}")
+        except psycopg.Error as exc:
+            raise StoreUnavailable(
+                f"cannot connect to {db.description}: {type(exc).__name__}"
+            ) from None
+        return cls(conn)
+
+    def append(self, old: int, new: int, writes: Writes) -> bool:
+        """Durably write a batch if the stored size is still `old`; False (nothing written) if
+        another writer moved it. Returns once committed (``synchronous_commit`` is left on)."""
+        import psycopg
+
+        tiles, bundles, chunks = writes.tiles, writes.bundles, writes.chunks
+        params = {
+            "old": old,
+            "new": new,
+            "tile_levels": [t[0] for t in tiles],
+            "tile_indexes": [t[1] for t in tiles],
+            "tile_hashes": [t[2] for t in tiles],
+            "bundle_indexes": [b[0] for b in bundles],
+            "bundle_widths": [b[1] for b in bundles],
+            "bundle_entries": [b[2] for b in bundles],
+            "compacted": list(writes.compacted),
+            "chunk_indexes": [c[0] for c in chunks],
+            "chunk_firsts": [c[1] for c in chunks],
+            "chunk_counts": [c[2] for c in chunks],
+            "chunk_entries": [c[3] for c in chunks],
+        }
+        try:
+            row = self._conn.execute(_PG_APPEND, params).fetchone()
+        except psycopg.Error as exc:
+            if self._conn.closed or self._conn.broken:
+                raise StoreUnavailable(
+                    f"PostgreSQL connection lost: {type(exc).__name__}"
+                ) from None
+            raise StoreUnavailable(f"ledger append failed: {type(exc).__name__}") from None
+        return row is not None and int(row[0]) == 1
+
+    def close(self) -> None:
+        self._conn.close()
