@@ -70,7 +70,6 @@ from bastion.vault import ReadPlan, RecordedPlan
 log = logging.getLogger(__name__)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:-]{8,128}$")
-_IN_CHUNK = 500
 MAX_FILTER_VALUES = 100
 
 
@@ -343,57 +342,15 @@ class Gate:
 
     # -- records ---------------------------------------------------------------------------
 
-    def _live_subjects(self, dataset: str, keys: Sequence[str]) -> dict[str, str]:
-        with self.rt.db.transaction() as cur:
-            return self._live_subjects_in(cur, dataset, keys)
-
-    @staticmethod
-    def _live_subjects_in(cur: Any, dataset: str, keys: Sequence[str]) -> dict[str, str]:
-        """Record key -> subject token, for records whose subject still has its data key.
-
-        Reads only the vault's non-secret index columns (no decryption). Records of a
-        shredded subject are left out: they can no longer be opened.
-        """
-        out: dict[str, str] = {}
-        unique = list(dict.fromkeys(keys))
-        for i in range(0, len(unique), _IN_CHUNK):
-            chunk = unique[i : i + _IN_CHUNK]
-            marks = ", ".join("?" * len(chunk))
-            rows = cur.execute(
-                "SELECT r.record_key, r.subject FROM vault_records r "
-                "JOIN vault_subjects s ON s.token = r.subject "
-                f"WHERE r.dataset = ? AND r.record_key IN ({marks})",
-                [dataset, *chunk],
-            ).fetchall()
-            out.update({str(k): str(s) for k, s in rows})
-        return out
-
-    def _record_keys_in(self, cur: Any, spec: DatasetSpec, ids: Sequence[str]) -> dict[str, str]:
-        """Record id -> the vault's record key: the id's pseudonym where it is pseudonymized,
-        found with the vault's batched lookup (one ``IN`` query) inside the caller's
-        transaction."""
-        if not spec.field(spec.record_id).pseudonymize:
-            return {rid: rid for rid in ids}
-        out: dict[str, str] = {}
-        lookup = self.rt.vault._pseudonyms.lookup
-        for i in range(0, len(ids), _IN_CHUNK):
-            found = lookup(cur, list(ids[i : i + _IN_CHUNK]))
-            out.update({rid: str(pair[0]) for rid, pair in found.items()})
-        return out
-
     def resolve(self, spec: DatasetSpec, selection: Selection) -> Resolved:
-        vault = self.rt.vault
+        vault, lookup = self.rt.vault, self.rt.lookup
         if selection.record_ids:
             ids = list(dict.fromkeys(selection.record_ids))
-            if spec.field(spec.record_id).pseudonymize:
-                vault.identity.load()  # outside the transaction: it reads the database itself
-            # One read transaction: ids -> keys -> live subjects.
-            with self.rt.db.transaction() as cur:
-                by_id = self._record_keys_in(cur, spec, ids)
-                subjects = self._live_subjects_in(cur, spec.name, list(by_id.values()))
-            keys = [by_id[rid] for rid in ids if rid in by_id and by_id[rid] in subjects]
-            missing = [rid for rid in ids if rid not in by_id or by_id[rid] not in subjects]
-            return Resolved(keys, subjects, missing)
+            # One read transaction in the vault: ids -> keys -> live subjects.
+            by_id = lookup.resolve(spec.name, ids)
+            keys = [by_id[rid][0] for rid in ids if rid in by_id]
+            missing = [rid for rid in ids if rid not in by_id]
+            return Resolved(keys, dict(by_id.values()), missing)
         # Search / export: structured filters on identifying keys only.
         candidates: list[str] | None = None
         for f in selection.filters:
@@ -416,7 +373,7 @@ class Gate:
             page = [k for k in candidates if after is None or k > after][: size + 1]
         more = len(page) > size
         page = page[:size]
-        subjects = self._live_subjects(spec.name, page)
+        subjects = lookup.live_subjects(spec.name, page)
         token = encode_page_token(page[-1]) if more and page else None
         return Resolved([k for k in page if k in subjects], subjects, [], token)
 
@@ -593,9 +550,7 @@ class Gate:
         filtered_out: list[str] = []
         allowed_subjects = plan.allowed_subjects
         if allowed_subjects is not None:
-            allowed_tokens = {
-                t for s in allowed_subjects if (t := rt.vault.pseudonym_of(s)) is not None
-            }
+            allowed_tokens = set(rt.lookup.tokens(sorted(allowed_subjects)).values())
             filtered_out = [k for k in keys if resolved.subjects[k] not in allowed_tokens]
             keys = [k for k in keys if resolved.subjects[k] in allowed_tokens]
         released = plan.released

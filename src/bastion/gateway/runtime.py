@@ -32,6 +32,7 @@ from bastion.policy import (
 )
 from bastion.store import Database, open_database
 from bastion.vault import Vault
+from bastion.vault.lookup import VaultLookup
 
 ISSUER_KEY_NAME = "issuer"
 
@@ -75,12 +76,15 @@ class Runtime:
     owns_ledger: bool = True
     _cleanroom: Any = None
     bulk_batcher: BulkBatcher = field(init=False)
+    lookup: VaultLookup = field(init=False)
     _closed: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         # Reads self.bulk at each batch, so a replaced counter (tests) takes effect at once.
         self.bulk_batcher = BulkBatcher(lambda: self.bulk)
+        # The vault's public, non-decrypting lookups (ids -> keys -> live subjects, refs).
+        self.lookup = VaultLookup(self.vault)
 
     @property
     def writer(self) -> LedgerWriter:
@@ -90,13 +94,10 @@ class Runtime:
     def subject_ref(self, token: str) -> str:
         """What ledger entries carry for a subject: the vault's keyed hash of its pseudonymous
         token, cut to 128 bits (plenty to tell subjects apart; entries stay small)."""
-        ref: str = self.vault.subject_hash(token)
-        prefix, _, digest = ref.rpartition(":")
-        return f"{prefix}:{digest[:32]}" if prefix else digest[:32]
+        return self.lookup.subject_ref(token)
 
     def subject_ref_for_id(self, subject_id: str) -> str | None:
-        token = self.vault.pseudonym_of(subject_id)
-        return None if token is None else self.subject_ref(token)
+        return self.lookup.subject_ref_for_id(subject_id)
 
     def engine(self) -> PolicyEngine:
         return self.policy.engine()

@@ -428,7 +428,8 @@ class ApprovalService:
     def _attrs(self, who: PrincipalLike) -> PrincipalAttributes:
         return self._engine().attributes(who)
 
-    def _resource(self, rec: AccessRequestRecord) -> ApprovalResource:
+    def resource(self, rec: AccessRequestRecord) -> ApprovalResource:
+        """The Cedar `approve` action's resource for a request (who may approve or see it)."""
         engine = self._engine()
         ds = engine.catalog.dataset(rec.dataset)
         categories = frozenset(
@@ -686,7 +687,7 @@ class ApprovalService:
                 rec.id,
                 rec,
             )
-        decision = self._engine().can_approve(approver, self._resource(rec))
+        decision = self._engine().can_approve(approver, self.resource(rec))
         if not decision.allowed:
             raise self._refuse(
                 "not-an-approver",
@@ -960,7 +961,7 @@ class ApprovalService:
                 "not-active", "the grant is already revoked or expired", attrs.actor(), rec.id, rec
             )
         if attrs.id != row[3]:
-            decision = self._engine().can_approve(actor, self._resource(rec))
+            decision = self._engine().can_approve(actor, self.resource(rec))
             if not decision.allowed:
                 raise self._refuse(
                     "not-an-approver",
@@ -1204,7 +1205,7 @@ class ApprovalService:
             raise self._refuse(
                 "self-review", "nobody reviews their own break-glass", attrs.actor(), rec.id, rec
             )
-        decision = self._engine().can_approve(reviewer, self._resource(rec))
+        decision = self._engine().can_approve(reviewer, self.resource(rec))
         if not decision.allowed:
             raise self._refuse(
                 "not-an-approver",

@@ -154,7 +154,7 @@ def _may_see(rt: Runtime, principal: Principal, rec: AccessRequestRecord) -> boo
     if rec.requester.id == principal.id:
         return True
     engine = rt.engine()
-    resource = rt.approvals._resource(rec)  # the approve action's resource for this request
+    resource = rt.approvals.resource(rec)
     return engine.can_approve(principal, resource).allowed or principal.is_auditor
 
 
