@@ -15,7 +15,7 @@ def open_store(home: Home) -> Database:
     return open_database(home.database_url)
 
 
-def initialize(home: Home) -> dict[str, Any]:
+def initialize(home: Home, *, policy_pack: bool = True) -> dict[str, Any]:
     """Create the database tables, the keys and the log's signing key for a new home."""
     db = open_store(home)
     try:
@@ -25,7 +25,14 @@ def initialize(home: Home) -> dict[str, Any]:
         summary: dict[str, Any] = {"database": db.description}
         summary.update(initialize_vault(home, db))
         summary.update(initialize_log(db, home.keyring_dir, home.settings.log_origin))
-        summary.update(_initialize_policy(home, db))
+        if policy_pack:
+            summary.update(_initialize_policy(home, db))
+        else:
+            from bastion.policy import initialize_policy
+
+            # Tables only: until a policy is loaded every request is denied (fail closed).
+            initialize_policy(db)
+            summary["policy"] = "none loaded: every request is denied until `bastion policy load`"
         return summary
     finally:
         db.close()

@@ -48,7 +48,24 @@ def run(home: Path, *args: str) -> dict[str, object]:
     return doc
 
 
-def test_load_show_and_refuse(home: Path, tmp_path: Path) -> None:
+@pytest.fixture
+def bare_home(tmp_path: Path) -> Path:
+    h = tmp_path / "bare"
+    out = runner.invoke(app, ["init", "--home", str(h), "--no-policy-pack", "--json"])
+    assert out.exit_code == 0, out.output
+    return h
+
+
+def test_init_installs_the_pack_on_the_record(home: Path) -> None:
+    shown = run(home, "policy", "show", "--history")
+    assert shown["version"] == 1 and shown["actor"] == "bastion"
+    entry = run(home, "ledger", "entry", "0")
+    assert entry["entry"]["type"] == "policy.change"  # type: ignore[index]
+    assert entry["entry"]["policy_sha256"] == shown["sha256"]  # type: ignore[index]
+
+
+def test_load_show_and_refuse(bare_home: Path, tmp_path: Path) -> None:
+    home = bare_home
     pack = tmp_path / "pack.cedar"
     pack.write_text(default_pack_text())
     loaded = run(home, "policy", "load", str(pack), "--reason", "initial pack", "--actor", "ada")
@@ -161,9 +178,9 @@ def test_access_workflow(home: Path, tmp_path: Path) -> None:
     assert bad["_exit"] == 2
 
 
-def test_access_without_a_loaded_policy_fails_closed(home: Path) -> None:
+def test_access_without_a_loaded_policy_fails_closed(bare_home: Path) -> None:
     out = run(
-        home,
+        bare_home,
         "access",
         "request",
         "--as",

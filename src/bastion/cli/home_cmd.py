@@ -30,6 +30,11 @@ def register(app: typer.Typer) -> None:
     def init(
         home: Path | None = HOME_OPTION,
         origin: str = typer.Option("bastion.example/log", help="The log's origin line."),
+        policy_pack: bool = typer.Option(
+            True,
+            "--policy-pack/--no-policy-pack",
+            help="Install the shipped Cedar policy pack (recorded in the ledger).",
+        ),
         as_json: bool = JSON_OPTION,
     ) -> None:
         """Create BASTION_HOME: the config, the keys and the database."""
@@ -37,7 +42,7 @@ def register(app: typer.Typer) -> None:
             from bastion.wiring import initialize
 
             h = init_home((home or default_home_path()).resolve(), origin)
-            summary = initialize(h)
+            summary = initialize(h, policy_pack=policy_pack)
             if as_json:
                 emit_json({"ok": True, "home": str(h.path), **summary})
             else:
