@@ -10,21 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from bastion.errors import IntegrityError
 from bastion.ledger.checkpoint import Checkpoint, CheckpointError, parse_checkpoint
 from bastion.ledger.note import (
-    KeyFormatError,
+    NamedPrivateKey,
+    NamedPublicKey,
     Verifier,
-    format_vkey,
-    is_valid_name,
-    key_id,
     open_note,
-    parse_vkey,
     signature_line,
 )
 
@@ -43,21 +40,10 @@ def cosigned_message(checkpoint_body: str, timestamp: int) -> bytes:
 
 
 @dataclass(frozen=True)
-class CosignatureVerifier:
+class CosignatureVerifier(NamedPublicKey):
     """Verifies one witness's cosignature/v1 signatures (a `note.Verifier`)."""
 
-    name: str
-    key_id: int
-    public_key_bytes: bytes
-
-    @classmethod
-    def from_vkey(cls, vkey: str) -> CosignatureVerifier:
-        name, kid, public = parse_vkey(vkey, ALG_COSIGNATURE_V1)
-        return cls(name, kid, public)
-
-    @property
-    def vkey(self) -> str:
-        return format_vkey(self.name, ALG_COSIGNATURE_V1, self.public_key_bytes)
+    ALG: ClassVar[int] = ALG_COSIGNATURE_V1
 
     @staticmethod
     def timestamp(signature: bytes) -> int:
@@ -78,30 +64,10 @@ class CosignatureVerifier:
         return True
 
 
-class CosignatureSigner:
+class CosignatureSigner(NamedPrivateKey):
     """A witness's signing key: produces cosignature/v1 note signature lines."""
 
-    def __init__(self, name: str, private_key: Ed25519PrivateKey) -> None:
-        if not is_valid_name(name):
-            raise KeyFormatError(f"invalid key name {name!r}")
-        self._name = name
-        self._key = private_key
-        self._public = private_key.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
-        self._key_id = key_id(name, ALG_COSIGNATURE_V1, self._public)
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def key_id(self) -> int:
-        return self._key_id
-
-    @property
-    def vkey(self) -> str:
-        return format_vkey(self._name, ALG_COSIGNATURE_V1, self._public)
+    ALG: ClassVar[int] = ALG_COSIGNATURE_V1
 
     def verifier(self) -> CosignatureVerifier:
         return CosignatureVerifier(self._name, self._key_id, self._public)

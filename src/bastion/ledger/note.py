@@ -19,7 +19,7 @@ import binascii
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol, Self
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -170,26 +170,35 @@ def _ed25519_public(key: Ed25519PublicKey) -> bytes:
 
 
 @dataclass(frozen=True)
-class NoteVerifier:
-    """Verifies Ed25519 (type 0x01) note signatures by one named key."""
+class NamedPublicKey:
+    """A named public key whose key ID commits to signature type `ALG`; verifiers extend it."""
+
+    ALG: ClassVar[int]
 
     name: str
     key_id: int
     public_key_bytes: bytes
 
     @classmethod
-    def from_vkey(cls, vkey: str) -> NoteVerifier:
-        name, kid, public = parse_vkey(vkey, ALG_ED25519)
+    def from_vkey(cls, vkey: str) -> Self:
+        name, kid, public = parse_vkey(vkey, cls.ALG)
         return cls(name, kid, public)
+
+    @property
+    def vkey(self) -> str:
+        return format_vkey(self.name, self.ALG, self.public_key_bytes)
+
+
+@dataclass(frozen=True)
+class NoteVerifier(NamedPublicKey):
+    """Verifies Ed25519 (type 0x01) note signatures by one named key."""
+
+    ALG: ClassVar[int] = ALG_ED25519
 
     @classmethod
     def from_public_key(cls, name: str, key: Ed25519PublicKey) -> NoteVerifier:
         public = _ed25519_public(key)
         return cls(name, key_id(name, ALG_ED25519, public), public)
-
-    @property
-    def vkey(self) -> str:
-        return format_vkey(self.name, ALG_ED25519, self.public_key_bytes)
 
     def verify(self, text: bytes, signature: bytes) -> bool:
         if len(signature) != 64:
@@ -201,8 +210,10 @@ class NoteVerifier:
         return True
 
 
-class NoteSigner:
-    """Signs notes with an Ed25519 key under a key name (for a log: its origin)."""
+class NamedPrivateKey:
+    """An Ed25519 private key under a key name whose key ID commits to signature type `ALG`."""
+
+    ALG: ClassVar[int]
 
     def __init__(self, name: str, private_key: Ed25519PrivateKey) -> None:
         if not is_valid_name(name):
@@ -210,7 +221,29 @@ class NoteSigner:
         self._name = name
         self._key = private_key
         self._public = _ed25519_public(private_key.public_key())
-        self._key_id = key_id(name, ALG_ED25519, self._public)
+        self._key_id = key_id(name, self.ALG, self._public)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def key_id(self) -> int:
+        return self._key_id
+
+    @property
+    def public_key_bytes(self) -> bytes:
+        return self._public
+
+    @property
+    def vkey(self) -> str:
+        return format_vkey(self._name, self.ALG, self._public)
+
+
+class NoteSigner(NamedPrivateKey):
+    """Signs notes with an Ed25519 key under a key name (for a log: its origin)."""
+
+    ALG: ClassVar[int] = ALG_ED25519
 
     @classmethod
     def from_skey(cls, skey: str) -> NoteSigner:
@@ -227,22 +260,6 @@ class NoteSigner:
     @classmethod
     def generate(cls, name: str) -> NoteSigner:
         return cls(name, Ed25519PrivateKey.generate())
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def key_id(self) -> int:
-        return self._key_id
-
-    @property
-    def public_key_bytes(self) -> bytes:
-        return self._public
-
-    @property
-    def vkey(self) -> str:
-        return format_vkey(self._name, ALG_ED25519, self._public)
 
     @property
     def skey(self) -> str:
