@@ -62,8 +62,11 @@ class PlainSealer:
         return blob
 
 
-def create_store_file(path: Path) -> None:
-    """Create the store file with mode 0600 before SQLite touches it."""
+def ensure_store_file(keys_dir: Path) -> None:
+    """Create the store file in `keys_dir`, if absent, with mode 0600 before SQLite touches it."""
+    path = keys_dir / FILE_NAME
+    if path.exists():
+        return
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     os.close(fd)
     os.chmod(path, 0o600)

@@ -23,8 +23,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from bastion.errors import IntegrityError, KeyUnavailable
-from bastion.keys.erasure import FILE_NAME, PlainSealer, SqliteErasureStore, create_store_file
-from bastion.keys.provider import KeyVersion, WrappedKey, kek_aad
+from bastion.keys.erasure import FILE_NAME, PlainSealer, SqliteErasureStore, ensure_store_file
+from bastion.keys.provider import KeyVersion, WrappedKey, check_retirable, kek_aad, version_states
 
 _KEK_FILE = re.compile(r"^kek-v(\d{6})\.(key|retired)$")
 _NONCE = 12
@@ -65,9 +65,7 @@ class LocalKeyring:
         has_kek = any(_KEK_FILE.match(p.name) for p in keys_dir.iterdir())
         if not has_kek:
             _write_new_key(_kek_path(keys_dir, 1))
-        store = keys_dir / FILE_NAME
-        if not store.exists():
-            create_store_file(store)
+        ensure_store_file(keys_dir)
         return cls(keys_dir)
 
     @property
@@ -166,13 +164,7 @@ class LocalKeyring:
 
     def retire(self, version: int) -> None:
         self.refresh()
-        if version not in self._active:
-            state = "already retired" if version in self._retired else "unknown"
-            raise KeyUnavailable(f"key-encryption key version {version} is {state}")
-        if version == self.current_version:
-            raise KeyUnavailable(
-                f"version {version} is the current key-encryption key; rotate before retiring it"
-            )
+        check_retirable(version, self._active, self._retired)
         path = _kek_path(self.keys_dir, version)
         # Overwrite before unlinking so the bytes do not linger in a freed block of the file.
         with open(path, "r+b") as fh:
@@ -186,10 +178,7 @@ class LocalKeyring:
 
     def versions(self) -> list[KeyVersion]:
         self.refresh()
-        current = self._active[-1] if self._active else None
-        out = [KeyVersion(v, "current" if v == current else "active") for v in self._active]
-        out += [KeyVersion(v, "retired") for v in self._retired]
-        return sorted(out, key=lambda k: k.version)
+        return version_states(self._active, self._retired)
 
     def close(self) -> None:
         self._erasure.close()

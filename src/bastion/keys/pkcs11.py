@@ -32,8 +32,15 @@ from pkcs11 import exceptions as p11err
 from pkcs11.mechanisms import GCMParams
 
 from bastion.errors import IntegrityError, KeyUnavailable
-from bastion.keys.erasure import FILE_NAME, SqliteErasureStore, create_store_file
-from bastion.keys.provider import ERASURE_SECRET_BYTES, KeyVersion, WrappedKey, kek_aad
+from bastion.keys.erasure import FILE_NAME, SqliteErasureStore, ensure_store_file
+from bastion.keys.provider import (
+    ERASURE_SECRET_BYTES,
+    KeyVersion,
+    WrappedKey,
+    check_retirable,
+    kek_aad,
+    version_states,
+)
 
 LABEL_PREFIX = "bastion-kek-v"
 ERASURE_LABEL = "bastion-erasure-store"
@@ -166,9 +173,7 @@ class Pkcs11Provider:
         finally:
             session.close()
         keys_dir.mkdir(parents=True, exist_ok=True)
-        store = keys_dir / FILE_NAME
-        if not store.exists():
-            create_store_file(store)
+        ensure_store_file(keys_dir)
         return cls(library, token_label, pin, keys_dir)
 
     @property
@@ -283,13 +288,7 @@ class Pkcs11Provider:
 
     def retire(self, version: int) -> None:
         self.refresh()
-        if version not in self._active:
-            state = "already retired" if version in self._retired else "unknown"
-            raise KeyUnavailable(f"key-encryption key version {version} is {state}")
-        if version == self.current_version:
-            raise KeyUnavailable(
-                f"version {version} is the current key-encryption key; rotate before retiring it"
-            )
+        check_retirable(version, self._active, self._retired)
         key = self._key(_kek_label(version))
         with self._lock:
             try:
@@ -309,10 +308,7 @@ class Pkcs11Provider:
 
     def versions(self) -> list[KeyVersion]:
         self.refresh()
-        current = self._active[-1] if self._active else None
-        out = [KeyVersion(v, "current" if v == current else "active") for v in self._active]
-        out += [KeyVersion(v, "retired") for v in self._retired if v not in self._active]
-        return sorted(out, key=lambda k: k.version)
+        return version_states(self._active, self._retired)
 
     def key_attributes(self, version: int) -> dict[str, bool]:
         """The security attributes of a KEK as the token reports them (for tests and audits)."""

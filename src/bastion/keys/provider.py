@@ -12,9 +12,11 @@ Two kinds of secret sit outside the database, in the provider's custody:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
+
+from bastion.errors import KeyUnavailable
 
 KeyState = Literal["current", "active", "retired"]
 
@@ -102,3 +104,25 @@ class KeyProvider(Protocol):
 def kek_aad(version: int, aad: bytes) -> bytes:
     """What a KEK's AEAD authenticates: its version (no relabelling) and the owner."""
     return b"bastion/kek/v1\x00" + version.to_bytes(8, "big") + aad
+
+
+def check_retirable(version: int, active: Sequence[int], retired: Sequence[int]) -> None:
+    """Only an active KEK version that is not the current (newest) one may be retired."""
+    if version not in active:
+        state = "already retired" if version in retired else "unknown"
+        raise KeyUnavailable(f"key-encryption key version {version} is {state}")
+    if version == active[-1]:
+        raise KeyUnavailable(
+            f"version {version} is the current key-encryption key; rotate before retiring it"
+        )
+
+
+def version_states(active: Sequence[int], retired: Sequence[int]) -> list[KeyVersion]:
+    """Every KEK version with its state, oldest first; the newest active version is current.
+
+    A version in both lists (retirement marked but its key not yet destroyed) lists as active.
+    """
+    current = active[-1] if active else None
+    out = [KeyVersion(v, "current" if v == current else "active") for v in active]
+    out += [KeyVersion(v, "retired") for v in retired if v not in active]
+    return sorted(out, key=lambda k: k.version)
