@@ -87,26 +87,29 @@ def test_cli_review_build_approve_verify(home: Path, tmp_path: Path) -> None:
     assert "review.too_few_reviewers" in review("alice", code=6)["message"]
     assert review("alice", "bob")["reviewers"] == ["alice@example.com", "bob@example.com"]
 
-    out = tmp_path / "out"
-    built = run(
-        "releases",
-        "build",
-        "--repo",
-        str(repo),
-        "--commit",
-        "HEAD",
-        "--command",
-        "python3 build.py dist/app.tar.gz",
-        "--output",
-        "dist/app.tar.gz",
-        "--builder-id",
-        "https://ci.example/b",
-        "--builder-key",
-        str(keys / "builder.pem"),
-        "--out-dir",
-        str(out),
-        *h,
-    )
+    def build(out_dir: Path) -> dict[str, Any]:
+        """Build HEAD of the sample repo with the registered builder key."""
+        return run(
+            "releases",
+            "build",
+            "--repo",
+            str(repo),
+            "--commit",
+            "HEAD",
+            "--command",
+            "python3 build.py dist/app.tar.gz",
+            "--output",
+            "dist/app.tar.gz",
+            "--builder-id",
+            "https://ci.example/b",
+            "--builder-key",
+            str(keys / "builder.pem"),
+            "--out-dir",
+            str(out_dir),
+            *h,
+        )
+
+    built = build(tmp_path / "out")
     artifact, prov = Path(built["artifact"]), Path(built["provenance"])
     assert run(
         "releases",
@@ -156,26 +159,7 @@ def test_cli_review_build_approve_verify(home: Path, tmp_path: Path) -> None:
 
     # An unreviewed commit builds, but the custodian will not approve it.
     commit_files(repo, {"app/x.txt": "x\n"}, author=dana, when=T0, message="x")
-    out2 = tmp_path / "out2"
-    built2 = run(
-        "releases",
-        "build",
-        "--repo",
-        str(repo),
-        "--commit",
-        "HEAD",
-        "--command",
-        "python3 build.py dist/app.tar.gz",
-        "--output",
-        "dist/app.tar.gz",
-        "--builder-id",
-        "https://ci.example/b",
-        "--builder-key",
-        str(keys / "builder.pem"),
-        "--out-dir",
-        str(out2),
-        *h,
-    )
+    built2 = build(tmp_path / "out2")
     refused2 = run(
         "releases",
         "approve",
