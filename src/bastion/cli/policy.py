@@ -125,20 +125,11 @@ def _policies_table(compiled: CompiledPolicies) -> Table:
     for col in ("@id", "effect", "actions", "obligation", "description"):
         table.add_column(col, overflow="fold")
     for p in compiled.policies:
-        obligation = ", ".join(
-            x
-            for x in (
-                f"transform={p.transform.value}" if p.transform else "",
-                f"row_filter={p.row_filter.value}" if p.row_filter else "",
-                f"approvers={p.approvers}" if p.approvers else "",
-            )
-            if x
-        )
         table.add_row(
             p.id,
             f"[{'red' if p.effect == 'forbid' else 'green'}]{p.effect}[/]",
             ", ".join(sorted(a.value for a in p.actions)) if p.actions else "any",
-            obligation or "-",
+            p.obligations or "-",
             p.description,
         )
     return table

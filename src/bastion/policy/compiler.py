@@ -71,6 +71,19 @@ class PolicyInfo:
     # Whether the conditions read context.grant / context.break_glass (a grant could flip it).
     mentions_grant: bool = False
 
+    @property
+    def obligations(self) -> str:
+        """The obligations in one line, e.g. ``transform=mask, approvers=2``; empty if none."""
+        return ", ".join(
+            x
+            for x in (
+                f"transform={self.transform.value}" if self.transform else "",
+                f"row_filter={self.row_filter.value}" if self.row_filter else "",
+                f"approvers={self.approvers}" if self.approvers else "",
+            )
+            if x
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,

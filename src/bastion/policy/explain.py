@@ -94,19 +94,10 @@ class Explanation:
         for col in ("@id", "effect", "obligation", "description"):
             policies.add_column(col, overflow="fold")
         for info in self.policies:
-            obligation = ", ".join(
-                x
-                for x in (
-                    f"transform={info.transform.value}" if info.transform else "",
-                    f"row_filter={info.row_filter.value}" if info.row_filter else "",
-                    f"approvers={info.approvers}" if info.approvers else "",
-                )
-                if x
-            )
             policies.add_row(
                 info.id,
                 Text(info.effect, style="red" if info.effect == "forbid" else "green"),
-                obligation or "-",
+                info.obligations or "-",
                 info.description,
             )
         parts: list[RenderableType] = [head]
