@@ -218,3 +218,11 @@ when { principal.clearance_level + 9223372036854775807 > 0 };
 def test_default_pack_text_is_the_files_in_order() -> None:
     text = default_pack_text()
     assert text.index("covered-persons-denied-protected") < text.index("policy-admins")
+
+
+def test_obligations_summarize_in_one_line() -> None:
+    by_id = {p.id: p for p in default_policies().policies}
+    assert by_id["sensitive-categories-need-two-approvers"].obligations == "approvers=2"
+    assert by_id["covered-persons-denied-protected"].obligations == ""
+    mods = compile_policies(PERMIT_MOD).policies[0]
+    assert mods.obligations == "transform=clear"
