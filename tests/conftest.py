@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bastion.clock import FixedClock
+from bastion.keys import softhsm
 from bastion.store import Database, open_database
 
 PG_URL = os.environ.get("BASTION_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -78,3 +79,18 @@ def db(tmp_path: Path, backend: str) -> Iterator[Database]:
 @pytest.fixture
 def clock() -> FixedClock:
     return FixedClock()
+
+
+@pytest.fixture(scope="session")
+def softhsm_conf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not softhsm.available():
+        pytest.fail("SoftHSM2 is required: run `make system` (scripts/install-system-deps.sh)")
+    return softhsm.configure(tmp_path_factory.mktemp("softhsm"))
+
+
+@pytest.fixture
+def hsm_token(softhsm_conf: Path) -> Iterator[softhsm.SoftHsmToken]:
+    """A fresh SoftHSM2 token, deleted after the test."""
+    token = softhsm.make_token()
+    yield token
+    softhsm.delete_token(token)

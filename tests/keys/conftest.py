@@ -1,4 +1,5 @@
-"""Key-provider fixtures: provider tests run on the local keyring AND a real SoftHSM2 token."""
+"""Key-provider fixtures: provider tests run on the local keyring AND a real SoftHSM2 token
+(`hsm_token`, from tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -11,20 +12,6 @@ from bastion.keys import softhsm
 from bastion.keys.local import LocalKeyring
 from bastion.keys.pkcs11 import Pkcs11Provider
 from bastion.keys.provider import KeyProvider
-
-
-@pytest.fixture(scope="session")
-def softhsm_conf(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not softhsm.available():
-        pytest.fail("SoftHSM2 is required: run `make system` (scripts/install-system-deps.sh)")
-    return softhsm.configure(tmp_path_factory.mktemp("softhsm"))
-
-
-@pytest.fixture
-def hsm_token(softhsm_conf: Path) -> Iterator[softhsm.SoftHsmToken]:
-    token = softhsm.make_token()
-    yield token
-    softhsm.delete_token(token)
 
 
 @pytest.fixture(params=["local", "pkcs11"])
