@@ -10,14 +10,13 @@ import os
 from pathlib import Path
 
 import typer
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.table import Table
 
 from bastion.cli.common import JSON_OPTION, console, emit_json, reported_errors
 from bastion.clock import SystemClock
 from bastion.errors import ConfigError, InputError, KeyUnavailable
-from bastion.keys.signing import create_signing_key, load_signing_key
+from bastion.keys.signing import create_signing_key, load_signing_key, read_key_pem
 from bastion.ledger.cosignature import CosignatureSigner
 from bastion.ledger.note import KeyFormatError, is_valid_name
 from bastion.store import open_database
@@ -45,15 +44,7 @@ NAME_OPTION = typer.Option(None, "--name", help="The witness name (e.g. witness.
 def _load_key(directory: Path, key_path: Path | None) -> Ed25519PrivateKey:
     if key_path is None:
         return load_signing_key(directory, KEY_NAME)
-    try:
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-    except FileNotFoundError:
-        raise KeyUnavailable(f"witness key {key_path} not found") from None
-    except ValueError:
-        raise KeyUnavailable(f"witness key {key_path} is not a readable PEM private key") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise KeyUnavailable(f"witness key {key_path} is not an Ed25519 key")
-    return key
+    return read_key_pem(key_path, f"witness key {key_path}")
 
 
 def _name(directory: Path, name: str | None) -> str:

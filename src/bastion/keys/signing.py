@@ -17,9 +17,11 @@ def _path(keys_dir: Path, name: str) -> Path:
     return keys_dir / f"{name}.ed25519.pem"
 
 
-def create_signing_key(keys_dir: Path, name: str) -> Ed25519PrivateKey:
-    """Create a key; refuses to overwrite one that exists (that would fork identities)."""
-    path = _path(keys_dir, name)
+def write_new_key_pem(path: Path) -> Ed25519PrivateKey:
+    """A fresh Ed25519 key written to `path` as unencrypted PKCS#8 PEM, mode 0600.
+
+    Raises FileExistsError rather than overwrite a key (that would fork an identity).
+    """
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
         serialization.Encoding.PEM,
@@ -32,17 +34,26 @@ def create_signing_key(keys_dir: Path, name: str) -> Ed25519PrivateKey:
     return key
 
 
-def load_signing_key(keys_dir: Path, name: str) -> Ed25519PrivateKey:
-    path = _path(keys_dir, name)
+def read_key_pem(path: Path, what: str) -> Ed25519PrivateKey:
+    """The Ed25519 key in an unencrypted PEM file; KeyUnavailable, naming it `what`, if not."""
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except FileNotFoundError:
-        raise KeyUnavailable(f"signing key {name!r} not found in {keys_dir}") from None
-    except ValueError:
-        raise KeyUnavailable(f"signing key {name!r} in {keys_dir} is unreadable") from None
+        raise KeyUnavailable(f"{what} not found") from None
+    except (ValueError, TypeError):  # TypeError: the PEM is encrypted
+        raise KeyUnavailable(f"{what} is not an unencrypted PEM private key") from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise KeyUnavailable(f"signing key {name!r} is not an Ed25519 key")
+        raise KeyUnavailable(f"{what} is not an Ed25519 key")
     return key
+
+
+def create_signing_key(keys_dir: Path, name: str) -> Ed25519PrivateKey:
+    """Create a key; refuses to overwrite one that exists (that would fork identities)."""
+    return write_new_key_pem(_path(keys_dir, name))
+
+
+def load_signing_key(keys_dir: Path, name: str) -> Ed25519PrivateKey:
+    return read_key_pem(_path(keys_dir, name), f"signing key {name!r} in {keys_dir}")
 
 
 def load_or_create_signing_key(keys_dir: Path, name: str) -> Ed25519PrivateKey:

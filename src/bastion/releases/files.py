@@ -12,11 +12,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
-from bastion.errors import ConfigError, InputError, KeyUnavailable
+from bastion.errors import ConfigError, InputError
+from bastion.keys.signing import read_key_pem, write_new_key_pem
 from bastion.releases.intoto import describe_validation_error
 from bastion.releases.policy import ReleasePolicy
 
@@ -74,29 +74,12 @@ def write_json(path: Path, obj: Any) -> None:
 
 def create_key_file(path: Path) -> Ed25519PrivateKey:
     """A new Ed25519 key as PKCS#8 PEM, mode 0600; refuses to overwrite an existing file."""
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        return write_new_key_pem(path)
     except FileExistsError:
         raise InputError("key file already exists; refusing to overwrite", file=str(path)) from None
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-    return key
 
 
 def load_key_file(path: Path) -> Ed25519PrivateKey:
-    try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except FileNotFoundError:
-        raise KeyUnavailable(f"key file {path} not found") from None
-    except (ValueError, TypeError):
-        raise KeyUnavailable(f"key file {path} is not an unencrypted PEM private key") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise KeyUnavailable(f"key file {path} is not an Ed25519 key")
-    return key
+    return read_key_pem(path, f"key file {path}")
