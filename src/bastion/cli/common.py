@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bastion.errors import BastionError
 from bastion.home import Home
@@ -41,6 +42,22 @@ def reported_errors(as_json: bool = False) -> Iterator[None]:
         else:
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
         raise typer.Exit(exc.exit_code) from None
+
+
+def progress_bar(
+    label: str, *, out: Console = console, disable: bool = False, transient: bool = False
+) -> Progress:
+    """The CLI's progress bar: `label` (Rich markup; may use ``{task.description}``), the bar,
+    done/total and elapsed time. `disable` it under --json so stdout stays pure JSON."""
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=out,
+        disable=disable,
+        transient=transient,
+    )
 
 
 def load_home(path: Path | None) -> Home:

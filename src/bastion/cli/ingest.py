@@ -6,9 +6,15 @@ import hashlib
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bastion.cli.common import HOME_OPTION, JSON_OPTION, console, emit_json, reported_errors
+from bastion.cli.common import (
+    HOME_OPTION,
+    JSON_OPTION,
+    console,
+    emit_json,
+    progress_bar,
+    reported_errors,
+)
 from bastion.cli.vault import opened_vault, operator, record
 from bastion.clock import iso
 from bastion.events import DataIngest
@@ -27,14 +33,7 @@ def ingest(
     with reported_errors(as_json), opened_vault(home) as vault:
         vault.catalog.dataset(dataset)
         total = count_rows(file) if file.is_file() else None
-        progress = Progress(
-            TextColumn(f"[bold]{dataset}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            disable=as_json,
-        )
+        progress = progress_bar(f"[bold]{dataset}", disable=as_json)
         with progress:
             task = progress.add_task("ingest", total=total)
             result = ingest_file(

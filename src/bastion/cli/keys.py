@@ -5,10 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bastion.cli.common import HOME_OPTION, JSON_OPTION, console, emit_json, reported_errors
+from bastion.cli.common import (
+    HOME_OPTION,
+    JSON_OPTION,
+    console,
+    emit_json,
+    progress_bar,
+    reported_errors,
+)
 from bastion.cli.groups import keys_app
 from bastion.cli.vault import ACTOR_OPTION, opened_vault, operator, record
 
@@ -42,14 +48,7 @@ def rotate(
 ) -> None:
     """Add a KEK version and rewrap every data key under it (field ciphertexts untouched)."""
     with reported_errors(as_json), opened_vault(home) as vault:
-        progress = Progress(
-            TextColumn("[bold]rewrapping"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            disable=as_json,
-        )
+        progress = progress_bar("[bold]rewrapping", disable=as_json)
         with progress:
             task = progress.add_task("rewrap", total=None)
             event = vault.rotate(

@@ -11,10 +11,16 @@ import os
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bastion.cli.common import JSON_OPTION, console, emit_json, err_console, reported_errors
+from bastion.cli.common import (
+    JSON_OPTION,
+    console,
+    emit_json,
+    err_console,
+    progress_bar,
+    reported_errors,
+)
 from bastion.cli.groups import ledger_app
 from bastion.errors import InputError
 from bastion.ledger.cosignature import CosignatureVerifier
@@ -104,14 +110,7 @@ def verify_cmd(
             if as_json:
                 result = verifier.verify(incremental=incremental)
             else:
-                with Progress(
-                    TextColumn("fetching tiles"),
-                    BarColumn(),
-                    MofNCompleteColumn(),
-                    TimeElapsedColumn(),
-                    console=err_console,
-                    transient=True,
-                ) as bar:
+                with progress_bar("fetching tiles", out=err_console, transient=True) as bar:
                     task = bar.add_task("tiles", total=None)
 
                     def progress(done: int, total: int) -> None:

@@ -6,10 +6,9 @@ from enum import StrEnum
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bastion.cli.common import JSON_OPTION, console, emit_json, reported_errors
+from bastion.cli.common import JSON_OPTION, console, emit_json, progress_bar, reported_errors
 from bastion.errors import InputError
 
 
@@ -47,13 +46,7 @@ def synth(
             result = generate(spec, out, fmt.value)
             emit_json({"ok": True, **result.to_json()})
             return
-        progress = Progress(
-            TextColumn("[bold]{task.description:>7}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-        )
+        progress = progress_bar("[bold]{task.description:>7}")
         with progress:
             tasks = {name: progress.add_task(name, total=n) for name, n in totals.items()}
             result = generate(
