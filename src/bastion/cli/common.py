@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bastion.errors import BastionError
+from bastion.errors import BastionError, InputError
 from bastion.home import Home
 
 console = Console()
@@ -58,6 +58,16 @@ def progress_bar(
         disable=disable,
         transient=transient,
     )
+
+
+def read_input_file(path: Path, what: str) -> bytes:
+    """The bytes of a file named on the command line; InputError naming `what` and the path."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{what} not found", file=str(path)) from None
+    except OSError as exc:
+        raise InputError(f"{what} unreadable ({exc.strerror})", file=str(path)) from None
 
 
 def load_home(path: Path | None) -> Home:

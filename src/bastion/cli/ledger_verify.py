@@ -19,6 +19,7 @@ from bastion.cli.common import (
     emit_json,
     err_console,
     progress_bar,
+    read_input_file,
     reported_errors,
 )
 from bastion.cli.groups import ledger_app
@@ -55,15 +56,6 @@ def _key_arg(value: str, what: str) -> str:
             raise InputError(f"{what} file is empty", file=str(path))
         return text
     return value.strip()
-
-
-def _read_file(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{what} not found", file=str(path)) from None
-    except OSError as exc:
-        raise InputError(f"{what} unreadable ({exc.strerror})", file=str(path)) from None
 
 
 def _result_table(r: VerificationResult) -> Table:
@@ -136,8 +128,8 @@ def verify_proof_cmd(
     with reported_errors(as_json):
         log_verifier = NoteVerifier.from_vkey(_key_arg(vkey, "verifier key"))
         witnesses = [CosignatureVerifier.from_vkey(_key_arg(w, "witness key")) for w in witness]
-        bundle_data = _read_file(bundle, "proof file")
-        entry_data = _read_file(entry, "entry file")
+        bundle_data = read_input_file(bundle, "proof file")
+        entry_data = read_input_file(entry, "entry file")
         verified = verify_proof(bundle_data, entry_data, log_verifier, witnesses, quorum)
     if as_json:
         emit_json({"ok": True, **verified.to_json()})

@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
-from bastion.cli.common import HOME_OPTION, JSON_OPTION, console, emit_json, reported_errors
+from bastion.cli.common import (
+    HOME_OPTION,
+    JSON_OPTION,
+    console,
+    emit_json,
+    read_input_file,
+    reported_errors,
+)
 from bastion.cli.groups import releases_app
 from bastion.clock import SystemClock
 from bastion.errors import InputError
@@ -39,15 +46,6 @@ def register(app: typer.Typer) -> None:
 
 def _home(home: Path | None) -> Home:
     return Home.load(home)
-
-
-def _read_bytes(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{what} not found", file=str(path)) from None
-    except OSError as exc:
-        raise InputError(f"{what} unreadable ({exc.strerror})", file=str(path)) from None
 
 
 def _public_key_arg(public_key: str | None, key_file: Path | None) -> str:
@@ -322,7 +320,7 @@ def rebuild_cmd(
             parse_envelope(files.read_json(provenance, "provenance")),
             files.load_policy(h.path),
             repo_path=repo,
-            artifact=_read_bytes(artifact, "artifact") if artifact else None,
+            artifact=read_input_file(artifact, "artifact") if artifact else None,
         )
         if as_json:
             emit_json({"ok": result.reproducible, **result.to_json()})
@@ -432,7 +430,7 @@ def approve_cmd(
             custodian_key=load_or_create_signing_key(h.keyring_dir, "custodian"),
             verifier_id=custodian_verifier_id(log.origin),
             actor=Actor(id=actor, kind="operator", role="release approver"),
-            artifact=_read_bytes(artifact, "artifact"),
+            artifact=read_input_file(artifact, "artifact"),
             artifact_name=artifact.name,
             provenance=parse_envelope(files.read_json(provenance, "provenance")),
             app=app,
@@ -538,4 +536,4 @@ def bundle_cmd(
 
 
 def sha256_file(path: Path) -> str:
-    return hashlib.sha256(_read_bytes(path, "artifact")).hexdigest()
+    return hashlib.sha256(read_input_file(path, "artifact")).hexdigest()
