@@ -1,4 +1,7 @@
-"""Vault fixtures: a vault on each database backend, with the local keyring or a SoftHSM2 token."""
+"""Vault fixtures: a vault on each database backend, with the local keyring or a SoftHSM2 token.
+
+The SoftHSM2 fixtures (softhsm_conf, hsm_token) are shared and live in tests/conftest.py.
+"""
 
 from __future__ import annotations
 
@@ -15,20 +18,6 @@ from bastion.keys.pkcs11 import Pkcs11Provider
 from bastion.keys.provider import KeyProvider
 from bastion.store import Database
 from bastion.vault import Vault
-
-
-@pytest.fixture(scope="session")
-def softhsm_conf(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not softhsm.available():
-        pytest.fail("SoftHSM2 is required: run `make system` (scripts/install-system-deps.sh)")
-    return softhsm.configure(tmp_path_factory.mktemp("softhsm"))
-
-
-@pytest.fixture
-def hsm_token(softhsm_conf: Path) -> Iterator[softhsm.SoftHsmToken]:
-    token = softhsm.make_token()
-    yield token
-    softhsm.delete_token(token)
 
 
 @pytest.fixture
