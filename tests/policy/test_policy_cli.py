@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from click.testing import Result
 from typer.testing import CliRunner
 
 from bastion.cli.main import app
@@ -32,6 +33,12 @@ COVERED = json.dumps(
         "amr": ["mfa"],
     }
 )
+
+
+def explain(principal: str, *args: str, env: dict[str, str] | None = None) -> Result:
+    """``bastion policy explain --pack`` on the users dataset as `principal` (JSON or @file)."""
+    command = ["policy", "explain", "--pack", "--principal-json", principal, "--dataset", "users"]
+    return runner.invoke(app, [*command, *args], env=env)
 
 
 def test_validate_accepts_the_pack(tmp_path: Path) -> None:
@@ -65,21 +72,7 @@ def test_schema_is_printed() -> None:
 
 
 def test_explain_json_shows_deciding_policies_and_transforms() -> None:
-    out = runner.invoke(
-        app,
-        [
-            "policy",
-            "explain",
-            "--pack",
-            "--principal-json",
-            MODERATOR,
-            "--dataset",
-            "users",
-            "--fields",
-            "email,location,language",
-            "--json",
-        ],
-    )
+    out = explain(MODERATOR, "--fields", "email,location,language", "--json")
     assert out.exit_code == 0, out.output
     doc = json.loads(out.output)
     fields = {f["field"]: f for f in doc["plan"]["fields"]}
@@ -95,23 +88,7 @@ def test_explain_json_shows_deciding_policies_and_transforms() -> None:
 def test_explain_table_for_a_covered_person(tmp_path: Path) -> None:
     f = tmp_path / "wei.json"
     f.write_text(COVERED)
-    out = runner.invoke(
-        app,
-        [
-            "policy",
-            "explain",
-            "--pack",
-            "--principal-json",
-            f"@{f}",
-            "--dataset",
-            "users",
-            "--purpose",
-            "debug",
-            "--ticket",
-            "T-1",
-        ],
-        env={"COLUMNS": "200"},
-    )
+    out = explain(f"@{f}", "--purpose", "debug", "--ticket", "T-1", env={"COLUMNS": "200"})
     assert out.exit_code == 0, out.output
     assert "covered person" in out.output and "country of concern" in out.output
     assert "covered-persons-denied-protected" in out.output
@@ -119,22 +96,10 @@ def test_explain_table_for_a_covered_person(tmp_path: Path) -> None:
 
 
 def test_explain_bad_input_is_reported() -> None:
-    bad_json = runner.invoke(
-        app, ["policy", "explain", "--pack", "--principal-json", "{nope", "--dataset", "users"]
-    )
+    bad_json = explain("{nope")
     assert bad_json.exit_code == 2 and "not JSON" in bad_json.output
-    bad_country = runner.invoke(
-        app,
-        [
-            "policy",
-            "explain",
-            "--pack",
-            "--dataset",
-            "users",
-            "--json",
-            "--principal-json",
-            json.dumps({"id": "x", "role": "engineer", "location_country": "USA"}),
-        ],
+    bad_country = explain(
+        json.dumps({"id": "x", "role": "engineer", "location_country": "USA"}), "--json"
     )
     assert bad_country.exit_code == 2
     assert (
@@ -143,19 +108,5 @@ def test_explain_bad_input_is_reported() -> None:
         )
         or "location_country" in bad_country.output
     )
-    unknown = runner.invoke(
-        app,
-        [
-            "policy",
-            "explain",
-            "--pack",
-            "--principal-json",
-            MODERATOR,
-            "--dataset",
-            "users",
-            "--fields",
-            "ssn",
-            "--json",
-        ],
-    )
+    unknown = explain(MODERATOR, "--fields", "ssn", "--json")
     assert unknown.exit_code == 2 and "'ssn'" in json.loads(unknown.output)["message"]
