@@ -150,32 +150,10 @@ def test_access_workflow(home: Path, tmp_path: Path) -> None:
     assert bg["_exit"] == 0 and bg["step"] == "break-glass" and bg["review_id"]
     reviews = run(home, "access", "list", "--reviews")
     assert reviews["reviews"][0]["status"] == "pending"  # type: ignore[index]
-    done = run(
-        home,
-        "access",
-        "review",
-        str(bg["review_id"]),
-        "--as",
-        SAM,
-        "--outcome",
-        "justified",
-        "--notes",
-        "police request on file",
-    )
+    review = (home, "access", "review", str(bg["review_id"]), "--as", SAM)
+    done = run(*review, "--outcome", "justified", "--notes", "police request on file")
     assert done["step"] == "reviewed"
-    bad = run(
-        home,
-        "access",
-        "review",
-        str(bg["review_id"]),
-        "--as",
-        SAM,
-        "--outcome",
-        "maybe",
-        "--notes",
-        "x",
-    )
-    assert bad["_exit"] == 2
+    assert run(*review, "--outcome", "maybe", "--notes", "x")["_exit"] == 2
 
 
 def test_access_without_a_loaded_policy_fails_closed(bare_home: Path) -> None:
