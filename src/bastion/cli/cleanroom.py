@@ -238,14 +238,27 @@ def _admin(actor: str | None) -> Any:
     return Actor(id=name, kind="operator", role="privacy-admin")
 
 
+SCOPE_ARGUMENT = typer.Argument(..., help="analyst or organization")
+PRINCIPAL_ARGUMENT = typer.Argument(..., help="The analyst or organization id.")
+REASON_OPTION = typer.Option(..., "--reason", help="Why (recorded in the ledger).")
+ADMIN_OPTION = typer.Option(None, "--actor", help="Administrator id.")
+
+
+def _report_budget(budget: Any, as_json: bool) -> None:
+    if as_json:
+        emit_json({"ok": True, "budget": budget.to_json()})
+    else:
+        console.print(_budget_table([budget]))
+
+
 @budget_app.command("set")
 def budget_set(
-    scope: str = typer.Argument(..., help="analyst or organization"),
-    principal: str = typer.Argument(..., help="The analyst or organization id."),
+    scope: str = SCOPE_ARGUMENT,
+    principal: str = PRINCIPAL_ARGUMENT,
     epsilon: float = typer.Option(..., "--epsilon", help="Total epsilon allowed."),
     delta: float = typer.Option(1e-6, "--delta", help="Total delta allowed."),
-    reason: str = typer.Option(..., "--reason", help="Why (recorded in the ledger)."),
-    actor: str | None = typer.Option(None, "--actor", help="Administrator id."),
+    reason: str = REASON_OPTION,
+    actor: str | None = ADMIN_OPTION,
     home: Path | None = HOME_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -254,28 +267,22 @@ def budget_set(
         b = room.set_budget(
             scope, principal, epsilon=epsilon, delta=delta, admin=_admin(actor), reason=reason
         )
-        if as_json:
-            emit_json({"ok": True, "budget": b.to_json()})
-            return
-        console.print(_budget_table([b]))
+        _report_budget(b, as_json)
 
 
 @budget_app.command("reset")
 def budget_reset(
-    scope: str = typer.Argument(..., help="analyst or organization"),
-    principal: str = typer.Argument(..., help="The analyst or organization id."),
-    reason: str = typer.Option(..., "--reason", help="Why (recorded in the ledger)."),
-    actor: str | None = typer.Option(None, "--actor", help="Administrator id."),
+    scope: str = SCOPE_ARGUMENT,
+    principal: str = PRINCIPAL_ARGUMENT,
+    reason: str = REASON_OPTION,
+    actor: str | None = ADMIN_OPTION,
     home: Path | None = HOME_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Forget what was spent (a new period). Recorded in the ledger before it takes effect."""
     with reported_errors(as_json), opened_cleanroom(home) as room:
         b = room.reset_budget(scope, principal, admin=_admin(actor), reason=reason)
-        if as_json:
-            emit_json({"ok": True, "budget": b.to_json()})
-            return
-        console.print(_budget_table([b]))
+        _report_budget(b, as_json)
 
 
 @cleanroom_app.command("templates")
