@@ -31,6 +31,7 @@ import contextlib
 import hashlib
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -228,7 +229,7 @@ class Sequencer:
         max_batch_entries: int = 16384,
         max_batch_bytes: int = 32 << 20,
         commit_timeout: float = 120.0,
-        gather_delay: float = 0.002,
+        gather_delay: float = 0.005,
     ) -> None:
         self.db = db
         self._on_commit = on_commit
@@ -243,9 +244,12 @@ class Sequencer:
         self._closing = False
         self._gather = gather_delay
         self._expected = 1  # how many appenders the last commit woke
+        self._last_commit = 0.0  # how long it took, in seconds
         self._thread: threading.Thread | None = None
         self._edge: RightEdge | None = None
         self._appender: storage.PgAppender | None = None  # PostgreSQL's one-statement commit
+        self._checkpointer: storage.WalCheckpointer | None = None  # SQLite's WAL checkpoints
+        self._wal_bytes = 0  # appended since the last checkpoint (SQLite)
         self.batches = 0
         self.committed = 0
 
@@ -316,19 +320,31 @@ class Sequencer:
 
     def submit_one(self, entry: bytes) -> Receipt:
         """`submit` for one entry: the hot path, kept to the minimum of Python per append."""
+        size = len(entry)
+        if size > MAX_ENTRY_SIZE:
+            _record(entry)  # raises the size error
         digest = _sha256(b"\x00" + entry).digest()
-        record = _record(entry)
+        record = size.to_bytes(2, "big") + entry
         done = _allocate_lock()
         done.acquire()
         with self._lock:
-            batch = self._open_batch(1, len(record))
+            queue = self._queue
+            batch = queue[-1] if queue else None
+            if (
+                batch is None
+                or self._closing
+                or len(batch.hashes) >= self._max_entries
+                or batch.nbytes + size + 2 > self._max_bytes
+            ):
+                batch = self._open_batch(1, size + 2)
             position = len(batch.hashes)
             batch.records.append(record)
             batch.hashes.append(digest)
-            batch.nbytes += len(record)
+            batch.nbytes += size + 2
             waiter = len(batch.waiters)
             batch.waiters.append(done)
-            self._joined(batch)
+            if self._idle or self._gathering:
+                self._joined(batch)
         self._wait(batch, done, waiter)
         if batch.error is not None:
             raise _failure(batch.error)
@@ -365,18 +381,34 @@ class Sequencer:
 
     async def submit_one_async(self, entry: bytes) -> Receipt:
         """`submit_async` for one entry: the asyncio hot path."""
+        size = len(entry)
+        if size > MAX_ENTRY_SIZE:
+            _record(entry)  # raises the size error
         digest = _sha256(b"\x00" + entry).digest()
-        record = _record(entry)
+        record = size.to_bytes(2, "big") + entry
         loop = _running_loop()
         future: asyncio.Future[None] = loop.create_future()
         with self._lock:
-            batch = self._open_batch(1, len(record))
+            queue = self._queue
+            batch = queue[-1] if queue else None
+            if (
+                batch is None
+                or self._closing
+                or len(batch.hashes) >= self._max_entries
+                or batch.nbytes + size + 2 > self._max_bytes
+            ):
+                batch = self._open_batch(1, size + 2)
             position = len(batch.hashes)
             batch.records.append(record)
             batch.hashes.append(digest)
-            batch.nbytes += len(record)
-            self._add_future(batch, loop, future)
-            self._joined(batch)
+            batch.nbytes += size + 2
+            waiting = batch.futures.get(loop)
+            if waiting is None:
+                self._add_future(batch, loop, future)
+            else:
+                waiting.append(future)
+            if self._idle or self._gathering:
+                self._joined(batch)
         await future
         if batch.error is not None:
             raise _failure(batch.error)
@@ -394,9 +426,9 @@ class Sequencer:
                     self._idle = True
                     cv.wait()
                     self._idle = False
-                # Group-commit delay: the appenders just woken will be back in microseconds. Give
-                # them a moment (bounded) to join, so the batch is large and the commit runs
-                # while they all wait instead of competing with them for the GIL.
+                # Group-commit delay: the appenders the last commit woke are coming back. Wait
+                # for them (bounded) so they share this commit, instead of committing a few now
+                # and making the rest wait for this commit AND their own.
                 if (
                     self._gather > 0
                     and len(queue) == 1
@@ -404,9 +436,10 @@ class Sequencer:
                     and not self._closing
                 ):
                     self._gathering = True
-                    cv.wait(self._gather)
+                    cv.wait(self._gather_for())
                     self._gathering = False
                 batch = queue.popleft()
+            started = time.monotonic()
             try:
                 batch.first = self._commit(batch.records, batch.hashes)
             except BaseException as exc:  # every failure must reach the waiting appenders
@@ -416,6 +449,7 @@ class Sequencer:
                 log.error("ledger commit failed: %s", type(exc).__name__)
             finally:
                 self._finish(batch)
+                self._last_commit = time.monotonic() - started
             if batch.error is None:
                 self.batches += 1
                 self.committed += len(batch.hashes)
@@ -424,6 +458,16 @@ class Sequencer:
                         self._on_commit(batch.first + len(batch.hashes))
                     except Exception:
                         log.exception("ledger commit listener failed")
+                if self._checkpointer is not None:
+                    self._wal_bytes += batch.nbytes + 32 * len(batch.hashes)
+                    if self._wal_bytes >= storage.WAL_CHECKPOINT_BYTES:
+                        self._wal_bytes = 0
+                        self._checkpointer.request()
+
+    def _gather_for(self) -> float:
+        """How long to wait for the expected appenders: `gather_delay` at most, and no longer
+        than a commit takes (past that, committing now and the stragglers next is faster)."""
+        return min(self._gather, self._last_commit)
 
     def _finish(self, batch: _Batch) -> None:
         """Wake whoever waits on `batch`: its threads (baton passing) and its event loops."""
@@ -458,14 +502,23 @@ class Sequencer:
                 self._edge = edge
                 return old
             edge = None  # another process moved the tree: reload under the lock
+        sqlite = self.db.dialect == "sqlite"
         with self.db.transaction(lock=storage.SEQUENCER_LOCK) as cur:
-            size = storage.read_tree_size(cur, for_update=self.db.dialect == "postgresql")
-            if edge is None or edge.size != size:
-                edge = RightEdge.load(cur, size)
+            if sqlite and self._checkpointer is None:
+                self._checkpointer = storage.WalCheckpointer.open(self.db)
+                storage.defer_wal_checkpoints(cur)  # this thread's connection, from now on
+            # The compare-and-swap first (SQLite: one statement fewer than reading the size);
+            # if the tree moved, reload its edge: the lock is held, so it cannot move again.
+            if sqlite and edge is not None and storage.swap_tree_size(cur, edge.size, len(hashes)):
+                size = edge.size
+            else:
+                size = storage.read_tree_size(cur, for_update=not sqlite)
+                if edge is None or edge.size != size:
+                    edge = RightEdge.load(cur, size)
+                storage.advance_tree_size(cur, size, size + len(hashes))
             writes = edge.integrate(records, hashes)
             storage.write_tiles(cur, writes.tiles)
             storage.write_batch_bundles(cur, writes.bundles, writes.chunks, writes.compacted)
-            storage.advance_tree_size(cur, size, edge.size)
         self._edge = edge
         return size
 
@@ -480,6 +533,9 @@ class Sequencer:
         appender, self._appender = self._appender, None
         if appender is not None:
             appender.close()
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            checkpointer.close()
 
 
 def _expire_all(futures: list[asyncio.Future[None]], timeout: float) -> None:
