@@ -207,3 +207,19 @@ def test_bearer_header_parsing() -> None:
     assert bearer_token("Basic abc") is None
     assert bearer_token("Bearer ") is None
     assert bearer_token(None) is None
+
+
+def test_a_subject_is_never_named_by_their_id_in_entries(clock: FixedClock) -> None:
+    issuer = TokenIssuer(Ed25519PrivateKey.generate(), clock=clock)
+    trusted = TrustedIssuer(issuer.issuer, {issuer.jwk["kid"]: issuer.public_key})
+    ref = "hmac-sha256:" + "ab" * 16
+    verifier = TokenVerifier([trusted], clock=clock, subject_ref=lambda _sid: ref)
+    subject = verifier.verify(issuer.issue("u00001", {"role": "subject"}))
+    # Policy still sees the id (the subject reads their own history); entries see the ref.
+    assert subject.id == "u00001" and subject.actor().id == ref
+    assert subject.actor().kind == "subject"
+    staff = verifier.verify(issuer.issue("alice", ATTRS))
+    assert staff.public_id is None and staff.actor().id == "alice"
+    # Without a ref function, a subject is anonymous in entries rather than named.
+    bare = TokenVerifier([trusted], clock=clock)
+    assert bare.verify(issuer.issue("u00002", {"role": "subject"})).actor().id == "subject"

@@ -9,8 +9,8 @@ from rich.console import Console
 
 from bastion.cli.home_cmd import init_home
 from bastion.clock import SystemClock
-from bastion.gateway.bootstrap import initialize_all
-from bastion.gateway.demo import run_demo
+from bastion.gateway.bootstrap import initialize_all, sample_user
+from bastion.gateway.demo import SUBJECTS, run_demo
 from bastion.ledger.log import open_log
 from bastion.store import Database
 
@@ -24,7 +24,22 @@ def test_demo_story(db: Database, tmp_path: Path) -> None:
         report = run_demo(
             home=home, db=db, ledger=log, clock=clock, console=Console(file=io.StringIO())
         )
+        entries = [bytes(log.entry(i)) for i in range(log.size())]
     finally:
         log.close()
     assert report["ok"] and len(report["steps"]) == 7
     assert report["seconds"] < 30
+    # The whole story's log is public: no entry names a demo subject or their values.
+    raw = [
+        v.encode()
+        for n in range(1, len(SUBJECTS) + 1)
+        for v in (SUBJECTS[n - 1], *_values(sample_user(9_0000 + n)))
+    ]
+    assert len(entries) > 10
+    assert [(i, v) for i, e in enumerate(entries) for v in raw if v in e] == []
+
+
+def _values(user: dict[str, object]) -> list[str]:
+    device_ids = user["device_ids"]
+    assert isinstance(device_ids, list)
+    return [str(user["email"]), str(user["phone"]), str(user["name"]), *map(str, device_ids)]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -114,4 +115,13 @@ def approvals(
     runtime: PolicyRuntime,
     grant_key: Ed25519PrivateKey,
 ) -> ApprovalService:
-    return ApprovalService(policy_db, ledger, clock, runtime.engine, grant_key)
+    return ApprovalService(
+        policy_db, ledger, clock, runtime.engine, grant_key, subject_refs=fake_subject_refs
+    )
+
+
+def fake_subject_refs(ids: Sequence[str]) -> list[str]:
+    """Stands in for the vault's keyed refs (the gateway injects those): same shape, no id."""
+    return [
+        "hmac-sha256:" + hashlib.sha256(b"test-key\x00" + i.encode()).hexdigest()[:32] for i in ids
+    ]

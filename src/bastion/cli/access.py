@@ -41,9 +41,24 @@ def parse_duration(text: str, option: str = "--duration") -> timedelta:
 
 @contextmanager
 def approval_service(home: Path | None) -> Iterator[ApprovalService]:
+    from bastion.vault import open_vault
+    from bastion.vault.lookup import VaultLookup
+
     with policy_context(home) as ctx:
         key = load_or_create_signing_key(ctx.home.keyring_dir, GRANT_KEY_NAME)
-        yield ApprovalService(ctx.db, ctx.ledger, ctx.clock, ctx.runtime.engine, key)
+        # The ledger is public: approval events name subjects by the vault's keyed refs.
+        vault = open_vault(ctx.home, ctx.db, ctx.clock)
+        try:
+            yield ApprovalService(
+                ctx.db,
+                ctx.ledger,
+                ctx.clock,
+                ctx.runtime.engine,
+                key,
+                subject_refs=VaultLookup(vault).subject_refs,
+            )
+        finally:
+            vault.close()
 
 
 def _report(out: StepOutcome, as_json: bool, headline: str) -> None:

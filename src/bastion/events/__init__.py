@@ -159,6 +159,8 @@ class Approval(_Event):
     dataset: str | None = None
     action: str | None = None
     fields: list[str] | None = None
+    # Legacy: raw subject ids, as entries written before ``subject_refs`` carried them. The
+    # log is public, so nothing writes this any more.
     subjects: list[str] | None = None
     justification_type: str | None = None
     approvers_required: int | None = None
@@ -166,6 +168,9 @@ class Approval(_Event):
     review_id: str | None = None
     # True when the step must page someone (break-glass, refused approvals).
     alert: bool | None = None
+    # The subjects the request names, as the keyed 128-bit refs access decisions carry
+    # (``hmac-sha256:<32 hex>``), never raw ids: the subject finds these steps by that ref.
+    subject_refs: list[str] | None = None
 
 
 class ReleaseApproval(_Event):

@@ -17,7 +17,7 @@ import re
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -58,6 +58,9 @@ _NAME = re.compile(r"^[A-Za-z0-9_.:@/+-]{1,128}$")
 CLEARANCES = ("none", "internal", "confidential", "restricted")
 
 
+ANONYMOUS_SUBJECT = "subject"
+
+
 class AuthError(Exception):
     """A bearer token was refused. The message is safe to return (no token contents)."""
 
@@ -85,6 +88,9 @@ class Principal:
     token_id: str | None = None
     expires_at: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # How ledger entries name this caller when the id itself must not be published: a data
+    # subject's token names them by their subject id, so entries carry its keyed ref instead.
+    public_id: str | None = None
 
     @property
     def mfa(self) -> bool:
@@ -100,11 +106,14 @@ class Principal:
         return self.role == "auditor"
 
     def actor(self) -> Actor:
+        """The caller as the (public) ledger names it. A data subject never appears under
+        their raw id: under their keyed ref, or, without one, as an anonymous subject."""
         kind: Literal["principal", "subject", "auditor"] = (
             "subject" if self.is_subject else "auditor" if self.is_auditor else "principal"
         )
+        shown = self.public_id or (ANONYMOUS_SUBJECT if self.is_subject else self.id)
         return Actor(
-            id=self.id[:256],
+            id=shown[:256],
             kind=kind,
             employer=self.employer,
             employer_country=self.employer_country,
@@ -321,7 +330,11 @@ class TokenVerifier:
         audience: str = DEFAULT_AUDIENCE,
         clock: Clock,
         skew: timedelta = CLOCK_SKEW,
+        subject_ref: Callable[[str], str] | None = None,
     ) -> None:
+        """``subject_ref``: a subject id -> the keyed ref ledger entries may carry; a data
+        subject's principal is published under it (``Principal.public_id``)."""
+        self._subject_ref = subject_ref
         self._issuers: dict[str, TrustedIssuer] = {}
         for trusted in issuers:
             self._issuers[trusted.issuer] = trusted
@@ -435,6 +448,9 @@ class TokenVerifier:
         if not isinstance(sub, str) or not sub or len(sub) > 256:
             raise AuthError("missing-claim", "sub must be a non-empty string", claimed=payload)
         extra = {k: v for k, v in payload.items() if k not in {*_ATTRIBUTE_CLAIMS, "amr"}}
+        public_id = None
+        if attrs["role"] == "subject" and self._subject_ref is not None:
+            public_id = self._subject_ref(sub)
         return Principal(
             id=sub,
             issuer=trusted.issuer,
@@ -447,6 +463,7 @@ class TokenVerifier:
             token_id=str(payload["jti"]) if "jti" in payload else None,
             expires_at=int(exp),
             extra=extra,
+            public_id=public_id,
         )
 
 

@@ -29,15 +29,33 @@ async def get_runtime(request: Request) -> Runtime:
     return runtime
 
 
+def _claimed_subject_ref(rt: Runtime, claimed: str) -> str:
+    if not claimed:
+        return "none"
+    try:
+        return f"ref {rt.lookup.subject_refs([claimed])[0]}"
+    except Exception:  # the vault cannot be read: the refusal is still recorded, without it
+        return "unavailable"
+
+
 def record_auth_failure(rt: Runtime, request: Request, exc: AuthError, endpoint: str) -> ApiError:
     """Record a refused token and return the 401 to raise (503 if the ledger is down)."""
     rt.metrics.auth_failures.labels(exc.kind).inc()
-    claimed_sub = exc.claimed_subject or "none"
-    claimed_iss = exc.claimed_issuer or "none"
+    # The claims of a refused token are unauthenticated text, and the log is public and
+    # append-only: anyone could otherwise write a person's id (or anything) into it for good.
+    # A data subject's token even names them by subject id. So the claimed subject goes in as
+    # its keyed ref (the custodian can match it), and the issuer only when it is one we trust.
+    claimed_sub = _claimed_subject_ref(rt, exc.claimed_subject)
+    trusted = {t.issuer for t in rt.verifier.issuers}
+    claimed_iss = (
+        repr(exc.claimed_issuer)
+        if exc.claimed_issuer in trusted
+        else ("untrusted" if exc.claimed_issuer else "none")
+    )
     event = AuthFailure(
         actor=ANONYMOUS,
         reason=f"bearer token refused: {exc.detail} "
-        f"(claimed sub {claimed_sub!r}, claimed iss {claimed_iss!r})",
+        f"(claimed sub {claimed_sub}, claimed iss {claimed_iss})",
         at=iso(rt.clock.now()),
         endpoint=endpoint[:256],
         failure=exc.kind,

@@ -143,6 +143,7 @@ class Runtime:
 
         config = GatewayConfig.from_settings(home.settings.raw)
         vault = open_vault(home, db, clock)
+        lookup = VaultLookup(vault)
         catalog = vault.catalog
         log = ledger if ledger is not None else open_log(home, db, clock)
         store = PolicyStore(db, log, clock)
@@ -153,6 +154,8 @@ class Runtime:
             clock,
             policy.engine,
             load_or_create_signing_key(home.keyring_dir, GRANT_KEY_NAME),
+            # Approval events name subjects by the same keyed refs as access decisions.
+            subject_refs=lookup.subject_refs,
         )
         bulk = BulkCounter(db, clock, bulk_thresholds(config))
         issuer = own_issuer(home, clock)
@@ -161,7 +164,13 @@ class Runtime:
             *load_external_issuers(home, config),
             *(extra_issuers or []),
         ]
-        verifier = TokenVerifier(trusted, audience=config.audience, clock=clock)
+        verifier = TokenVerifier(
+            trusted,
+            audience=config.audience,
+            clock=clock,
+            # A data subject's token names them by subject id; entries carry its ref.
+            subject_ref=lambda subject_id: lookup.subject_refs([subject_id])[0],
+        )
         migrate_index(db)
 
         rt = cls(

@@ -2,9 +2,9 @@
 
 The index (subject hash -> leaf index) is derived from the ledger, never written beside it: a
 catch-up pass reads the entries appended since the last pass and indexes each
-``access.decision`` by the keyed subject hashes it carries (and each approval step by the
-subjects it names). A crash can therefore never leave an access unindexed; at worst the next
-pass reads a few entries again (inserts are idempotent).
+``access.decision`` and each approval step by the keyed subject refs it carries. A crash can
+therefore never leave an access unindexed; at worst the next pass reads a few entries again
+(inserts are idempotent).
 
 Each listed access comes with its entry and an offline C2SP tlog-proof against the published
 checkpoint: the subject (or an auditor) checks it with nothing but the log's vkey.
@@ -161,8 +161,9 @@ class SubjectIndex:
         if doc.get("type") == "access.decision":
             return {str(s) for s in doc.get("subjects") or []}
         if doc.get("type") == "approval":
-            # Approval events name raw subject ids; index them under the same keyed hash.
-            refs = set()
+            # Approval steps carry the same keyed refs as access decisions.
+            refs = {str(s) for s in doc.get("subject_refs") or []}
+            # Entries written before refs named raw subject ids: index those under their ref.
             for subject in doc.get("subjects") or []:
                 ref = self.subject_ref(str(subject))
                 if ref is not None:

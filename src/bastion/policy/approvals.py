@@ -13,6 +13,12 @@ and opens a review that someone else must close.
 Every step appends an ``Approval`` event to the ledger BEFORE the database changes, so the
 ledger always knows at least every approval and grant in force. A crash between the two
 leaves an event whose effect never happened (the step can be retried); never the reverse.
+
+The ledger is a public log, so its events never carry a raw subject id: the subjects a
+request names are recorded as keyed refs (``subject_refs``, the same refs access decisions
+carry), computed by a function the caller injects (the gateway's comes from the vault), and a
+data subject acting as a principal appears under their ref too. The request itself, with the
+raw ids the grant covers, stays in the database.
 """
 
 from __future__ import annotations
@@ -153,7 +159,9 @@ class ApprovalConfig:
     request_ttl: timedelta = timedelta(days=3)
     # Floor on approvers, whatever policy says (policy's @approvers usually sets more).
     min_approvers: int = 1
-    max_subjects: int = 10_000
+    # Each named subject is listed in every step's ledger entry as a 44-byte ref, and an entry
+    # holds at most 64 KiB: 1,000 refs leave room for the rest of the event.
+    max_subjects: int = 1_000
     min_justification_chars: int = 10
     break_glass_default_duration: timedelta = timedelta(minutes=30)
     break_glass_max_duration: timedelta = timedelta(hours=1)
@@ -339,6 +347,8 @@ class AlertCounters:
 
 AlertHook = Callable[[BreakGlassAlert], None]
 EngineSource = Callable[[], PolicyEngine]
+# Subject ids -> the keyed refs the ledger carries, one per id and in order; never an id.
+SubjectRefs = Callable[[Sequence[str]], Sequence[str]]
 
 
 def migrate_approvals(db: Database) -> None:
@@ -358,10 +368,14 @@ class ApprovalService:
         engine: EngineSource,
         signing_key: Ed25519PrivateKey,
         *,
+        subject_refs: SubjectRefs,
         config: ApprovalConfig | None = None,
         alert_hooks: Sequence[AlertHook] = (),
     ) -> None:
+        """``subject_refs`` maps subject ids to the keyed refs written to the (public) ledger
+        instead of the ids; it is required, so no service can record raw ids."""
         self.db = db
+        self._subject_refs = subject_refs
         self.ledger = ledger
         self.clock = clock
         self._engine = engine
@@ -373,6 +387,24 @@ class ApprovalService:
         self.counters = AlertCounters()
 
     # ------------------------------------------------------------------ helpers
+
+    def refs(self, subjects: Sequence[str]) -> list[str]:
+        """The keyed refs recorded for these subject ids (checked: never an id itself)."""
+        if not subjects:
+            return []
+        refs = [str(r) for r in self._subject_refs(list(subjects))]
+        if len(refs) != len(subjects) or any(r in subjects for r in refs):
+            # Fail closed: a broken ref function must not put raw ids in the public log.
+            raise IntegrityError("the subject ref function returned raw or missing refs")
+        return refs
+
+    def _actor(self, attrs: PrincipalAttributes) -> Actor:
+        """The actor as the ledger names it: a data subject under their keyed ref."""
+        actor = attrs.actor()
+        if attrs.role == "subject":
+            (ref,) = self.refs([attrs.subject_id or attrs.id])
+            actor = actor.model_copy(update={"id": ref})
+        return actor
 
     def _event(
         self,
@@ -390,7 +422,7 @@ class ApprovalService:
                 dataset=rec.dataset,
                 action=rec.action.value,
                 fields=list(rec.fields),
-                subjects=list(rec.subjects),
+                subject_refs=self.refs(rec.subjects),
                 justification_type=rec.justification_type.value,
                 approvers_required=rec.approvers_required,
             )
@@ -594,7 +626,7 @@ class ApprovalService:
             raise self._refuse(
                 "denied-by-policy",
                 f"no approval can release {names}: {hopeless[0].reason}",
-                attrs.actor(),
+                self._actor(attrs),
                 request_id,
             )
         needed = max(self.config.min_approvers, plan.approval.approvers if plan.approval else 0)
@@ -621,7 +653,7 @@ class ApprovalService:
         doc = rec.canonical()
         sha = request_sha256(doc)
         event = self._event(
-            attrs.actor(),
+            self._actor(attrs),
             "requested",
             spec.justification_detail,
             None,
@@ -630,7 +662,7 @@ class ApprovalService:
             dataset=rec.dataset,
             action=rec.action.value,
             fields=list(rec.fields),
-            subjects=list(rec.subjects),
+            subject_refs=self.refs(rec.subjects),
             justification_type=rec.justification_type.value,
             approvers_required=needed,
         )
@@ -683,7 +715,7 @@ class ApprovalService:
             raise self._refuse(
                 "self-approval",
                 "a requester can never approve their own request",
-                attrs.actor(),
+                self._actor(attrs),
                 rec.id,
                 rec,
             )
@@ -692,7 +724,7 @@ class ApprovalService:
             raise self._refuse(
                 "not-an-approver",
                 f"policy does not allow this approver ({decision.reason})",
-                attrs.actor(),
+                self._actor(attrs),
                 rec.id,
                 rec,
             )
@@ -700,7 +732,7 @@ class ApprovalService:
 
     def approve(self, request_id: str, approver: PrincipalLike, reason: str) -> StepOutcome:
         """Add one distinct approval; the N-th one issues the grant."""
-        actor = self._attrs(approver).actor()
+        actor = self._actor(self._attrs(approver))
         rec = self._pending(request_id, actor)
         attrs = self._check_approver(rec, approver)
         if attrs.id in rec.approvers and len(rec.approvers) >= rec.approvers_required:
@@ -851,7 +883,7 @@ class ApprovalService:
         return Actor(id="bastion", kind="system")
 
     def deny(self, request_id: str, approver: PrincipalLike, reason: str) -> StepOutcome:
-        actor = self._attrs(approver).actor()
+        actor = self._actor(self._attrs(approver))
         rec = self._pending(request_id, actor)
         self._check_approver(rec, approver)
         event = self._event(actor, "denied", reason, rec, rec.id)
@@ -954,11 +986,17 @@ class ApprovalService:
         attrs = self._attrs(actor)
         row = self._grant_row(grant_id)
         if row is None:
-            raise self._refuse("unknown-grant", f"no grant {grant_id!r}", attrs.actor(), grant_id)
+            raise self._refuse(
+                "unknown-grant", f"no grant {grant_id!r}", self._actor(attrs), grant_id
+            )
         rec = self.get(str(row[1]))
         if row[7] is not None or to_unix(self.clock.now()) >= int(row[6]):
             raise self._refuse(
-                "not-active", "the grant is already revoked or expired", attrs.actor(), rec.id, rec
+                "not-active",
+                "the grant is already revoked or expired",
+                self._actor(attrs),
+                rec.id,
+                rec,
             )
         if attrs.id != row[3]:
             decision = self._engine().can_approve(actor, self.resource(rec))
@@ -966,11 +1004,11 @@ class ApprovalService:
                 raise self._refuse(
                     "not-an-approver",
                     f"policy does not allow this revoker ({decision.reason})",
-                    attrs.actor(),
+                    self._actor(attrs),
                     rec.id,
                     rec,
                 )
-        event = self._event(attrs.actor(), "revoked", reason, rec, rec.id, grant_id=grant_id)
+        event = self._event(self._actor(attrs), "revoked", reason, rec, rec.id, grant_id=grant_id)
         receipt = self.ledger.append(event)
         with self.db.transaction(lock=_LOCK) as cur:
             cur.execute(
@@ -1074,7 +1112,7 @@ class ApprovalService:
             raise self._refuse(
                 "not-permitted",
                 "policy allows this principal no break-glass access here",
-                attrs.actor(),
+                self._actor(attrs),
                 request_id,
             )
         now = self.clock.now()
@@ -1105,7 +1143,7 @@ class ApprovalService:
         review_id = _new_id("rv")
         due = now + self.config.review_within
         event = self._event(
-            attrs.actor(),
+            self._actor(attrs),
             "break-glass",
             spec.justification_detail,
             rec,
@@ -1193,31 +1231,35 @@ class ApprovalService:
         )
         if not rows:
             raise self._refuse(
-                "unknown-review", f"no review {review_id!r}", attrs.actor(), review_id
+                "unknown-review", f"no review {review_id!r}", self._actor(attrs), review_id
             )
         request_id, principal_id, status = rows[0]
         rec = self.get(request_id)
         if status != "pending":
             raise self._refuse(
-                "already-reviewed", f"the review is {status}", attrs.actor(), rec.id, rec
+                "already-reviewed", f"the review is {status}", self._actor(attrs), rec.id, rec
             )
         if attrs.id == principal_id:
             raise self._refuse(
-                "self-review", "nobody reviews their own break-glass", attrs.actor(), rec.id, rec
+                "self-review",
+                "nobody reviews their own break-glass",
+                self._actor(attrs),
+                rec.id,
+                rec,
             )
         decision = self._engine().can_approve(reviewer, self.resource(rec))
         if not decision.allowed:
             raise self._refuse(
                 "not-an-approver",
                 f"policy does not allow this reviewer ({decision.reason})",
-                attrs.actor(),
+                self._actor(attrs),
                 rec.id,
                 rec,
             )
         if not notes.strip():
             raise InputError("a review needs notes", field="notes")
         event = self._event(
-            attrs.actor(),
+            self._actor(attrs),
             "reviewed",
             f"{outcome}: {notes.strip()}",
             rec,

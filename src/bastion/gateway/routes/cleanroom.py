@@ -57,11 +57,14 @@ def cleanroom_query(
         err.request_id = rid
         raise err
     cleanroom = rt.cleanroom()
+    # The clean room records the analyst in the public log: by the name entries may carry
+    # (a data subject's keyed ref, never their id), should policy ever let one analyze.
+    analyst = principal.actor().id
     try:
         result = cleanroom.run_query(
             body,
-            analyst=principal.id,
-            organization=principal.employer or principal.id,
+            analyst=analyst,
+            organization=principal.employer or analyst,
             reason=f"gateway request {rid}",
         )
     except InputError as exc:

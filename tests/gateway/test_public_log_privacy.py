@@ -1,0 +1,268 @@
+"""The transparency log is public (its tiles are served to anyone at /log/), so no entry may
+carry a raw data-subject id or a protected value.
+
+One scenario drives every kind of entry the gateway and the approval workflow write: reads,
+batch reads, searches and exports by subject, denials (policy, covered person, row filter,
+bulk page), approval requests, self-approval and non-approver refusals, approvals, grants,
+grant use and replay, revocation, break-glass with its review, expiry, a data subject
+reading their own history and being refused others', a subject principal trying to read
+data, refused tokens whose claims name a subject or carry an email, and bad input that
+quotes a subject id. Then every entry's bytes are scanned for every raw id and value.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from bastion.clock import FixedClock
+from bastion.events import AccessDecision, Approval, AuthFailure, decode_event
+from bastion.gateway.auth import TokenIssuer
+from bastion.gateway.bootstrap import sample_user
+from bastion.gateway.client import Context, Filter, GatewayError, Justification
+from bastion.gateway.runtime import Runtime
+from bastion.gateway.server import ThreadedServer
+
+from .conftest import USERS, Connect
+
+WHY = Justification(type="customer_initiated_support", detail="the user asked for help")
+NOBODY = "u99999"  # named in a request, but not in the vault
+
+
+def _ctx(*subjects: str, **over: Any) -> Context:
+    return Context(
+        purpose="support",
+        ticket="SUP-31",
+        ticket_subjects=list(subjects),
+        justification=WHY,
+        **over,
+    )
+
+
+def _raw_values() -> dict[str, list[bytes]]:
+    """Every raw subject id and protected or identifying value the scenario's subjects have."""
+    out: dict[str, list[bytes]] = {}
+    for n in range(1, USERS + 1):
+        u = sample_user(n)
+        values = [u["user_id"], u["email"], u["phone"], u["name"], *u["device_ids"]]
+        out[u["user_id"]] = [v.encode() for v in values]
+    out[NOBODY] = [NOBODY.encode()]
+    return out
+
+
+def _refused(call: Any) -> GatewayError:
+    with pytest.raises(GatewayError) as err:
+        call()
+    assert err.value.receipt is not None  # every refusal is recorded
+    return err.value
+
+
+def _scenario(
+    runtime: Runtime, connect: Connect, server: ThreadedServer, clock: FixedClock
+) -> None:
+    alice, kenji, wei = connect("alice"), connect("kenji"), connect("wei")
+    sofia, omar, audra = connect("sofia"), connect("omar"), connect("audra")
+
+    # Reads, batch reads, search and export by subject.
+    alice.read("users", "u00001", fields=["email", "phone", "name"], context=_ctx("u00001"))
+    alice.batch_read(
+        "users", ["u00001", "u00002", NOBODY], fields=["email"], context=_ctx("u00001")
+    )
+    alice.search(
+        "users",
+        filters=[Filter(field="subject", value="u00003")],
+        fields=["email"],
+        context=_ctx("u00003"),
+    )
+    alice.search(
+        "events",
+        filters=[Filter(field="subject", value="u00003")],
+        fields=["device_id"],
+        context=_ctx("u00003"),
+    )
+    alice.export(
+        "events",
+        destination="s3://custodian-exports/sup-31",
+        filters=[Filter(field="subject", value="u00004")],
+        fields=["event_id", "watch_time_s", "user_id", "device_id"],
+        context=_ctx("u00004"),
+    )
+    # Exporting protected fields needs approvers: refused, and an access request opened.
+    _refused(
+        lambda: alice.export(
+            "users",
+            destination="s3://custodian-exports/sup-31",
+            limit=5,
+            filters=[Filter(field="subject", value="u00004")],
+            fields=["email", "phone"],
+            context=_ctx("u00004"),
+        )
+    )
+    kenji.read("users", "u00002", fields=["user_id", "device_ids"], context=Context(purpose="qa"))
+
+    # Denials: policy, covered person, bad input quoting a subject id.
+    _refused(lambda: kenji.read("users", "u00002", fields=["email"], context=Context(purpose="x")))
+    _refused(lambda: wei.read("users", "u00005", fields=["email", "name"], context=_ctx("u00005")))
+    _refused(lambda: alice.read("users", "u00005", fields=["shoe_size"], context=_ctx("u00005")))
+    _refused(
+        lambda: alice.search(
+            "users",
+            filters=[Filter(field="subject", op="in", value='u00006"; DROP TABLE x; --')],
+            fields=["email"],
+            context=_ctx("u00006"),
+        )
+    )
+
+    # Two-person approval: opened by a read, refused self-approval and non-approver, granted,
+    # used, replayed, revoked.
+    err = _refused(
+        lambda: alice.read("users", "u00007", fields=["location"], context=_ctx("u00007"))
+    )
+    rid = str(err.detail["access_request_id"])
+    _refused(lambda: alice.approve(rid, "me"))
+    _refused(lambda: kenji.approve(rid, "fine"))
+    sofia.approve(rid, "ticket checked")
+    grant_id = omar.approve(rid, "agree").grant_id
+    assert grant_id is not None
+    with_grant = _ctx("u00007", grant_id=grant_id)
+    used = alice.read("users", "u00007", fields=["location"], context=with_grant)
+    _refused(
+        lambda: alice.read(
+            "users", "u00007", fields=["location"], context=with_grant, request_id=used.request_id
+        )
+    )
+    sofia.revoke(grant_id, "ticket closed")
+    # A request naming several subjects (one unknown), denied.
+    denied = alice.request_access(
+        "users",
+        fields=["location"],
+        subjects=["u00008", NOBODY],
+        justification=WHY,
+        ticket="SUP-32",
+        purpose="investigation",
+    )
+    sofia.deny(denied.request["request_id"], "not needed")
+
+    # Break-glass, its use and its review.
+    outage = Justification(type="break_glass", detail="payments outage INC-9, account locked")
+    bg = alice.break_glass(
+        "users",
+        fields=["email", "phone"],
+        subjects=["u00009"],
+        justification=outage,
+        duration_seconds=600,
+    )
+    assert bg.grant is not None and bg.review_id is not None
+    alice.read(
+        "users",
+        "u00009",
+        fields=["email"],
+        context=Context(
+            purpose="INC-9",
+            justification=outage,
+            ticket_subjects=["u00009"],
+            grant_token=bg.grant["token"],
+        ),
+    )
+    _refused(lambda: alice.review(bg.review_id or "", "justified", "my own"))
+    sofia.review(bg.review_id, "justified", "INC-9 confirmed")
+
+    # Data subjects: their own history, someone else's, and trying to read data.
+    me = connect(token=runtime.issuer.issue("u00007", {"role": "subject"}))
+    history = me.subject_accesses("u00007")
+    steps = {e.event.get("step") for e in history.entries if e.event.get("type") == "approval"}
+    # The subject still finds the approval workflow on their data, through the refs.
+    assert {"requested", "approved", "granted", "revoked"} <= steps
+    assert any(
+        e.event.get("dataset") == "users" and e.event["actor"]["id"] == "alice"
+        for e in history.entries
+    )
+    _refused(lambda: me.subject_accesses("u00001"))
+    _refused(lambda: me.read("users", "u00007", fields=["email"], context=Context(purpose="me")))
+    assert audra.subject_accesses("u00009").entries
+
+    # Refused tokens whose claims name a subject, an email, or an untrusted issuer.
+    forger = TokenIssuer(
+        Ed25519PrivateKey.generate(),
+        issuer=runtime.issuer.issuer,
+        audience=runtime.issuer.audience,
+        clock=clock,
+    )
+    stranger = TokenIssuer(
+        Ed25519PrivateKey.generate(),
+        issuer="https://evil.example/u00011",
+        audience=runtime.issuer.audience,
+        clock=clock,
+    )
+    for token in (
+        forger.issue("u00010", {"role": "subject"}),
+        stranger.issue("person12@example.com", {"role": "subject"}),
+    ):
+        _refused(lambda token=token: connect(token=token).subject_accesses("u00010"))
+    expiring = runtime.issuer.issue("u00013", {"role": "subject"}, ttl=timedelta(minutes=1))
+    clock.advance(timedelta(hours=9))  # the subject's token and the grants run out
+    _refused(lambda: connect(token=expiring).subject_accesses("u00013"))
+    # A malformed body with a subject's token, straight over HTTP.
+    r = httpx.post(
+        f"{server.url}/datasets/users/read",
+        content=b'{"record_id": "u00014", ',
+        headers={
+            "Authorization": f"Bearer {runtime.issuer.issue('u00014', {'role': 'subject'})}",
+            "Content-Type": "application/json",
+        },
+    )
+    assert r.status_code == 400
+    assert runtime.approvals.expire_due()
+
+
+def test_no_entry_carries_a_raw_subject_id_or_protected_value(
+    runtime: Runtime, connect: Connect, server: ThreadedServer, clock: FixedClock
+) -> None:
+    start = int(runtime.ledger.size())
+    _scenario(runtime, connect, server, clock)
+    size = int(runtime.ledger.size())
+    entries = [bytes(runtime.ledger.entry(i)) for i in range(start, size)]
+    assert len(entries) > 30
+    kinds = {decode_event(e).type for e in entries}
+    assert {"access.decision", "approval", "export", "request.rejected", "auth.failure"} <= kinds
+    leaks = [
+        (start + i, subject, value.decode())
+        for i, entry in enumerate(entries)
+        for subject, values in _raw_values().items()
+        for value in values
+        if value in entry
+    ]
+    assert leaks == []
+
+
+def test_refs_replace_ids_where_ids_used_to_be(
+    runtime: Runtime, connect: Connect, server: ThreadedServer, clock: FixedClock
+) -> None:
+    """The same entries still say who and whom, by keyed ref: the subject's ref is the one
+    their accesses are listed under, and refused tokens are named by ref."""
+    start = int(runtime.ledger.size())
+    _scenario(runtime, connect, server, clock)
+    events = [decode_event(runtime.ledger.entry(i)) for i in range(start, runtime.ledger.size())]
+    ref7 = runtime.subject_ref_for_id("u00007")
+    assert ref7 is not None
+    approvals = [e for e in events if isinstance(e, Approval) and e.subject_refs]
+    assert approvals and all(e.subjects is None for e in events if isinstance(e, Approval))
+    assert any(e.subject_refs == [ref7] for e in approvals)
+    two = next(e for e in approvals if e.subject_refs and len(e.subject_refs) == 2)
+    assert runtime.subject_ref_for_id("u00008") in two.subject_refs  # type: ignore[operator]
+    # A subject principal acts under their ref (own history lookup), never their id.
+    lookups = [e for e in events if isinstance(e, AccessDecision) and e.actor.kind == "subject"]
+    assert lookups and {e.actor.id for e in lookups} <= {
+        ref7,
+        runtime.subject_ref_for_id("u00014"),
+        "subject",
+    }
+    assert ref7 in {e.actor.id for e in lookups}
+    failures = [e for e in events if isinstance(e, AuthFailure)]
+    assert len(failures) >= 3
+    assert all("claimed sub ref hmac-sha256:" in e.reason for e in failures)
+    assert any("claimed iss untrusted" in e.reason for e in failures)
