@@ -252,6 +252,7 @@ class Sequencer:
         self._wal_bytes = 0  # appended since the last checkpoint (SQLite)
         self.batches = 0
         self.committed = 0
+        self.reloads = 0  # commits that found the tree moved by another writer
 
     # --- appenders ---------------------------------------------------------------------------
 
@@ -502,6 +503,7 @@ class Sequencer:
                 self._edge = edge
                 return old
             edge = None  # another process moved the tree: reload under the lock
+            self.reloads += 1
         sqlite = self.db.dialect == "sqlite"
         with self.db.transaction(lock=storage.SEQUENCER_LOCK) as cur:
             if sqlite and self._checkpointer is None:
@@ -514,6 +516,8 @@ class Sequencer:
             else:
                 size = storage.read_tree_size(cur, for_update=not sqlite)
                 if edge is None or edge.size != size:
+                    if edge is not None:
+                        self.reloads += 1
                     edge = RightEdge.load(cur, size)
                 storage.advance_tree_size(cur, size, size + len(hashes))
             writes = edge.integrate(records, hashes)

@@ -386,6 +386,7 @@ class WalCheckpointer:
         self._wanted = threading.Event()
         self._stop = False
         self._thread: threading.Thread | None = None
+        self.checkpoints = 0
 
     @classmethod
     def open(cls, db: Database) -> WalCheckpointer:
@@ -412,6 +413,7 @@ class WalCheckpointer:
                 if conn is None:
                     conn = sqlite3.connect(self._path, isolation_level=None, timeout=60)
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                self.checkpoints += 1
             except sqlite3.Error as exc:  # appends are unaffected; the next request tries again
                 log.warning("WAL checkpoint failed: %s", exc)
             if self._stop:
