@@ -107,19 +107,34 @@ def run_threads(log: Log, entries: list[bytes], appenders: int, seconds: float) 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(appenders)]
     for t in threads:
         t.start()
-    batches_before = log.sequencer.batches
+    before = commit_counters(log)
     stop_at[0] = time.monotonic() + seconds
     t0 = time.perf_counter()
     start_gate.wait()
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - t0
-    total = sum(counts)
+    return run_result(log, before, sum(counts), elapsed)
+
+
+def commit_counters(log: Log) -> tuple[int, float, float]:
+    return log.sequencer.batches, log.sequencer.commit_seconds, time.process_time()
+
+
+def run_result(
+    log: Log, before: tuple[int, float, float], total: int, elapsed: float
+) -> dict[str, Any]:
+    """Throughput, and what explains it: how long a commit took (every append waits for one) and
+    the CPU the process spent per append."""
+    batches, commit_s, cpu = commit_counters(log)
+    commits = batches - before[0]
     return {
         "appends": total,
         "seconds": round(elapsed, 3),
         "appends_per_s": round(total / elapsed),
-        "commits": log.sequencer.batches - batches_before,
+        "commits": commits,
+        "commit_ms_mean": round((commit_s - before[1]) / max(1, commits) * 1000, 2),
+        "cpu_us_per_append": round((cpu - before[2]) / max(1, total) * 1e6, 1),
     }
 
 
@@ -139,14 +154,9 @@ def run_async(log: Log, entries: list[bytes], tasks: int, seconds: float) -> dic
         await asyncio.gather(*(worker(k) for k in range(tasks)))
         return sum(counts), time.perf_counter() - t0
 
-    before = log.sequencer.batches
+    before = commit_counters(log)
     total, elapsed = asyncio.run(main())
-    return {
-        "appends": total,
-        "seconds": round(elapsed, 3),
-        "appends_per_s": round(total / elapsed),
-        "commits": log.sequencer.batches - before,
-    }
+    return run_result(log, before, total, elapsed)
 
 
 def commit_floor_ms(db: Database, samples: int = 50) -> float:

@@ -202,3 +202,24 @@ def test_sqlite_wal_is_checkpointed_beside_the_commits(
     log.close()
     assert checkpointer.checkpoints >= 1
     assert log.verify_storage().entries_checked == 100
+
+
+def test_a_lost_postgresql_connection_fails_the_append_and_the_next_reconnects(
+    log: Log, db: Database
+) -> None:
+    log.append_entries([b"x0"])
+    log.append_entry(b"x1")  # with a cached edge, PostgreSQL commits on the sequencer's own link
+    appender = log.sequencer._appender
+    if db.dialect == "sqlite":  # SQLite commits through the store's connection
+        assert appender is None
+        return
+    assert appender is not None
+    pid = appender._conn.info.backend_pid
+    with db.transaction() as cur:
+        cur.execute("SELECT pg_terminate_backend(?)", (pid,))
+    with pytest.raises(LedgerUnavailable):
+        log.append_entry(b"lost with the connection")
+    assert log.append_entry(b"x2").index == 2  # reloaded under the lock on the store's link
+    assert log.append_entry(b"x3").index == 3  # and a new link of its own
+    assert log.sequencer._appender is not None and log.sequencer._appender is not appender
+    assert [e for _, e in log.entries(0, 4)] == [b"x0", b"x1", b"x2", b"x3"]

@@ -253,6 +253,7 @@ class Sequencer:
         self.batches = 0
         self.committed = 0
         self.reloads = 0  # commits that found the tree moved by another writer
+        self.commit_seconds = 0.0  # time spent in commits (what the batches waited for)
 
     # --- appenders ---------------------------------------------------------------------------
 
@@ -449,8 +450,9 @@ class Sequencer:
                     raise
                 log.error("ledger commit failed: %s", type(exc).__name__)
             finally:
-                self._finish(batch)
                 self._last_commit = time.monotonic() - started
+                self.commit_seconds += self._last_commit
+                self._finish(batch)
             if batch.error is None:
                 self.batches += 1
                 self.committed += len(batch.hashes)
@@ -499,7 +501,13 @@ class Sequencer:
                 self._appender = storage.PgAppender.open(self.db)
             old = edge.size
             writes = edge.integrate(records, hashes)
-            if self._appender.append(old, edge.size, writes):
+            try:
+                appended = self._appender.append(old, edge.size, writes)
+            except BaseException:
+                self._appender.close()  # a fresh connection next time
+                self._appender = None
+                raise
+            if appended:
                 self._edge = edge
                 return old
             edge = None  # another process moved the tree: reload under the lock
