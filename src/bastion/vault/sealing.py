@@ -16,13 +16,15 @@ import os
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import repeat
+from itertools import chain, repeat
+from operator import itemgetter
 
 from cryptography.exceptions import InvalidTag
 
 from bastion.catalog import (
     Classification,
     DatasetSpec,
+    FieldSpec,
     FieldType,
     Value,
     coerce_value,
@@ -75,6 +77,20 @@ class _SealedField:
     header: bytes
     aad_suffix: bytes
     encode_column: Callable[[Sequence[object]], list[bytes]]
+    decode: Callable[[bytes], Value]
+    decode_column: Callable[[list[bytes]], list[Value]]
+
+
+class _OtherOrder(Exception):
+    """A sealed blob does not hold its fields in the layout's order."""
+
+
+# One field of a route: header, bytes from header to body, AAD suffix, the index of its
+# planned item in the record's list (-1: not planned, only skipped), and where its planned
+# items and plaintexts go (decoded a column at a time at the end).
+_OpenStep = tuple[bytes, int, bytes, int, Callable[[FieldRef], None], Callable[[bytes], None]]
+_OpenRoute = tuple[_OpenStep, ...]
+_unpack_len = struct.Struct(">I").unpack_from
 
 
 @dataclass(frozen=True)
@@ -117,6 +133,8 @@ class DatasetLayout:
                     codec.field_header(f.name),
                     codec.field_aad_suffix(f.name),
                     codec.column_encoder(f.type),
+                    codec.value_decoder(f.type),
+                    codec.column_decoder(f.type),
                 )
                 for f in spec.fields
                 if f.classification is not Classification.PUBLIC
@@ -278,6 +296,25 @@ class DatasetLayout:
             add_record((dataset, record_key, token, clear, b"".join(parts)))
         return out
 
+    def _open_route(
+        self, names: tuple[str, ...], columns: list[tuple[list[FieldRef], list[bytes]]]
+    ) -> _OpenRoute | None:
+        """How to walk a blob in this layout's field order for a record planned for
+        ``names`` (sealed fields only), collecting into ``columns`` (one per sealed field);
+        None if a name is not a sealed field."""
+        slots = {name: k for k, name in enumerate(names)}
+        steps: list[_OpenStep] = []
+        for f, (items, plains) in zip(self.sealed, columns, strict=True):
+            k = slots.pop(f.name, -1)
+            steps.append(
+                (f.header, len(f.header) + 4, f.aad_suffix, k, items.append, plains.append)
+            )
+        if slots:
+            return None
+        while steps and steps[-1][3] < 0:  # fields after the last planned one: not read
+            steps.pop()
+        return tuple(steps)
+
     def open_items(
         self,
         grouped: dict[str, list[FieldRef]],
@@ -287,27 +324,48 @@ class DatasetLayout:
         """Open exactly the planned items, grouped by record.
 
         ``rows``: record key -> (subject token, clear JSON or None if no public field is
-        planned, sealed blob); ``keys``: subject token -> field key. Each record's layout
-        and AAD prefix are built once.
+        planned, sealed blob); ``keys``: subject token -> field key. The hot loop of open:
+        each record's AAD prefix is built once, and its sealed blob is walked once, in the
+        order ingest writes fields, opening the planned ones as it meets them. A blob in
+        another order (an older catalog) is walked by field name instead.
         """
         spec = self.spec
-        dataset = spec.name
-        how = {
-            name: (
-                f if f.classification is Classification.PUBLIC else None,
-                name.encode(),
-                codec.field_aad_suffix(name),
-                codec.value_decoder(f.type),
-            )
-            for name in {item.field for items in grouped.values() for item in items}
-            for f in (spec.field(name),)
+        public: dict[str, FieldSpec] = {
+            f.name: f for f in spec.fields if f.classification is Classification.PUBLIC
         }
         head = self.aad_head
         subject_parts: dict[str, tuple[Callable[..., bytes], bytes]] = {}
-        spans_of = codec.sealed_spans
-        opened: dict[FieldRef, Value] = {}
+        routes: dict[tuple[str, ...], _OpenRoute | None] = {}
+        columns: list[tuple[list[FieldRef], list[bytes]]] = [([], []) for _ in self.sealed]
+        length_at = _unpack_len
+        smallest = _NONCE + _TAG
+        # Keys in the order of the plan's groups, whatever order the blobs hold fields in.
+        opened: dict[FieldRef, Value] = dict.fromkeys(chain.from_iterable(grouped.values()))
         for record, items in grouped.items():
             subject, clear_text, sealed = rows[record]
+            names = tuple(map(itemgetter(1), items))
+            if names in routes:
+                route = routes[names]
+            else:
+                for name in names:
+                    spec.field(name)  # an unknown field is an InputError
+                route = routes[names] = self._open_route(names, columns)
+            if route is None:  # public values among them
+                sealed_items = [item for item in items if item[1] not in public]
+                clear = json.loads(clear_text or "{}")
+                for item in items:
+                    f = public.get(item[1])
+                    if f is not None:
+                        # Stored as JSON; given back typed, like the sealed values.
+                        opened[item] = coerce_value(f, clear.get(f.name))
+                if not sealed_items:
+                    continue
+                names = tuple(map(itemgetter(1), sealed_items))
+                items = sealed_items
+                if names not in routes:
+                    routes[names] = self._open_route(names, columns)
+                route = routes[names]
+                assert route is not None
             cached = subject_parts.get(subject)
             if cached is None:
                 aead, dek_version = keys[subject]
@@ -318,35 +376,69 @@ class DatasetLayout:
             decrypt, subject_part = cached
             rk = record.encode()
             prefix = head + len(rk).to_bytes(2, "big") + rk + subject_part
-            spans: dict[bytes, tuple[int, int]] | None = None
-            clear: dict[str, object] | None = None
-            for item in items:
-                public, key, suffix, decode = how[item[1]]
-                if public is not None:
-                    if clear is None:
-                        clear = json.loads(clear_text or "{}")
-                    # Public values are stored as JSON; give them back typed, like the others.
-                    opened[item] = coerce_value(public, clear.get(public.name))
-                    continue
-                if spans is None:
-                    spans = spans_of(sealed)
-                span = spans.get(key)
-                if span is None:
-                    raise IntegrityError(
-                        f"record {record!r} of dataset {dataset!r} has no sealed value for "
-                        f"field {item[1]!r}"
-                    )
-                start, end = span
-                try:
-                    plain = decrypt(
-                        sealed[start : start + _NONCE],
-                        sealed[start + _NONCE : end],
-                        prefix + suffix,
-                    )
-                except InvalidTag:
-                    raise IntegrityError(
-                        f"sealed value failed authentication (dataset {dataset!r}, record "
-                        f"{record!r}, field {item[1]!r})"
-                    ) from None
-                opened[item] = decode(plain)
+            if not sealed or sealed[0] != codec.SEALED_FORMAT:
+                raise IntegrityError("sealed record has an unknown format")
+            i, n = 1, len(sealed)
+            try:
+                for header, skip, suffix, k, add_item, add_plain in route:
+                    if not sealed.startswith(header, i):
+                        raise _OtherOrder
+                    start = i + skip
+                    stop = start + length_at(sealed, start - 4)[0]
+                    if k >= 0:
+                        if stop > n or stop - start < smallest:
+                            raise IntegrityError("sealed record is truncated")
+                        add_plain(
+                            decrypt(
+                                sealed[start : start + _NONCE],
+                                sealed[start + _NONCE : stop],
+                                prefix + suffix,
+                            )
+                        )
+                        add_item(items[k])
+                    i = stop
+            except (_OtherOrder, struct.error):
+                self._open_by_name(record, items, sealed, decrypt, prefix, opened)
+            except InvalidTag:
+                raise IntegrityError(
+                    f"sealed value failed authentication (dataset {spec.name!r}, record "
+                    f"{record!r}, field {items[k][1]!r})"
+                ) from None
+        for sf, (planned, plains) in zip(self.sealed, columns, strict=True):
+            if planned:
+                opened.update(zip(planned, sf.decode_column(plains), strict=True))
         return opened
+
+    def _open_by_name(
+        self,
+        record: str,
+        items: list[FieldRef],
+        sealed: bytes,
+        decrypt: Callable[..., bytes],
+        prefix: bytes,
+        opened: dict[FieldRef, Value],
+    ) -> None:
+        """Open a record's planned sealed items from a blob in any field order."""
+        by_name = {sf.name: sf for sf in self.sealed}
+        spans = codec.sealed_spans(sealed)
+        for item in items:
+            sf = by_name[item[1]]
+            span = spans.get(sf.name.encode())
+            if span is None:
+                raise IntegrityError(
+                    f"record {record!r} of dataset {self.spec.name!r} has no sealed value for "
+                    f"field {sf.name!r}"
+                )
+            start, stop = span
+            try:
+                plain = decrypt(
+                    sealed[start : start + _NONCE],
+                    sealed[start + _NONCE : stop],
+                    prefix + sf.aad_suffix,
+                )
+            except InvalidTag:
+                raise IntegrityError(
+                    f"sealed value failed authentication (dataset {self.spec.name!r}, record "
+                    f"{record!r}, field {sf.name!r})"
+                ) from None
+            opened[item] = sf.decode(plain)
