@@ -223,3 +223,16 @@ def test_a_lost_postgresql_connection_fails_the_append_and_the_next_reconnects(
     assert log.append_entry(b"x3").index == 3  # and a new link of its own
     assert log.sequencer._appender is not None and log.sequencer._appender is not appender
     assert [e for _, e in log.entries(0, 4)] == [b"x0", b"x1", b"x2", b"x3"]
+
+
+def test_the_sequencers_tile_root_is_the_rfc6962_subtree_root() -> None:
+    import os
+
+    from bastion.ledger.sequencer import full_tile_root
+    from bastion.ledger.tiles import TILE_WIDTH, tile_hashes, tile_root
+
+    for _ in range(3):
+        tile = os.urandom(32 * TILE_WIDTH)
+        assert full_tile_root(tile) == tile_root(tile_hashes(tile, TILE_WIDTH))
+    with pytest.raises(ValueError):
+        full_tile_root(tile[:-32])

@@ -45,15 +45,16 @@ from bastion.ledger.tiles import (
     TILE_HEIGHT,
     TILE_WIDTH,
     level_width,
-    tile_hashes,
     tile_levels,
-    tile_root,
 )
 from bastion.store import Cursor, Database
 
 log = logging.getLogger(__name__)
 
-_sha256 = hashlib.sha256
+# Copying a hash state that has already absorbed the RFC 6962 prefix byte is cheaper than
+# creating a new one (and concatenating the prefix) for every leaf and node.
+_LEAF_PREFIX = hashlib.sha256(b"\x00")
+_NODE_PREFIX = hashlib.sha256(b"\x01")
 _allocate_lock = threading.Lock
 _running_loop = asyncio.get_running_loop
 
@@ -97,6 +98,30 @@ class _Batch:
         # False once a waiter gave up before the commit ended: then the sequencer wakes every
         # waiter itself instead of passing the baton (a gone waiter would break the chain).
         self.chained = True
+
+
+def _leaf_hash(entry: bytes) -> bytes:
+    """RFC 6962 leaf hash, SHA-256(0x00 || entry)."""
+    hasher = _LEAF_PREFIX.copy()
+    hasher.update(entry)
+    return hasher.digest()
+
+
+def full_tile_root(tile: bytes) -> bytes:
+    """The root of the perfect 256-leaf subtree whose hashes a full tile holds (RFC 6962 node
+    hashes, level by level): what the tile contributes to the tile level above."""
+    if len(tile) != _TILE_BYTES:
+        raise ValueError("only full tiles are hashed into the level above")
+    copy = _NODE_PREFIX.copy
+    level = tile
+    while len(level) > 32:
+        parents = []
+        for pair in range(0, len(level), 64):
+            hasher = copy()
+            hasher.update(level[pair : pair + 64])
+            parents.append(hasher.digest())
+        level = b"".join(parents)
+    return level
 
 
 def _record(entry: bytes) -> bytes:
@@ -167,7 +192,7 @@ class RightEdge:
             if len(tail) == _TILE_BYTES:
                 full = bytes(tail)
                 tiles.append((level, index, full))
-                roots.append(tile_root(tile_hashes(full, TILE_WIDTH)))
+                roots.append(full_tile_root(full))
                 tail = bytearray()
                 index += 1
         if tail and n:
@@ -303,7 +328,7 @@ class Sequencer:
         """Durably append entries (contiguously, in order); block until committed."""
         if not entries:
             return []
-        hashes = [_sha256(b"\x00" + e).digest() for e in entries]
+        hashes = [_leaf_hash(e) for e in entries]
         records = [_record(e) for e in entries]
         nbytes = sum(map(len, records))
         done = _allocate_lock()
@@ -325,7 +350,9 @@ class Sequencer:
         size = len(entry)
         if size > MAX_ENTRY_SIZE:
             _record(entry)  # raises the size error
-        digest = _sha256(b"\x00" + entry).digest()
+        hasher = _LEAF_PREFIX.copy()
+        hasher.update(entry)
+        digest = hasher.digest()
         record = size.to_bytes(2, "big") + entry
         done = _allocate_lock()
         done.acquire()
@@ -365,7 +392,7 @@ class Sequencer:
         """Like `submit`, without blocking the event loop: thousands of tasks can wait at once."""
         if not entries:
             return []
-        hashes = [_sha256(b"\x00" + e).digest() for e in entries]
+        hashes = [_leaf_hash(e) for e in entries]
         records = [_record(e) for e in entries]
         nbytes = sum(map(len, records))
         loop = _running_loop()
@@ -386,7 +413,9 @@ class Sequencer:
         size = len(entry)
         if size > MAX_ENTRY_SIZE:
             _record(entry)  # raises the size error
-        digest = _sha256(b"\x00" + entry).digest()
+        hasher = _LEAF_PREFIX.copy()
+        hasher.update(entry)
+        digest = hasher.digest()
         record = size.to_bytes(2, "big") + entry
         loop = _running_loop()
         future: asyncio.Future[None] = loop.create_future()
