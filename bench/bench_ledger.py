@@ -11,6 +11,12 @@ loop (the ratio is appends/s over hashes/s), and RFC 8785 encoding of the events
 ``Log.append(event)`` adds on top). Then it builds a 100,000-entry log and times inclusion proofs
 computed from the stored tiles (p50/p99), with a cold reader (no cache) and a warm one.
 
+Each configuration also reports what explains its figure: entries per commit, the mean commit
+latency (every append waits for one; with N appenders a commit carries at most N entries, so
+N / latency bounds the rate), the median latency of a one-row durable commit on an idle log
+(``commit_floor_ms``: the disk's fsync), and the process CPU time per append. ``--verify-size N``
+adds a full verification of an N-entry log served over HTTP by uvicorn.
+
 Prints one JSON document. Usage:
 ``python bench/bench_ledger.py [--seconds 2] [--trials 3] [--pg postgresql://...] [--out FILE]``.
 The machine is shared, so each configuration runs ``--trials`` times and the best is kept
