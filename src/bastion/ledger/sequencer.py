@@ -21,7 +21,13 @@ Costs that decide throughput on a small machine, and what is done about them:
   each finds the GIL free. Async appenders cost no thread switch: one callback per event loop
   resolves that loop's futures.
 - Per-entry work (leaf hash, the bundle's length prefix) is done by the appender, outside the
-  sequencer's critical path; the sequencer only concatenates.
+  sequencer's critical path; the sequencer only concatenates. Entries are written once (as the
+  bundle chunk of their commit), not again when their bundle fills.
+- SQLite: the commit that grows the WAL past its limit no longer copies it into the database
+  before returning; a checkpointer thread does that beside the commits.
+- With N appenders a commit carries at most N entries, so throughput is bounded by N over the
+  commit latency; the sequencer waits (briefly) for the appenders it just woke, so that they
+  share one commit instead of straggling into two.
 """
 
 from __future__ import annotations
