@@ -15,7 +15,7 @@ import pytest
 import vault_rows as R
 
 from bastion.catalog import FieldType, Value, default_catalog
-from bastion.errors import InputError
+from bastion.errors import InputError, IntegrityError
 from bastion.vault import Vault, codec, ingest_file
 from bastion.vault.pseudonyms import new_tokens
 from bastion.vault.sealing import DatasetLayout
@@ -214,3 +214,74 @@ def test_clear_json_holds_public_values_and_pseudonyms(vault: Vault) -> None:
         "user_id": vault.pseudonym_of("u00001"),
         "device_id": None,
     }
+
+
+def _reverse_blob(vault: Vault, record: str) -> None:
+    (blob,) = vault.db.query("SELECT sealed FROM vault_records WHERE record_key = ?", (record,))[0]
+    parts = codec.unpack_sealed(bytes(blob))
+    rebuilt: list[bytes] = []
+    for name in reversed(list(parts)):
+        rebuilt += [codec.field_header(name), codec.blob_part(parts[name])]
+    with vault.db.transaction() as cur:
+        cur.execute(
+            "UPDATE vault_records SET sealed = ? WHERE record_key = ?",
+            (codec.pack_sealed(rebuilt), record),
+        )
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [SEALED_EVENT_FIELDS, ["ts", "event_id"], ["device_id"], ["revenue_usd", "user_id", "ts"]],
+)
+def test_bulk_open_of_sealed_fields_only(
+    vault: Vault, recorded: Recorded, fields: list[str]
+) -> None:
+    rows = [R.event(i, i % 3, revenue_usd=0.25 * i if i % 2 else None) for i in range(9)]
+    vault.ingest_rows("events", R.numbered(rows))
+    records = vault.list_records("events")
+    want = {
+        r: {f: v for f, v in values.items() if f in fields}
+        for r, values in _open_all(vault, recorded, "events").items()
+    }
+    _reverse_blob(vault, records[4])  # one record in another field order: read by name
+    opened = vault.open(recorded("events", [(r, f) for r in records for f in fields]))
+    assert [(ref.record, ref.field) for ref in opened] == [(r, f) for r in records for f in fields]
+    assert opened.by_record() == want
+    assert opened.get_value(records[3], fields[0]) == want[records[3]][fields[0]]
+
+
+def test_bulk_open_of_a_tampered_value_fails(vault: Vault, recorded: Recorded) -> None:
+    vault.ingest_rows("events", R.numbered([R.event(i, 1) for i in range(4)]))
+    records = vault.list_records("events")
+    (blob,) = vault.db.query(
+        "SELECT sealed FROM vault_records WHERE record_key = ?", (records[2],)
+    )[0]
+    tampered = bytearray(bytes(blob))
+    tampered[-1] ^= 1  # the last field's tag
+    with vault.db.transaction() as cur:
+        cur.execute(
+            "UPDATE vault_records SET sealed = ? WHERE record_key = ?",
+            (bytes(tampered), records[2]),
+        )
+    plan = [(r, f) for r in records for f in SEALED_EVENT_FIELDS]
+    with pytest.raises(IntegrityError, match="failed authentication") as exc:
+        vault.open(recorded("events", plan))
+    assert SEALED_EVENT_FIELDS[-1] in str(exc.value)
+    # Fields before the tampered one still open.
+    ok = vault.open(recorded("events", [(records[2], SEALED_EVENT_FIELDS[0])]))
+    assert ok.get_value(records[2], SEALED_EVENT_FIELDS[0]) == records[2]
+
+
+def test_bulk_open_of_a_truncated_blob_fails(vault: Vault, recorded: Recorded) -> None:
+    vault.ingest_rows("events", R.numbered([R.event(i, 1) for i in range(3)]))
+    records = vault.list_records("events")
+    (blob,) = vault.db.query(
+        "SELECT sealed FROM vault_records WHERE record_key = ?", (records[0],)
+    )[0]
+    with vault.db.transaction() as cur:
+        cur.execute(
+            "UPDATE vault_records SET sealed = ? WHERE record_key = ?",
+            (bytes(blob)[:-30], records[0]),
+        )
+    with pytest.raises(IntegrityError):
+        vault.open(recorded("events", [(r, f) for r in records for f in SEALED_EVENT_FIELDS]))

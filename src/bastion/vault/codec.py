@@ -212,10 +212,10 @@ def column_decoder(ftype: FieldType) -> Callable[[list[bytes]], list[Value]]:
     convert = parse
 
     def numbers(data: list[bytes]) -> list[Value]:
-        if b"" in data:
-            return each(data)
         try:
             # int() and float() read the ASCII bytes directly, as they would the text.
+            if b"" in data:
+                return [convert(d) if d else None for d in data]
             return list(map(convert, data))
         except ValueError:
             return each(data)  # raises the IntegrityError for the culprit

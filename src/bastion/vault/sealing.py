@@ -85,10 +85,10 @@ class _OtherOrder(Exception):
     """A sealed blob does not hold its fields in the layout's order."""
 
 
-# One field of a route: header, bytes from header to body, AAD suffix, the index of its
-# planned item in the record's list (-1: not planned, only skipped), and where its planned
-# items and plaintexts go (decoded a column at a time at the end).
-_OpenStep = tuple[bytes, int, bytes, int, Callable[[FieldRef], None], Callable[[bytes], None]]
+# One field of a route: bytes from the field's start to its body (header and length), AAD
+# suffix, the index of its planned item in the record's list (-1: not planned, only
+# skipped), and where its planned items and plaintexts go (decoded a column at a time).
+_OpenStep = tuple[int, bytes, int, Callable[[FieldRef], None], Callable[[bytes], None]]
 _OpenRoute = tuple[_OpenStep, ...]
 _unpack_len = struct.Struct(">I").unpack_from
 
@@ -306,14 +306,106 @@ class DatasetLayout:
         steps: list[_OpenStep] = []
         for f, (items, plains) in zip(self.sealed, columns, strict=True):
             k = slots.pop(f.name, -1)
-            steps.append(
-                (f.header, len(f.header) + 4, f.aad_suffix, k, items.append, plains.append)
-            )
+            steps.append((len(f.header) + 4, f.aad_suffix, k, items.append, plains.append))
         if slots:
             return None
-        while steps and steps[-1][3] < 0:  # fields after the last planned one: not read
+        while steps and steps[-1][2] < 0:  # fields after the last planned one: not read
             steps.pop()
         return tuple(steps)
+
+    def _open_uniform(
+        self,
+        grouped: dict[str, list[FieldRef]],
+        rows: dict[str, tuple[str, str | None, bytes]],
+        keys: dict[str, FieldKey],
+    ) -> dict[FieldRef, Value] | None:
+        """``open_items`` for the bulk case: every record planned for the same sealed
+        fields, in the same order. None if the plan is not of that shape.
+
+        The plaintexts go into one flat list, record after record, so each field's values
+        are a stride of it: decoded a column at a time and put in place by slice.
+        """
+        flat = list(chain.from_iterable(grouped.values()))
+        first = next(iter(grouped.values()))
+        width = len(first)
+        if len(flat) != width * len(grouped) or set(map(len, grouped.values())) != {width}:
+            return None
+        by_name = {f.name: f for f in self.sealed}
+        names = [item[1] for item in first]
+        for q, name in enumerate(names):
+            if name not in by_name or set(map(itemgetter(1), flat[q::width])) != {name}:
+                return None
+        # Blob order (the layout's), up to the last planned field; where each one goes.
+        planned = {name: q for q, name in enumerate(names)}
+        steps: list[tuple[int, bytes, bool]] = []
+        order: list[tuple[_SealedField, int]] = []
+        for f in self.sealed:
+            if len(order) == width:
+                break
+            slot = planned.get(f.name)
+            steps.append((len(f.header) + 4, f.aad_suffix, slot is not None))
+            if slot is not None:
+                order.append((f, slot))
+        every = all(wanted for _, _, wanted in steps)
+        dense = [(skip, suffix) for skip, suffix, _ in steps]
+        head = self.aad_head
+        subject_parts: dict[str, tuple[Callable[..., bytes], bytes]] = {}
+        length_at = _unpack_len
+        plains: list[bytes] = []
+        add = plains.append
+        for record in grouped:
+            subject, _, sealed = rows[record]
+            cached = subject_parts.get(subject)
+            if cached is None:
+                aead, dek_version = keys[subject]
+                cached = subject_parts[subject] = (
+                    aead.decrypt,
+                    codec.subject_aad(subject, dek_version),
+                )
+            decrypt, subject_part = cached
+            rk = record.encode()
+            prefix = head + len(rk).to_bytes(2, "big") + rk + subject_part
+            if not sealed or sealed[0] != codec.SEALED_FORMAT:
+                raise IntegrityError("sealed record has an unknown format")
+            # No field name is checked on the way: a value read as the wrong field fails
+            # authentication (its AAD names the field), and the record is then read again
+            # by name, which also says what is wrong. Slices past the end come out short
+            # and fail too.
+            mark = len(plains)
+            i = 1
+            try:
+                if every:
+                    for skip, suffix in dense:
+                        start = i + skip
+                        i = start + length_at(sealed, start - 4)[0]
+                        add(
+                            decrypt(
+                                sealed[start : start + _NONCE],
+                                sealed[start + _NONCE : i],
+                                prefix + suffix,
+                            )
+                        )
+                else:
+                    for skip, suffix, wanted in steps:
+                        start = i + skip
+                        i = start + length_at(sealed, start - 4)[0]
+                        if wanted:
+                            add(
+                                decrypt(
+                                    sealed[start : start + _NONCE],
+                                    sealed[start + _NONCE : i],
+                                    prefix + suffix,
+                                )
+                            )
+            except (struct.error, InvalidTag, ValueError):  # ValueError: a short nonce
+                del plains[mark:]
+                plains += self._plains_by_name(
+                    record, [f for f, _ in order], sealed, decrypt, prefix
+                )
+        values: list[Value] = [None] * len(flat)
+        for column, (f, q) in enumerate(order):
+            values[q::width] = f.decode_column(plains[column::width])
+        return dict(zip(flat, values, strict=True))
 
     def open_items(
         self,
@@ -329,6 +421,9 @@ class DatasetLayout:
         order ingest writes fields, opening the planned ones as it meets them. A blob in
         another order (an older catalog) is walked by field name instead.
         """
+        uniform = self._open_uniform(grouped, rows, keys)
+        if uniform is not None:
+            return uniform
         spec = self.spec
         public: dict[str, FieldSpec] = {
             f.name: f for f in spec.fields if f.classification is Classification.PUBLIC
@@ -378,16 +473,17 @@ class DatasetLayout:
             prefix = head + len(rk).to_bytes(2, "big") + rk + subject_part
             if not sealed or sealed[0] != codec.SEALED_FORMAT:
                 raise IntegrityError("sealed record has an unknown format")
+            # The walk trusts the blob to be in layout order and checks no field name: a
+            # value read as the wrong field fails authentication (the field name is in its
+            # AAD), and then the record is read again by name, which says what is wrong.
             i, n = 1, len(sealed)
             try:
-                for header, skip, suffix, k, add_item, add_plain in route:
-                    if not sealed.startswith(header, i):
-                        raise _OtherOrder
+                for skip, suffix, k, add_item, add_plain in route:
                     start = i + skip
                     stop = start + length_at(sealed, start - 4)[0]
                     if k >= 0:
                         if stop > n or stop - start < smallest:
-                            raise IntegrityError("sealed record is truncated")
+                            raise _OtherOrder
                         add_plain(
                             decrypt(
                                 sealed[start : start + _NONCE],
@@ -397,13 +493,8 @@ class DatasetLayout:
                         )
                         add_item(items[k])
                     i = stop
-            except (_OtherOrder, struct.error):
+            except (_OtherOrder, struct.error, InvalidTag):
                 self._open_by_name(record, items, sealed, decrypt, prefix, opened)
-            except InvalidTag:
-                raise IntegrityError(
-                    f"sealed value failed authentication (dataset {spec.name!r}, record "
-                    f"{record!r}, field {items[k][1]!r})"
-                ) from None
         for sf, (planned, plains) in zip(self.sealed, columns, strict=True):
             if planned:
                 opened.update(zip(planned, sf.decode_column(plains), strict=True))
@@ -419,26 +510,42 @@ class DatasetLayout:
         opened: dict[FieldRef, Value],
     ) -> None:
         """Open a record's planned sealed items from a blob in any field order."""
-        by_name = {sf.name: sf for sf in self.sealed}
+        by_name = {f.name: f for f in self.sealed}
+        fields = [by_name[item[1]] for item in items]
+        plains = self._plains_by_name(record, fields, sealed, decrypt, prefix)
+        for item, f, plain in zip(items, fields, plains, strict=True):
+            opened[item] = f.decode(plain)
+
+    def _plains_by_name(
+        self,
+        record: str,
+        fields: list[_SealedField],
+        sealed: bytes,
+        decrypt: Callable[..., bytes],
+        prefix: bytes,
+    ) -> list[bytes]:
+        """The plaintexts of ``fields`` of one record, found in its blob by name."""
         spans = codec.sealed_spans(sealed)
-        for item in items:
-            sf = by_name[item[1]]
-            span = spans.get(sf.name.encode())
+        out: list[bytes] = []
+        for f in fields:
+            span = spans.get(f.name.encode())
             if span is None:
                 raise IntegrityError(
                     f"record {record!r} of dataset {self.spec.name!r} has no sealed value for "
-                    f"field {sf.name!r}"
+                    f"field {f.name!r}"
                 )
             start, stop = span
             try:
-                plain = decrypt(
-                    sealed[start : start + _NONCE],
-                    sealed[start + _NONCE : stop],
-                    prefix + sf.aad_suffix,
+                out.append(
+                    decrypt(
+                        sealed[start : start + _NONCE],
+                        sealed[start + _NONCE : stop],
+                        prefix + f.aad_suffix,
+                    )
                 )
             except InvalidTag:
                 raise IntegrityError(
                     f"sealed value failed authentication (dataset {self.spec.name!r}, record "
-                    f"{record!r}, field {sf.name!r})"
+                    f"{record!r}, field {f.name!r})"
                 ) from None
-            opened[item] = sf.decode(plain)
+        return out
