@@ -190,7 +190,7 @@ def test_many_threads_are_all_woken_in_order_of_their_batch(log: Log) -> None:
 def test_sqlite_wal_is_checkpointed_beside_the_commits(
     make_log: LogFactory, db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(storage, "WAL_CHECKPOINT_BYTES", 1000)
+    monkeypatch.setattr(storage, "WAL_CHECKPOINT_PAGES", 10)
     log = make_log()
     for k in range(5):
         log.append_entries([f"w{k}.{i}".encode() * 20 for i in range(20)])

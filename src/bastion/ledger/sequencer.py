@@ -280,7 +280,7 @@ class Sequencer:
         self._edge: RightEdge | None = None
         self._appender: storage.PgAppender | None = None  # PostgreSQL's one-statement commit
         self._checkpointer: storage.WalCheckpointer | None = None  # SQLite's WAL checkpoints
-        self._wal_bytes = 0  # appended since the last checkpoint (SQLite)
+        self._wal_pages = 0  # appended since the last checkpoint (SQLite)
         self.batches = 0
         self.committed = 0
         self.reloads = 0  # commits that found the tree moved by another writer
@@ -496,11 +496,12 @@ class Sequencer:
                         self._on_commit(batch.first + len(batch.hashes))
                     except Exception:
                         log.exception("ledger commit listener failed")
-                if self._checkpointer is not None:
-                    self._wal_bytes += batch.nbytes + 32 * len(batch.hashes)
-                    if self._wal_bytes >= storage.WAL_CHECKPOINT_BYTES:
-                        self._wal_bytes = 0
-                        self._checkpointer.request()
+                if (
+                    self._checkpointer is not None
+                    and self._wal_pages >= storage.WAL_CHECKPOINT_PAGES
+                ):
+                    self._wal_pages = 0
+                    self._checkpointer.request()
 
     def _gather_for(self) -> float:
         """How long to wait for the expected appenders: `gather_delay` at most, and no longer
@@ -566,6 +567,8 @@ class Sequencer:
             writes = edge.integrate(records, hashes)
             storage.write_tiles(cur, writes.tiles)
             storage.write_batch_bundles(cur, writes.bundles, writes.chunks, writes.compacted)
+        if sqlite:
+            self._wal_pages += storage.wal_pages(writes)
         self._edge = edge
         return size
 

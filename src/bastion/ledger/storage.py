@@ -361,8 +361,19 @@ def record_cosignatures(cur: Cursor, size: int, cosignatures: str, witnesses: in
 
 # --- SQLite: WAL checkpoints off the commit path ------------------------------------------------
 
-WAL_CHECKPOINT_BYTES = 4 << 20
-"""Checkpoint the WAL after about this much appended data (SQLite's default is 1000 pages)."""
+WAL_CHECKPOINT_PAGES = 1000
+"""Checkpoint the WAL once about this many pages were appended to it (SQLite's own default).
+
+Kept small on purpose: a checkpointed WAL is rewritten from its start, in place, which makes
+each commit's sync cheaper than one that must also grow the file."""
+
+
+def wal_pages(writes: Writes) -> int:
+    """About how many pages a batch adds to the WAL: each value it writes (values over a page
+    spill into overflow pages), plus the table and index pages it touches."""
+    blobs = [t[2] for t in writes.tiles] + [b[2] for b in writes.bundles]
+    blobs += [c[3] for c in writes.chunks]
+    return 4 + sum(len(blob) // 4000 + 1 for blob in blobs)
 
 
 def defer_wal_checkpoints(cur: Cursor) -> None:
