@@ -51,6 +51,9 @@ DELTA = 1e-7
 EPSILON = 1.0
 CANDIDATES = [float(i) for i in range(0, 301)]  # 1-second grid on [0, 300]
 
+TOP = 10
+TOP_GROUPS: dict[str, list[tuple[str, ...]]] = {}
+
 Key = tuple[str, ...]
 Answer = dict[Key, float]
 
@@ -62,6 +65,8 @@ class QuerySpec:
     bastion: dict[str, Any]
     baseline_sql: str
     private_keys: bool = False
+    # For private keys: group sizes (events), to score the 10 largest groups for every system.
+    size_sql: str = ""
     # Statistic names -> for multi-statistic queries (quantiles) one answer per statistic.
     stats: tuple[str, ...] = ("value",)
 
@@ -97,6 +102,8 @@ Q: list[QuerySpec] = [
         },
         "SELECT campaign_id, COUNT(*) FROM events WHERE event_type = 'ad_click' GROUP BY 1",
         private_keys=True,
+        size_sql="SELECT campaign_id, COUNT(*) FROM events WHERE event_type = 'ad_click'"
+        " GROUP BY 1",
     ),
     QuerySpec(
         "Q4",
@@ -113,6 +120,8 @@ Q: list[QuerySpec] = [
         "SELECT campaign_id || '|' || CAST(day AS VARCHAR), SUM(revenue_usd) FROM events"
         " WHERE revenue_usd IS NOT NULL GROUP BY 1",
         private_keys=True,
+        size_sql="SELECT campaign_id || '|' || CAST(day AS VARCHAR), COUNT(*) FROM events"
+        " WHERE revenue_usd IS NOT NULL GROUP BY 1",
     ),
     QuerySpec(
         "Q5",
@@ -162,6 +171,8 @@ Q: list[QuerySpec] = [
         " / SUM(CASE WHEN event_type = 'ad_impression' THEN 1 ELSE 0 END) FROM events"
         " WHERE event_type IN ('ad_click', 'ad_impression') GROUP BY 1",
         private_keys=True,
+        size_sql="SELECT campaign_id, COUNT(*) FROM events"
+        " WHERE event_type IN ('ad_click', 'ad_impression') GROUP BY 1",
     ),
 ]
 
@@ -206,6 +217,10 @@ def run_baseline(data: Path, runs: int) -> tuple[SystemResult, dict[str, dict[st
             stat: {(str(r[0]),): float(r[1 + i]) for r in rows if r[1 + i] is not None}
             for i, stat in enumerate(q.stats)
         }
+        if q.size_sql:
+            sizes = con.execute(q.size_sql).fetchall()
+            top = sorted(sizes, key=lambda r: -int(r[1]))[:TOP]
+            TOP_GROUPS[q.name] = [(str(r[0]),) for r in top]
     con.close()
     return res, truth
 
@@ -447,24 +462,36 @@ def run_tumult(data: Path, runs: int) -> SystemResult:
 def errors(
     q: QuerySpec, truth: dict[str, Answer], answers: list[dict[str, Answer]]
 ) -> dict[str, float]:
+    """Median relative error over released groups; for private keys also over the TOP largest
+    true groups, where a group that was not released counts as 100% error."""
     rel: list[float] = []
+    top_rel: list[float] = []
     released: list[int] = []
+    top = set(TOP_GROUPS.get(q.name, []))
     for ans in answers:
         n = 0
         for stat in q.stats:
             for key, true in truth[stat].items():
                 got = ans[stat].get(key)
                 if got is None:
+                    if key in top:
+                        top_rel.append(1.0)
                     continue
                 n += 1
+                err = abs(got - true) / abs(true) if true != 0 else 0.0
                 if true != 0:
-                    rel.append(abs(got - true) / abs(true))
+                    rel.append(err)
+                if key in top:
+                    top_rel.append(err)
         released.append(n // len(q.stats))
-    return {
+    out = {
         "median_rel_error": statistics.median(rel) if rel else float("nan"),
         "groups_true": len(truth[q.stats[0]]),
         "groups_released": statistics.mean(released) if released else 0.0,
     }
+    if top:
+        out["top_rel_error"] = statistics.median(top_rel) if top_rel else float("nan")
+    return out
 
 
 def ensure_data(data: Path, users: int, events: int) -> None:
@@ -483,8 +510,11 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--tumult-runs", type=int, default=3)
     ap.add_argument("--systems", default="baseline,bastion,opendp")
+    ap.add_argument("--queries", default=",".join(q.name for q in Q), help="e.g. Q1,Q3")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "cleanroom.json")
     args = ap.parse_args()
+    wanted = set(args.queries.split(","))
+    Q[:] = [q for q in Q if q.name in wanted]
     ensure_data(args.data, args.users, args.events)
     systems = args.systems.split(",")
     started = time.perf_counter()
@@ -571,8 +601,11 @@ def markdown(report: dict[str, Any]) -> str:
             cells.append(f"{e['median_s']:.2f}")
             if s != "baseline":
                 err = f"{e['median_rel_error']:.2%}"
-                if e.get("groups_true", 0) > 1 and e["groups_released"] < e["groups_true"]:
-                    err += f" ({e['groups_released']:.0f}/{e['groups_true']} groups)"
+                if "top_rel_error" in e:
+                    err = (
+                        f"{e['top_rel_error']:.2%} top-{TOP}; {err} over "
+                        f"{e['groups_released']:.0f}/{e['groups_true']} released"
+                    )
                 cells.append(err)
         b, o = row.get("bastion"), row.get("opendp")
         cells.append(f"{o['median_s'] / b['median_s']:.1f}x" if b and o else "—")

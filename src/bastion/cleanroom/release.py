@@ -385,30 +385,32 @@ class _Releaser:
         return rows, len(keys)
 
 
-def _crossing(cum: list[float], target: float) -> float:
-    """Fractional bin index where the cumulative counts first reach ``target``."""
-    prev = 0.0
+def _crossing(cum: list[float], target: float) -> int:
+    """The first bin whose cumulative count reaches ``target`` (len(cum) when none does)."""
     for j, c in enumerate(cum):
         if c >= target:
-            step = c - prev
-            frac = (target - prev) / step if step > 0 else 0.5
-            return j + min(max(frac, 0.0), 1.0)
-        prev = c
-    return float(len(cum))
+            return j
+    return len(cum)
 
 
 def _quantile(
     hist: Sequence[int], q: float, lo: float, width: float, err: float
 ) -> tuple[float | None, tuple[float | None, float | None]]:
+    """The q-quantile on the grid of bin edges, like the candidate lists of OpenDP and Tumult.
+
+    The answer is the lower edge of the first bin where the noisy cumulative count reaches q of
+    the noisy total; the interval runs from the lower edge of the bin reached at q*N - 2*err to
+    the upper edge of the bin reached at q*N + 2*err.
+    """
     cum = list(itertools.accumulate(float(h) for h in hist))
     total = cum[-1] if cum else 0.0
     top = lo + width * len(hist)
     if total <= 0:
         return None, (lo, top)
-    value = lo + width * _crossing(cum, q * total)
+    value = min(lo + width * _crossing(cum, q * total), top)
     low = lo + width * _crossing(cum, q * total - 2 * err)
-    high = lo + width * _crossing(cum, q * total + 2 * err)
-    return value, (max(lo, low), min(top, high))
+    high = lo + width * (_crossing(cum, q * total + 2 * err) + 1)
+    return value, (max(lo, min(low, value)), min(top, max(high, value)))
 
 
 def release(plan: QueryPlan, agg: BoundedAggregate, *, selection_share: float = 1 / 3) -> Release:
