@@ -163,12 +163,15 @@ def main() -> None:
         "queries": {},
     }
     for name in specs:
-        times, answers = [], []
+        times: list[float] = []
+        answers: list[Any] = []
+        result["queries"][name] = {"times": times, "answers": answers}
         for _ in range(args.runs):
             t = time.perf_counter()
             answers.append(run(name))
             times.append(time.perf_counter() - t)
-        result["queries"][name] = {"times": times, "answers": answers}
+            with open(args.out, "w") as fh:  # after every run: a timeout keeps what finished
+                json.dump(result, fh)
         print(f"  tumult  {name}: {min(times):.2f}s", flush=True)
         with open(args.out, "w") as fh:
             json.dump(result, fh)
