@@ -187,23 +187,6 @@ def test_many_threads_are_all_woken_in_order_of_their_batch(log: Log) -> None:
     assert log.sequencer.batches < 64 * 20
 
 
-def test_sqlite_wal_is_checkpointed_beside_the_commits(
-    make_log: LogFactory, db: Database, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(storage, "WAL_CHECKPOINT_PAGES", 10)
-    log = make_log()
-    for k in range(5):
-        log.append_entries([f"w{k}.{i}".encode() * 20 for i in range(20)])
-    checkpointer = log.sequencer._checkpointer
-    if db.dialect == "postgresql":  # the server checkpoints its own WAL
-        assert checkpointer is None
-        return
-    assert checkpointer is not None
-    log.close()
-    assert checkpointer.checkpoints >= 1
-    assert log.verify_storage().entries_checked == 100
-
-
 def test_a_lost_postgresql_connection_fails_the_append_and_the_next_reconnects(
     log: Log, db: Database
 ) -> None:

@@ -23,8 +23,6 @@ Costs that decide throughput on a small machine, and what is done about them:
 - Per-entry work (leaf hash, the bundle's length prefix) is done by the appender, outside the
   sequencer's critical path; the sequencer only concatenates. Entries are written once (as the
   bundle chunk of their commit), not again when their bundle fills.
-- SQLite: the commit that grows the WAL past its limit no longer copies it into the database
-  before returning; a checkpointer thread does that beside the commits.
 - With N appenders a commit carries at most N entries, so throughput is bounded by N over the
   commit latency; the sequencer waits (briefly) for the appenders it just woke, so that they
   share one commit instead of straggling into two.
@@ -279,8 +277,6 @@ class Sequencer:
         self._thread: threading.Thread | None = None
         self._edge: RightEdge | None = None
         self._appender: storage.PgAppender | None = None  # PostgreSQL's one-statement commit
-        self._checkpointer: storage.WalCheckpointer | None = None  # SQLite's WAL checkpoints
-        self._wal_pages = 0  # appended since the last checkpoint (SQLite)
         self.batches = 0
         self.committed = 0
         self.reloads = 0  # commits that found the tree moved by another writer
@@ -496,12 +492,6 @@ class Sequencer:
                         self._on_commit(batch.first + len(batch.hashes))
                     except Exception:
                         log.exception("ledger commit listener failed")
-                if (
-                    self._checkpointer is not None
-                    and self._wal_pages >= storage.WAL_CHECKPOINT_PAGES
-                ):
-                    self._wal_pages = 0
-                    self._checkpointer.request()
 
     def _gather_for(self) -> float:
         """How long to wait for the expected appenders: `gather_delay` at most, and no longer
@@ -550,9 +540,6 @@ class Sequencer:
             self.reloads += 1
         sqlite = self.db.dialect == "sqlite"
         with self.db.transaction(lock=storage.SEQUENCER_LOCK) as cur:
-            if sqlite and self._checkpointer is None:
-                self._checkpointer = storage.WalCheckpointer.open(self.db)
-                storage.defer_wal_checkpoints(cur)  # this thread's connection, from now on
             # The compare-and-swap first (SQLite: one statement fewer than reading the size);
             # if the tree moved, reload its edge: the lock is held, so it cannot move again.
             if sqlite and edge is not None and storage.swap_tree_size(cur, edge.size, len(hashes)):
@@ -567,8 +554,6 @@ class Sequencer:
             writes = edge.integrate(records, hashes)
             storage.write_tiles(cur, writes.tiles)
             storage.write_batch_bundles(cur, writes.bundles, writes.chunks, writes.compacted)
-        if sqlite:
-            self._wal_pages += storage.wal_pages(writes)
         self._edge = edge
         return size
 
@@ -583,9 +568,6 @@ class Sequencer:
         appender, self._appender = self._appender, None
         if appender is not None:
             appender.close()
-        checkpointer, self._checkpointer = self._checkpointer, None
-        if checkpointer is not None:
-            checkpointer.close()
 
 
 def _expire_all(futures: list[asyncio.Future[None]], timeout: float) -> None:

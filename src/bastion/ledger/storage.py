@@ -20,18 +20,13 @@ Every function takes an open cursor so callers decide the transaction boundaries
 
 from __future__ import annotations
 
-import logging
 import re
-import sqlite3
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from bastion.errors import IntegrityError, StoreUnavailable
 from bastion.store import Cursor, Database
-
-log = logging.getLogger(__name__)
 
 COMPONENT = "ledger"
 
@@ -357,87 +352,6 @@ def record_cosignatures(cur: Cursor, size: int, cosignatures: str, witnesses: in
         "UPDATE ledger_checkpoints SET cosignatures = ?, witnesses = ? WHERE tree_size = ?",
         (cosignatures, witnesses, size),
     )
-
-
-# --- SQLite: WAL checkpoints off the commit path ------------------------------------------------
-
-WAL_CHECKPOINT_PAGES = 1000
-"""Checkpoint the WAL once about this many pages were appended to it (SQLite's own default).
-
-Kept small on purpose: a checkpointed WAL is rewritten from its start, in place, which makes
-each commit's sync cheaper than one that must also grow the file."""
-
-
-def wal_pages(writes: Writes) -> int:
-    """About how many pages a batch adds to the WAL: each value it writes (values over a page
-    spill into overflow pages), plus the table and index pages it touches."""
-    blobs = [t[2] for t in writes.tiles] + [b[2] for b in writes.bundles]
-    blobs += [c[3] for c in writes.chunks]
-    return 4 + sum(len(blob) // 4000 + 1 for blob in blobs)
-
-
-def defer_wal_checkpoints(cur: Cursor) -> None:
-    """SQLite only: this connection's commits no longer checkpoint the WAL themselves.
-
-    By default the commit that grows the WAL past 1000 pages also copies it into the database
-    and syncs that, before it returns: tens of milliseconds in which a whole batch of appenders
-    waits for work their entries do not need. The sequencer has `WalCheckpointer` do it instead,
-    beside the commits.
-    """
-    cur.execute("PRAGMA wal_autocheckpoint=0")
-
-
-class WalCheckpointer:
-    """PASSIVE checkpoints (which never block writers or readers, and leave for later what they
-    cannot copy yet) in a thread and a SQLite connection of their own, so that commits go on
-    while the WAL is copied into the database."""
-
-    def __init__(self, path: str) -> None:
-        self._path = path
-        self._wanted = threading.Event()
-        self._stop = False
-        self._thread: threading.Thread | None = None
-        self.checkpoints = 0
-
-    @classmethod
-    def open(cls, db: Database) -> WalCheckpointer:
-        path = getattr(db, "path", None)
-        if db.dialect != "sqlite" or path is None:
-            raise StoreUnavailable(f"{db.description} is not a SQLite database")
-        return cls(str(path))
-
-    def request(self) -> None:
-        """Checkpoint soon (at once if the thread is idle)."""
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._run, name="ledger-checkpoints", daemon=True
-            )
-            self._thread.start()
-        self._wanted.set()
-
-    def _run(self) -> None:
-        conn: sqlite3.Connection | None = None
-        while True:
-            self._wanted.wait()
-            self._wanted.clear()
-            try:
-                if conn is None:
-                    conn = sqlite3.connect(self._path, isolation_level=None, timeout=60)
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                self.checkpoints += 1
-            except sqlite3.Error as exc:  # appends are unaffected; the next request tries again
-                log.warning("WAL checkpoint failed: %s", exc)
-            if self._stop:
-                if conn is not None:
-                    conn.close()
-                return
-
-    def close(self) -> None:
-        """One last checkpoint (if any was ever needed), then stop."""
-        if self._thread is not None:
-            self._stop = True
-            self._wanted.set()
-            self._thread.join()
 
 
 # --- PostgreSQL: one statement per batch ------------------------------------------------------
