@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bastion.errors import BastionError, InputError
@@ -40,7 +41,11 @@ def reported_errors(as_json: bool = False) -> Iterator[None]:
         if as_json:
             emit_json({"ok": False, "error": type(exc).__name__, "message": str(exc)})
         else:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            # soft_wrap: a message names files and rows; a hard wrap would split them.
+            # escape: the message may quote input, which must never be read as markup.
+            err_console.print(
+                f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+            )
         raise typer.Exit(exc.exit_code) from None
 
 
