@@ -31,8 +31,14 @@ unit: $(STAMP) system
 
 test: lint typecheck unit
 
+# Every benchmark with its defaults (about an hour; the clean room's Tumult column needs
+# bench/setup_tumult.sh first). Each prints its figures; they are kept in bench/out/.
+BENCHES := vault ledger gateway releases verify cleanroom
 bench: $(STAMP) system
-	$(BIN)/python bench/run_all.py
+	@mkdir -p bench/out
+	@set -e; for b in $(BENCHES); do \
+		echo "== bench/bench_$$b.py"; $(BIN)/python bench/bench_$$b.py > bench/out/$$b.out; cat bench/out/$$b.out; \
+	done
 
 clean:
 	rm -rf $(VENV) .bastion .pytest_cache .mypy_cache .ruff_cache
