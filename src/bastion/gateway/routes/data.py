@@ -8,8 +8,9 @@ import orjson
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
+from bastion.gateway.auth import Principal
 from bastion.gateway.deps import CurrentPrincipal, RuntimeDep
-from bastion.gateway.errors import ERROR_RESPONSES
+from bastion.gateway.errors import ERROR_RESPONSES, ApiError
 from bastion.gateway.models import (
     NAME,
     BatchReadRequest,
@@ -19,6 +20,7 @@ from bastion.gateway.models import (
     SearchRequest,
 )
 from bastion.gateway.pipeline import Gate, Selection, endpoint_of, new_request_id, reject
+from bastion.gateway.runtime import Runtime
 from bastion.policy import Action
 
 router = APIRouter(tags=["data"])
@@ -30,7 +32,49 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _json(out: dict[str, Any]) -> Response:
+def _too_large(
+    rt: Runtime,
+    principal: Principal,
+    request: Request,
+    dataset: str,
+    kind: str,
+    message: str,
+    field: str,
+) -> ApiError:
+    return reject(
+        rt,
+        principal.actor(),
+        request_id=new_request_id(request),
+        endpoint=endpoint_of(request),
+        status=422,
+        kind=kind,
+        message=message,
+        dataset=dataset,
+        field=field,
+    )
+
+
+def _release(
+    rt: Runtime,
+    principal: Principal,
+    request: Request,
+    dataset: str,
+    body: ReadRequest | BatchReadRequest | SearchRequest | ExportRequest,
+    action: Action,
+    selection: Selection,
+    destination: str | None = None,
+) -> Response:
+    out = Gate(rt).release(
+        principal,
+        action=action,
+        dataset=dataset,
+        fields=body.fields,
+        context=body.context,
+        selection=selection,
+        request_id=new_request_id(request),
+        endpoint=endpoint_of(request),
+        destination=destination,
+    )
     return Response(orjson.dumps(out), media_type="application/json")
 
 
@@ -43,17 +87,8 @@ def read_record(
     rt: RuntimeDep,
 ) -> Response:
     """Read one record: the fields policy releases, each in its planned form."""
-    out = Gate(rt).release(
-        principal,
-        action=Action.READ,
-        dataset=dataset,
-        fields=body.fields,
-        context=body.context,
-        selection=Selection(record_ids=(body.record_id,)),
-        request_id=new_request_id(request),
-        endpoint=endpoint_of(request),
-    )
-    return _json(out)
+    selection = Selection(record_ids=(body.record_id,))
+    return _release(rt, principal, request, dataset, body, Action.READ, selection)
 
 
 @router.post("/datasets/{dataset}/batch-read", responses=_RESPONSES, response_model=None)
@@ -65,30 +100,12 @@ def batch_read(
     rt: RuntimeDep,
 ) -> Response:
     """Read many records in one decision and one ledger entry."""
-    rid = new_request_id(request)
-    if len(body.record_ids) > rt.config.max_batch:
-        raise reject(
-            rt,
-            principal.actor(),
-            request_id=rid,
-            endpoint=endpoint_of(request),
-            status=422,
-            kind="batch-too-large",
-            message=f"at most {rt.config.max_batch} record ids per batch",
-            dataset=dataset,
-            field="record_ids",
-        )
-    out = Gate(rt).release(
-        principal,
-        action=Action.READ,
-        dataset=dataset,
-        fields=body.fields,
-        context=body.context,
-        selection=Selection(record_ids=tuple(body.record_ids)),
-        request_id=rid,
-        endpoint=endpoint_of(request),
-    )
-    return _json(out)
+    limit = rt.config.max_batch
+    if len(body.record_ids) > limit:
+        message = f"at most {limit} record ids per batch"
+        raise _too_large(rt, principal, request, dataset, "batch-too-large", message, "record_ids")
+    selection = Selection(record_ids=tuple(body.record_ids))
+    return _release(rt, principal, request, dataset, body, Action.READ, selection)
 
 
 @router.post("/datasets/{dataset}/search", responses=_RESPONSES, response_model=None)
@@ -100,32 +117,15 @@ def search(
     rt: RuntimeDep,
 ) -> Response:
     """One page of records matching structured filters (subject or record id)."""
-    rid = new_request_id(request)
-    if body.page_size > rt.config.max_page_size:
-        raise reject(
-            rt,
-            principal.actor(),
-            request_id=rid,
-            endpoint=endpoint_of(request),
-            status=422,
-            kind="page-size-out-of-range",
-            message=f"page_size must be at most {rt.config.max_page_size}",
-            dataset=dataset,
-            field="page_size",
-        )
-    out = Gate(rt).release(
-        principal,
-        action=Action.SEARCH,
-        dataset=dataset,
-        fields=body.fields,
-        context=body.context,
-        selection=Selection(
-            filters=tuple(body.filters), page_size=body.page_size, page_token=body.page_token
-        ),
-        request_id=rid,
-        endpoint=endpoint_of(request),
+    limit = rt.config.max_page_size
+    if body.page_size > limit:
+        message = f"page_size must be at most {limit}"
+        kind = "page-size-out-of-range"
+        raise _too_large(rt, principal, request, dataset, kind, message, "page_size")
+    selection = Selection(
+        filters=tuple(body.filters), page_size=body.page_size, page_token=body.page_token
     )
-    return _json(out)
+    return _release(rt, principal, request, dataset, body, Action.SEARCH, selection)
 
 
 @router.post("/datasets/{dataset}/export", responses=_RESPONSES, response_model=None)
@@ -137,28 +137,11 @@ def export(
     rt: RuntimeDep,
 ) -> Response:
     """Export matching records (also recorded as an Export event)."""
-    rid = new_request_id(request)
-    if body.limit > rt.config.max_export:
-        raise reject(
-            rt,
-            principal.actor(),
-            request_id=rid,
-            endpoint=endpoint_of(request),
-            status=422,
-            kind="export-too-large",
-            message=f"an export holds at most {rt.config.max_export} records",
-            dataset=dataset,
-            field="limit",
-        )
-    out = Gate(rt).release(
-        principal,
-        action=Action.EXPORT,
-        dataset=dataset,
-        fields=body.fields,
-        context=body.context,
-        selection=Selection(filters=tuple(body.filters), page_size=body.limit),
-        request_id=rid,
-        endpoint=endpoint_of(request),
-        destination=body.destination,
+    limit = rt.config.max_export
+    if body.limit > limit:
+        message = f"an export holds at most {limit} records"
+        raise _too_large(rt, principal, request, dataset, "export-too-large", message, "limit")
+    selection = Selection(filters=tuple(body.filters), page_size=body.limit)
+    return _release(
+        rt, principal, request, dataset, body, Action.EXPORT, selection, body.destination
     )
-    return _json(out)
