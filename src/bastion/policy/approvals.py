@@ -506,6 +506,93 @@ class ApprovalService:
                 field="justification_detail",
             )
 
+    @staticmethod
+    def _duration(
+        spec: AccessRequestSpec, default: timedelta, maximum: timedelta, too_long: str
+    ) -> timedelta:
+        duration = timedelta(seconds=spec.duration_seconds) if spec.duration_seconds else default
+        if duration > maximum:
+            raise InputError(too_long, field="duration_seconds")
+        return duration
+
+    @staticmethod
+    def _new_record(
+        request_id: str,
+        kind: Literal["approval", "break-glass"],
+        attrs: PrincipalAttributes,
+        spec: AccessRequestSpec,
+        fields: tuple[str, ...],
+        duration: timedelta,
+        approvers_required: int,
+        policy_sha256: str,
+        now: datetime,
+    ) -> AccessRequestRecord:
+        """A new request, before its hash is known; break-glass is in force from the start."""
+        return AccessRequestRecord(
+            id=request_id,
+            kind=kind,
+            requester=attrs.actor(),
+            dataset=spec.dataset,
+            action=spec.action,
+            fields=fields,
+            subjects=tuple(sorted(spec.subjects)),
+            justification_type=spec.justification_type,
+            justification_detail=spec.justification_detail,
+            ticket=spec.ticket,
+            purpose=spec.purpose,
+            duration_seconds=int(duration.total_seconds()),
+            approvers_required=approvers_required,
+            policy_sha256=policy_sha256,
+            created_at=iso(now),
+            request_sha256="",
+            status="pending" if kind == "approval" else "break-glass",
+        )
+
+    @staticmethod
+    def _insert_request(
+        cur: Any,
+        rec: AccessRequestRecord,
+        requester_id: str,
+        doc: dict[str, Any],
+        sha: str,
+        lapses_unix: int,
+        decided_at: str | None,
+        ledger_index: int,
+    ) -> None:
+        # The requester's full id: the record's actor carries it cut to the ledger's length.
+        cur.execute(
+            "INSERT INTO access_requests (id, kind, requester_id, canonical, request_sha256, "
+            "dataset, approvers_required, status, created_at, lapses_unix, decided_at, "
+            "ledger_index) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                rec.id,
+                rec.kind,
+                requester_id,
+                json.dumps(doc, sort_keys=True),
+                sha,
+                rec.dataset,
+                rec.approvers_required,
+                rec.status,
+                rec.created_at,
+                lapses_unix,
+                decided_at,
+                ledger_index,
+            ),
+        )
+
+    def _check_may_approve(
+        self, who: PrincipalLike, attrs: PrincipalAttributes, rec: AccessRequestRecord, role: str
+    ) -> None:
+        decision = self._engine().can_approve(who, self.resource(rec))
+        if not decision.allowed:
+            raise self._refuse(
+                "not-an-approver",
+                f"policy does not allow this {role} ({decision.reason})",
+                self._actor(attrs),
+                rec.id,
+                rec,
+            )
+
     # ------------------------------------------------------------------ reading
 
     def get(self, request_id: str) -> AccessRequestRecord:
@@ -605,16 +692,12 @@ class ApprovalService:
         self._check_justification(spec)
         if len(spec.subjects) > self.config.max_subjects:
             raise InputError(f"at most {self.config.max_subjects} subjects", field="subjects")
-        duration = (
-            timedelta(seconds=spec.duration_seconds)
-            if spec.duration_seconds
-            else self.config.default_duration
+        duration = self._duration(
+            spec,
+            self.config.default_duration,
+            self.config.max_duration,
+            f"duration exceeds the maximum of {self.config.max_duration}",
         )
-        if duration > self.config.max_duration:
-            raise InputError(
-                f"duration exceeds the maximum of {self.config.max_duration}",
-                field="duration_seconds",
-            )
         engine = self._engine()
         attrs = engine.attributes(requester)
         fields = self._resolve_fields(spec)
@@ -631,24 +714,8 @@ class ApprovalService:
             )
         needed = max(self.config.min_approvers, plan.approval.approvers if plan.approval else 0)
         now = self.clock.now()
-        rec = AccessRequestRecord(
-            id=request_id,
-            kind="approval",
-            requester=attrs.actor(),
-            dataset=spec.dataset,
-            action=spec.action,
-            fields=fields,
-            subjects=tuple(sorted(spec.subjects)),
-            justification_type=spec.justification_type,
-            justification_detail=spec.justification_detail,
-            ticket=spec.ticket,
-            purpose=spec.purpose,
-            duration_seconds=int(duration.total_seconds()),
-            approvers_required=needed,
-            policy_sha256=engine.sha256,
-            created_at=iso(now),
-            request_sha256="",
-            status="pending",
+        rec = self._new_record(
+            request_id, "approval", attrs, spec, fields, duration, needed, engine.sha256, now
         )
         doc = rec.canonical()
         sha = request_sha256(doc)
@@ -668,24 +735,8 @@ class ApprovalService:
         )
         receipt = self.ledger.append(event)
         with self.db.transaction(lock=_LOCK) as cur:
-            cur.execute(
-                "INSERT INTO access_requests (id, kind, requester_id, canonical, request_sha256, "
-                "dataset, approvers_required, status, created_at, lapses_unix, ledger_index) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    request_id,
-                    "approval",
-                    attrs.id,
-                    json.dumps(doc, sort_keys=True),
-                    sha,
-                    rec.dataset,
-                    needed,
-                    "pending",
-                    rec.created_at,
-                    to_unix(now + self.config.request_ttl),
-                    receipt.index,
-                ),
-            )
+            lapses_unix = to_unix(now + self.config.request_ttl)
+            self._insert_request(cur, rec, attrs.id, doc, sha, lapses_unix, None, receipt.index)
         return StepOutcome(self.get(request_id), event, receipt)
 
     # ------------------------------------------------------------------ deciding
@@ -719,15 +770,7 @@ class ApprovalService:
                 rec.id,
                 rec,
             )
-        decision = self._engine().can_approve(approver, self.resource(rec))
-        if not decision.allowed:
-            raise self._refuse(
-                "not-an-approver",
-                f"policy does not allow this approver ({decision.reason})",
-                self._actor(attrs),
-                rec.id,
-                rec,
-            )
+        self._check_may_approve(approver, attrs, rec, "approver")
         return attrs
 
     def approve(self, request_id: str, approver: PrincipalLike, reason: str) -> StepOutcome:
@@ -999,15 +1042,7 @@ class ApprovalService:
                 rec,
             )
         if attrs.id != row[3]:
-            decision = self._engine().can_approve(actor, self.resource(rec))
-            if not decision.allowed:
-                raise self._refuse(
-                    "not-an-approver",
-                    f"policy does not allow this revoker ({decision.reason})",
-                    self._actor(attrs),
-                    rec.id,
-                    rec,
-                )
+            self._check_may_approve(actor, attrs, rec, "revoker")
         event = self._event(self._actor(attrs), "revoked", reason, rec, rec.id, grant_id=grant_id)
         receipt = self.ledger.append(event)
         with self.db.transaction(lock=_LOCK) as cur:
@@ -1071,16 +1106,12 @@ class ApprovalService:
                 f"break-glass covers at most {self.config.break_glass_max_subjects} subjects",
                 field="subjects",
             )
-        duration = (
-            timedelta(seconds=spec.duration_seconds)
-            if spec.duration_seconds
-            else self.config.break_glass_default_duration
+        duration = self._duration(
+            spec,
+            self.config.break_glass_default_duration,
+            self.config.break_glass_max_duration,
+            f"break-glass lasts at most {self.config.break_glass_max_duration}",
         )
-        if duration > self.config.break_glass_max_duration:
-            raise InputError(
-                f"break-glass lasts at most {self.config.break_glass_max_duration}",
-                field="duration_seconds",
-            )
         engine = self._engine()
         attrs = engine.attributes(principal)
         fields = self._resolve_fields(spec)
@@ -1116,24 +1147,8 @@ class ApprovalService:
                 request_id,
             )
         now = self.clock.now()
-        rec = AccessRequestRecord(
-            id=request_id,
-            kind="break-glass",
-            requester=attrs.actor(),
-            dataset=spec.dataset,
-            action=spec.action,
-            fields=released,
-            subjects=tuple(sorted(spec.subjects)),
-            justification_type=spec.justification_type,
-            justification_detail=spec.justification_detail,
-            ticket=spec.ticket,
-            purpose=spec.purpose,
-            duration_seconds=int(duration.total_seconds()),
-            approvers_required=0,
-            policy_sha256=engine.sha256,
-            created_at=iso(now),
-            request_sha256="",
-            status="break-glass",
+        rec = self._new_record(
+            request_id, "break-glass", attrs, spec, released, duration, 0, engine.sha256, now
         )
         doc = rec.canonical()
         sha = request_sha256(doc)
@@ -1155,24 +1170,8 @@ class ApprovalService:
         )
         receipt = self.ledger.append(event)
         with self.db.transaction(lock=_LOCK) as cur:
-            cur.execute(
-                "INSERT INTO access_requests (id, kind, requester_id, canonical, request_sha256, "
-                "dataset, approvers_required, status, created_at, lapses_unix, decided_at, "
-                "ledger_index) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    rec.id,
-                    "break-glass",
-                    attrs.id,
-                    json.dumps(doc, sort_keys=True),
-                    sha,
-                    rec.dataset,
-                    0,
-                    "break-glass",
-                    rec.created_at,
-                    to_unix(now),
-                    rec.created_at,
-                    receipt.index,
-                ),
+            self._insert_request(
+                cur, rec, attrs.id, doc, sha, to_unix(now), rec.created_at, receipt.index
             )
             self._insert_grant(cur, claims, token, receipt.index)
             cur.execute(
@@ -1247,15 +1246,7 @@ class ApprovalService:
                 rec.id,
                 rec,
             )
-        decision = self._engine().can_approve(reviewer, self.resource(rec))
-        if not decision.allowed:
-            raise self._refuse(
-                "not-an-approver",
-                f"policy does not allow this reviewer ({decision.reason})",
-                self._actor(attrs),
-                rec.id,
-                rec,
-            )
+        self._check_may_approve(reviewer, attrs, rec, "reviewer")
         if not notes.strip():
             raise InputError("a review needs notes", field="notes")
         event = self._event(
