@@ -1,4 +1,4 @@
-"""Shared fixtures: a small synthetic platform, engines, an in-memory ledger."""
+"""Shared fixtures: a small synthetic platform, engines, the real transparency log."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cleanroom_doubles import MemoryLedger
 
 from bastion.cleanroom import CleanRoom, DuckDBEngine
 from bastion.clock import FixedClock
+from bastion.ledger import storage
+from bastion.ledger.log import Log
+from bastion.ledger.note import NoteSigner
 from bastion.store import Database
 from bastion.synth import SynthSpec, generate
 
@@ -31,10 +33,14 @@ def duck(platform_dir: Path) -> Iterator[DuckDBEngine]:
 
 
 @pytest.fixture
-def ledger() -> MemoryLedger:
-    return MemoryLedger()
+def ledger(db: Database, clock: FixedClock) -> Iterator[Log]:
+    """The real transparency log on the test database (no background publisher)."""
+    storage.create_tables(db)
+    log = Log(db, NoteSigner.generate("bastion.test/log"), clock, background=False)
+    yield log
+    log.close()
 
 
 @pytest.fixture
-def room(db: Database, ledger: MemoryLedger, clock: FixedClock, duck: DuckDBEngine) -> CleanRoom:
+def room(db: Database, ledger: Log, clock: FixedClock, duck: DuckDBEngine) -> CleanRoom:
     return CleanRoom(db, ledger, clock, duck)

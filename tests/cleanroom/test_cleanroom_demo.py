@@ -5,17 +5,17 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from cleanroom_doubles import MemoryLedger
+from cleanroom_ledger import recorded
 from rich.console import Console
 
 from bastion.cleanroom.demo import demo
 from bastion.clock import FixedClock
 from bastion.events import AnalyticsBudgetChange, AnalyticsQuery
+from bastion.ledger.log import Log
 from bastion.store import Database
 
 
-def test_demo_story(db: Database, clock: FixedClock, tmp_path: Path) -> None:
-    ledger = MemoryLedger()
+def test_demo_story(db: Database, ledger: Log, clock: FixedClock, tmp_path: Path) -> None:
     buf = io.StringIO()
     report = demo(db, ledger, clock, tmp_path / "data", Console(file=buf, width=140))
     text = buf.getvalue()
@@ -26,7 +26,7 @@ def test_demo_story(db: Database, clock: FixedClock, tmp_path: Path) -> None:
     assert "query refused" in text
     kinds = [
         (type(e).__name__, getattr(e, "outcome", None))
-        for e in ledger.events()
+        for e in recorded(ledger)
         if isinstance(e, AnalyticsQuery | AnalyticsBudgetChange)
     ]
     assert kinds == [

@@ -8,13 +8,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from cleanroom_doubles import MemoryLedger
+from cleanroom_ledger import ledger_outage, recorded
 
 from bastion.cleanroom import CleanRoom, QueryFailed, QueryRefused
 from bastion.cleanroom.engines import BoundedAggregate
 from bastion.cleanroom.templates import QueryPlan
 from bastion.errors import InputError, LedgerUnavailable
 from bastion.events import Actor, AnalyticsBudgetChange, AnalyticsQuery
+from bastion.ledger.log import Log
 
 ADMIN = Actor(id="admin@custodian", kind="operator", role="privacy-officer")
 Q = {"template": "count", "epsilon": 0.5, "group_by": ["age_band"]}
@@ -25,7 +26,7 @@ def grant(room: CleanRoom, eps: float = 2.0, delta: float = 1e-6) -> None:
     room.set_budget("organization", "acme", epsilon=eps * 5, delta=delta, admin=ADMIN, reason="o")
 
 
-def test_query_released_with_noise_scale_and_ci(room: CleanRoom, ledger: MemoryLedger) -> None:
+def test_query_released_with_noise_scale_and_ci(room: CleanRoom, ledger: Log) -> None:
     grant(room)
     res = room.run_query(Q, analyst="ana", organization="acme")
     assert res.keys_released == 7 and len(res.rows) == 7
@@ -42,7 +43,7 @@ def test_query_released_with_noise_scale_and_ci(room: CleanRoom, ledger: MemoryL
         assert row.noise_scale == pytest.approx(20.0)  # G*R/eps rows = 1*10/0.5
         assert row.ci_low is not None and row.ci_high is not None
         assert row.ci_low <= (row.value or 0) <= row.ci_high
-    entry = ledger.events()[res.receipt.index]
+    entry = recorded(ledger)[res.receipt.index]
     assert isinstance(entry, AnalyticsQuery)
     assert entry.analyst == "ana" and entry.organization == "acme" and entry.template == "count"
     assert entry.epsilon_spent == 0.5 and entry.keys_released == 7
@@ -65,14 +66,14 @@ def test_private_keys_spend_delta(room: CleanRoom) -> None:
     assert org is not None and org.delta_spent == pytest.approx(1e-7)
 
 
-def test_budget_exhausted_is_refused_and_logged(room: CleanRoom, ledger: MemoryLedger) -> None:
+def test_budget_exhausted_is_refused_and_logged(room: CleanRoom, ledger: Log) -> None:
     grant(room, eps=1.0)
     room.run_query(Q, analyst="ana", organization="acme")
     room.run_query(Q, analyst="ana", organization="acme")
     with pytest.raises(QueryRefused) as exc:
         room.run_query(Q, analyst="ana", organization="acme")
     assert str(exc.value) == "query refused"
-    last = ledger.events()[-1]
+    last = recorded(ledger)[-1]
     assert isinstance(last, AnalyticsQuery) and last.outcome == "refused"
     assert last.epsilon_spent == 0
     b = room.budgets.get("analyst", "ana")
@@ -105,9 +106,9 @@ def test_delta_budget_refuses_private_keys(room: CleanRoom) -> None:
         )
 
 
-def test_bad_input_charges_nothing(room: CleanRoom, ledger: MemoryLedger) -> None:
+def test_bad_input_charges_nothing(room: CleanRoom, ledger: Log) -> None:
     grant(room)
-    before = len(ledger.entries)
+    before = ledger.size()
     for req in (
         {"template": "nope", "epsilon": 1},
         {"template": "count", "epsilon": 0},
@@ -118,10 +119,10 @@ def test_bad_input_charges_nothing(room: CleanRoom, ledger: MemoryLedger) -> Non
         with pytest.raises(InputError):
             room.run_query(req, analyst="ana", organization="acme")
     b = room.budgets.get("analyst", "ana")
-    assert b is not None and b.epsilon_spent == 0 and len(ledger.entries) == before
+    assert b is not None and b.epsilon_spent == 0 and ledger.size() == before
 
 
-def test_admin_actions_are_logged_first(room: CleanRoom, ledger: MemoryLedger) -> None:
+def test_admin_actions_are_logged_first(room: CleanRoom, ledger: Log) -> None:
     grant(room, eps=0.5)
     room.run_query(Q, analyst="ana", organization="acme")
     with pytest.raises(QueryRefused):
@@ -130,7 +131,7 @@ def test_admin_actions_are_logged_first(room: CleanRoom, ledger: MemoryLedger) -
     room.run_query(Q, analyst="ana", organization="acme")
     after = room.reset_budget("analyst", "ana", admin=ADMIN, reason="new quarter")
     assert after.epsilon_spent == 0 and after.epsilon_limit == 1.0
-    changes = [e for e in ledger.events() if isinstance(e, AnalyticsBudgetChange)]
+    changes = [e for e in recorded(ledger) if isinstance(e, AnalyticsBudgetChange)]
     assert [(c.principal, c.action) for c in changes] == [
         ("ana", "set"),
         ("acme", "set"),
@@ -140,13 +141,15 @@ def test_admin_actions_are_logged_first(room: CleanRoom, ledger: MemoryLedger) -
     assert changes[2].previous_epsilon_limit == 0.5 and changes[3].previous_epsilon_spent == 1.0
     assert all(c.actor.id == ADMIN.id for c in changes)
     # With the ledger down, an admin change is refused and nothing changes.
-    ledger.fail = True
-    with pytest.raises(LedgerUnavailable):
-        room.set_budget("analyst", "ana", epsilon=100, delta=1e-6, admin=ADMIN, reason="sneaky")
-    with pytest.raises(LedgerUnavailable):
-        room.reset_budget("analyst", "ana", admin=ADMIN, reason="sneaky")
-    b = room.budgets.get("analyst", "ana")
-    assert b is not None and b.epsilon_limit == 1.0
+    size = ledger.size()
+    with ledger_outage(room.db):
+        with pytest.raises(LedgerUnavailable, match="could not record"):
+            room.set_budget("analyst", "ana", epsilon=100, delta=1e-6, admin=ADMIN, reason="sneaky")
+        with pytest.raises(LedgerUnavailable, match="could not record"):
+            room.reset_budget("analyst", "ana", admin=ADMIN, reason="sneaky")
+        b = room.budgets.get("analyst", "ana")
+        assert b is not None and b.epsilon_limit == 1.0
+    assert ledger.size() == size, "the failed appends recorded nothing"
 
 
 def test_bad_budget_values(room: CleanRoom) -> None:
@@ -159,16 +162,17 @@ def test_bad_budget_values(room: CleanRoom) -> None:
         room.reset_budget("analyst", "ghost", admin=ADMIN, reason="x")
 
 
-def test_no_answer_without_the_ledger(room: CleanRoom, ledger: MemoryLedger) -> None:
+def test_no_answer_without_the_ledger(room: CleanRoom, ledger: Log) -> None:
     grant(room)
-    ledger.fail = True
-    with pytest.raises(LedgerUnavailable):
+    size = ledger.size()
+    with ledger_outage(room.db), pytest.raises(LedgerUnavailable, match="could not record"):
         room.run_query(Q, analyst="ana", organization="acme")
     b = room.budgets.get("analyst", "ana")
     assert b is not None and b.epsilon_spent == pytest.approx(0.5), "spent, though unanswered"
+    assert ledger.size() == size, "the failed append recorded nothing"
 
 
-def test_ledger_entry_precedes_the_answer(room: CleanRoom, ledger: MemoryLedger) -> None:
+def test_ledger_entry_precedes_the_answer(room: CleanRoom, ledger: Log) -> None:
     """The answer is only built after the append has returned."""
     grant(room)
     seen: list[int] = []
@@ -182,6 +186,8 @@ def test_ledger_entry_precedes_the_answer(room: CleanRoom, ledger: MemoryLedger)
     ledger.append = spy  # type: ignore[method-assign]
     res = room.run_query(Q, analyst="ana", organization="acme")
     assert seen and seen[-1] == res.receipt.index
+    entry = recorded(ledger)[res.receipt.index]
+    assert isinstance(entry, AnalyticsQuery) and entry.query_id == res.query_id
 
 
 class _BrokenEngine:
@@ -194,20 +200,20 @@ class _BrokenEngine:
         pass
 
 
-def test_engine_failure_is_generic(room: CleanRoom, ledger: MemoryLedger) -> None:
+def test_engine_failure_is_generic(room: CleanRoom, ledger: Log) -> None:
     grant(room)
     room.engine = _BrokenEngine()
     with pytest.raises(QueryFailed) as exc:
         room.run_query(Q, analyst="ana", organization="acme")
     assert str(exc.value) == "query could not be completed"
     assert "secret" not in str(exc.value)
-    last = ledger.events()[-1]
+    last = recorded(ledger)[-1]
     assert isinstance(last, AnalyticsQuery) and last.outcome == "failed"
     b = room.budgets.get("analyst", "ana")
     assert b is not None and b.epsilon_spent == pytest.approx(0.5)
 
 
-def test_parallel_queries_never_overspend(room: CleanRoom, ledger: MemoryLedger) -> None:
+def test_parallel_queries_never_overspend(room: CleanRoom, ledger: Log) -> None:
     """16 concurrent queries of 0.5 against a budget of 2.0: exactly 4 are answered."""
     grant(room, eps=2.0)
     barrier = threading.Barrier(8)
@@ -228,7 +234,7 @@ def test_parallel_queries_never_overspend(room: CleanRoom, ledger: MemoryLedger)
     assert b is not None and b.epsilon_spent == pytest.approx(2.0) and b.queries == 4
     spent = sum(
         e.epsilon_spent
-        for e in ledger.events()
+        for e in recorded(ledger)
         if isinstance(e, AnalyticsQuery) and e.outcome == "released"
     )
     assert spent == pytest.approx(2.0)
@@ -268,7 +274,7 @@ def test_parallel_spending_across_store_instances(room: CleanRoom) -> None:
 
 
 def test_missing_data_is_a_config_error_before_any_charge(
-    db: Any, ledger: MemoryLedger, clock: Any, tmp_path: Any
+    db: Any, ledger: Log, clock: Any, tmp_path: Any
 ) -> None:
     from bastion.cleanroom import LazyEngine
     from bastion.errors import ConfigError
@@ -279,6 +285,6 @@ def test_missing_data_is_a_config_error_before_any_charge(
         room.run_query(Q, analyst="ana", organization="acme")
     b = room.budgets.get("analyst", "ana")
     assert b is not None and b.epsilon_spent == 0
-    assert not [e for e in ledger.events() if isinstance(e, AnalyticsQuery)]
+    assert not [e for e in recorded(ledger) if isinstance(e, AnalyticsQuery)]
     with pytest.raises(ConfigError):
         LazyEngine("postgres", tmp_path)
