@@ -7,6 +7,7 @@ sure a grant's token reaches only the person it was issued to.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
@@ -119,21 +120,30 @@ def _refused(exc: ApprovalRefused, request: Request) -> ApiError:
     return err
 
 
-def _bad_input(
-    rt: Runtime, principal: Principal, request: Request, exc: InputError, dataset: str | None
-) -> ApiError:
-    kind = "unknown-dataset" if "unknown dataset" in str(exc) else "invalid-input"
-    return reject(
-        rt,
-        principal.actor(),
-        request_id=new_request_id(request),
-        endpoint=endpoint_of(request),
-        status=404 if kind == "unknown-dataset" else 422,
-        kind=kind,
-        message=str(exc),
-        dataset=dataset,
-        field=exc.field,
-    )
+def _step(
+    rt: Runtime,
+    principal: Principal,
+    request: Request,
+    take: Callable[[], StepOutcome],
+    dataset: str | None = None,
+) -> StepOut:
+    try:
+        return _step_out(take(), principal)
+    except ApprovalRefused as exc:
+        raise _refused(exc, request) from None
+    except InputError as exc:
+        kind = "unknown-dataset" if "unknown dataset" in str(exc) else "invalid-input"
+        raise reject(
+            rt,
+            principal.actor(),
+            request_id=new_request_id(request),
+            endpoint=endpoint_of(request),
+            status=404 if kind == "unknown-dataset" else 422,
+            kind=kind,
+            message=str(exc),
+            dataset=dataset,
+            field=exc.field,
+        ) from None
 
 
 def _spec(body: AccessRequestIn) -> AccessRequestSpec:
@@ -163,12 +173,9 @@ def create_access_request(
     body: AccessRequestIn, request: Request, principal: CurrentPrincipal, rt: RuntimeDep
 ) -> StepOut:
     """Open an access request; policy decides how many distinct approvers it needs."""
-    try:
-        return _step_out(rt.approvals.request(principal, _spec(body)), principal)
-    except ApprovalRefused as exc:
-        raise _refused(exc, request) from None
-    except InputError as exc:
-        raise _bad_input(rt, principal, request, exc, body.dataset) from None
+    return _step(
+        rt, principal, request, lambda: rt.approvals.request(principal, _spec(body)), body.dataset
+    )
 
 
 @router.get("/access-requests", response_model=list[dict[str, Any]], responses=ERROR_RESPONSES)
@@ -222,12 +229,9 @@ def approve(
     rt: RuntimeDep,
 ) -> StepOut:
     """Add one approval. The last one needed issues the time-boxed, signed grant."""
-    try:
-        return _step_out(rt.approvals.approve(request_id, principal, body.reason), principal)
-    except ApprovalRefused as exc:
-        raise _refused(exc, request) from None
-    except InputError as exc:
-        raise _bad_input(rt, principal, request, exc, None) from None
+    return _step(
+        rt, principal, request, lambda: rt.approvals.approve(request_id, principal, body.reason)
+    )
 
 
 @router.post(
@@ -267,12 +271,13 @@ def break_glass(
     body: AccessRequestIn, request: Request, principal: CurrentPrincipal, rt: RuntimeDep
 ) -> StepOut:
     """Immediate, short access for an emergency: alerts now, must be reviewed afterwards."""
-    try:
-        return _step_out(rt.approvals.break_glass(principal, _spec(body)), principal)
-    except ApprovalRefused as exc:
-        raise _refused(exc, request) from None
-    except InputError as exc:
-        raise _bad_input(rt, principal, request, exc, body.dataset) from None
+    return _step(
+        rt,
+        principal,
+        request,
+        lambda: rt.approvals.break_glass(principal, _spec(body)),
+        body.dataset,
+    )
 
 
 @router.get("/reviews", response_model=list[dict[str, Any]], responses=ERROR_RESPONSES)
@@ -300,11 +305,9 @@ def review(
     rt: RuntimeDep,
 ) -> StepOut:
     """Close a break-glass review (someone other than the holder, allowed to approve)."""
-    try:
-        return _step_out(
-            rt.approvals.review(review_id, principal, body.outcome, body.notes), principal
-        )
-    except ApprovalRefused as exc:
-        raise _refused(exc, request) from None
-    except InputError as exc:
-        raise _bad_input(rt, principal, request, exc, None) from None
+    return _step(
+        rt,
+        principal,
+        request,
+        lambda: rt.approvals.review(review_id, principal, body.outcome, body.notes),
+    )
