@@ -166,6 +166,33 @@ def reject(
     return err
 
 
+def reject_request(
+    rt: Runtime,
+    principal: Principal,
+    request: Request,
+    *,
+    kind: str,
+    message: str,
+    status: int = 422,
+    dataset: str | None = None,
+    field: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> ApiError:
+    """``reject`` for a route, which has the request at hand."""
+    return reject(
+        rt,
+        principal.actor(),
+        request_id=new_request_id(request),
+        endpoint=endpoint_of(request),
+        status=status,
+        kind=kind,
+        message=message,
+        dataset=dataset,
+        field=field,
+        detail=detail,
+    )
+
+
 def input_error_kind(exc: InputError) -> tuple[int, str]:
     message = str(exc)
     if "unknown dataset" in message:

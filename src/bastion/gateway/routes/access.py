@@ -18,7 +18,7 @@ from bastion.gateway.auth import Principal
 from bastion.gateway.deps import CurrentPrincipal, RuntimeDep
 from bastion.gateway.errors import ERROR_RESPONSES, ApiError
 from bastion.gateway.models import ID, TICKET, Justification
-from bastion.gateway.pipeline import endpoint_of, new_request_id, receipt_out, reject
+from bastion.gateway.pipeline import new_request_id, receipt_out, reject_request
 from bastion.gateway.runtime import Runtime
 from bastion.policy import (
     AccessRequestRecord,
@@ -133,11 +133,10 @@ def _step(
         raise _refused(exc, request) from None
     except InputError as exc:
         kind = "unknown-dataset" if "unknown dataset" in str(exc) else "invalid-input"
-        raise reject(
+        raise reject_request(
             rt,
-            principal.actor(),
-            request_id=new_request_id(request),
-            endpoint=endpoint_of(request),
+            principal,
+            request,
             status=404 if kind == "unknown-dataset" else 422,
             kind=kind,
             message=str(exc),

@@ -16,7 +16,7 @@ from bastion.errors import InputError
 from bastion.events import AccessDecision
 from bastion.gateway.deps import CurrentPrincipal, RuntimeDep
 from bastion.gateway.errors import ERROR_RESPONSES, ApiError
-from bastion.gateway.pipeline import endpoint_of, new_request_id, receipt_out, record, reject
+from bastion.gateway.pipeline import new_request_id, receipt_out, record, reject_request
 from bastion.policy import Action, PlanRequest
 
 router = APIRouter(tags=["clean room"])
@@ -68,12 +68,10 @@ def cleanroom_query(
             reason=f"gateway request {rid}",
         )
     except InputError as exc:
-        raise reject(
+        raise reject_request(
             rt,
-            principal.actor(),
-            request_id=rid,
-            endpoint=endpoint_of(request),
-            status=422,
+            principal,
+            request,
             kind="invalid-query",
             message=str(exc),
             dataset=CLEANROOM_DATASET,

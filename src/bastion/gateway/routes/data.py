@@ -10,7 +10,7 @@ from fastapi.responses import Response
 
 from bastion.gateway.auth import Principal
 from bastion.gateway.deps import CurrentPrincipal, RuntimeDep
-from bastion.gateway.errors import ERROR_RESPONSES, ApiError
+from bastion.gateway.errors import ERROR_RESPONSES
 from bastion.gateway.models import (
     NAME,
     BatchReadRequest,
@@ -19,7 +19,7 @@ from bastion.gateway.models import (
     ReleaseOut,
     SearchRequest,
 )
-from bastion.gateway.pipeline import Gate, Selection, endpoint_of, new_request_id, reject
+from bastion.gateway.pipeline import Gate, Selection, endpoint_of, new_request_id, reject_request
 from bastion.gateway.runtime import Runtime
 from bastion.policy import Action
 
@@ -30,28 +30,6 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": ReleaseOut, "description": "Released values and the ledger receipt."},
     **ERROR_RESPONSES,
 }
-
-
-def _too_large(
-    rt: Runtime,
-    principal: Principal,
-    request: Request,
-    dataset: str,
-    kind: str,
-    message: str,
-    field: str,
-) -> ApiError:
-    return reject(
-        rt,
-        principal.actor(),
-        request_id=new_request_id(request),
-        endpoint=endpoint_of(request),
-        status=422,
-        kind=kind,
-        message=message,
-        dataset=dataset,
-        field=field,
-    )
 
 
 def _release(
@@ -102,8 +80,15 @@ def batch_read(
     """Read many records in one decision and one ledger entry."""
     limit = rt.config.max_batch
     if len(body.record_ids) > limit:
-        message = f"at most {limit} record ids per batch"
-        raise _too_large(rt, principal, request, dataset, "batch-too-large", message, "record_ids")
+        raise reject_request(
+            rt,
+            principal,
+            request,
+            kind="batch-too-large",
+            message=f"at most {limit} record ids per batch",
+            dataset=dataset,
+            field="record_ids",
+        )
     selection = Selection(record_ids=tuple(body.record_ids))
     return _release(rt, principal, request, dataset, body, Action.READ, selection)
 
@@ -119,9 +104,15 @@ def search(
     """One page of records matching structured filters (subject or record id)."""
     limit = rt.config.max_page_size
     if body.page_size > limit:
-        message = f"page_size must be at most {limit}"
-        kind = "page-size-out-of-range"
-        raise _too_large(rt, principal, request, dataset, kind, message, "page_size")
+        raise reject_request(
+            rt,
+            principal,
+            request,
+            kind="page-size-out-of-range",
+            message=f"page_size must be at most {limit}",
+            dataset=dataset,
+            field="page_size",
+        )
     selection = Selection(
         filters=tuple(body.filters), page_size=body.page_size, page_token=body.page_token
     )
@@ -139,8 +130,15 @@ def export(
     """Export matching records (also recorded as an Export event)."""
     limit = rt.config.max_export
     if body.limit > limit:
-        message = f"an export holds at most {limit} records"
-        raise _too_large(rt, principal, request, dataset, "export-too-large", message, "limit")
+        raise reject_request(
+            rt,
+            principal,
+            request,
+            kind="export-too-large",
+            message=f"an export holds at most {limit} records",
+            dataset=dataset,
+            field="limit",
+        )
     selection = Selection(filters=tuple(body.filters), page_size=body.limit)
     return _release(
         rt, principal, request, dataset, body, Action.EXPORT, selection, body.destination

@@ -14,12 +14,11 @@ from bastion.gateway.deps import CurrentPrincipal, RuntimeDep
 from bastion.gateway.errors import ERROR_RESPONSES, ApiError
 from bastion.gateway.models import AccessContext
 from bastion.gateway.pipeline import (
-    endpoint_of,
     input_error_kind,
     new_request_id,
     receipt_out,
     record,
-    reject,
+    reject_request,
 )
 from bastion.policy import (
     Action,
@@ -98,12 +97,10 @@ def load_policy(
     try:
         result = rt.policy_store.load(body.text, principal.actor(), body.reason, source="request")
     except PolicyRejected as exc:
-        raise reject(
+        raise reject_request(
             rt,
-            principal.actor(),
-            request_id=rid,
-            endpoint=endpoint_of(request),
-            status=422,
+            principal,
+            request,
             kind="policy-rejected",
             message=str(exc),
             detail={"errors": exc.errors[:50]},
@@ -148,11 +145,10 @@ def explain_decision(
         )
     except InputError as exc:
         status, kind = input_error_kind(exc)
-        raise reject(
+        raise reject_request(
             rt,
-            principal.actor(),
-            request_id=new_request_id(request),
-            endpoint=endpoint_of(request),
+            principal,
+            request,
             status=status,
             kind=kind,
             message=str(exc),
