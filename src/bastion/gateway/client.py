@@ -100,6 +100,28 @@ def _error(resp: httpx.Response) -> GatewayError:
     return GatewayError(resp.status_code, body)
 
 
+def _access_body(
+    dataset: str,
+    action: str,
+    justification: Justification,
+    fields: Sequence[str] | None,
+    subjects: Sequence[str],
+    ticket: str | None,
+    purpose: str,
+    duration_seconds: int | None,
+) -> dict[str, Any]:
+    return {
+        "dataset": dataset,
+        "action": action,
+        "fields": list(fields) if fields is not None else None,
+        "subjects": list(subjects),
+        "justification": justification.model_dump(),
+        "ticket": ticket,
+        "purpose": purpose,
+        "duration_seconds": duration_seconds,
+    }
+
+
 class GatewayClient:
     """Synchronous client. ``token`` is the bearer JWT; ``request_id`` may be fixed per call."""
 
@@ -261,8 +283,8 @@ class GatewayClient:
 
     # -- approvals -------------------------------------------------------------------------
 
-    @staticmethod
-    def _step(data: dict[str, Any]) -> StepResult:
+    def _step(self, path: str, body: dict[str, Any]) -> StepResult:
+        data = self.request("POST", path, json=body)
         return StepResult(
             request=data["request"],
             step=data["step"],
@@ -283,17 +305,10 @@ class GatewayClient:
         purpose: str = "",
         duration_seconds: int | None = None,
     ) -> StepResult:
-        body = {
-            "dataset": dataset,
-            "action": action,
-            "fields": list(fields) if fields is not None else None,
-            "subjects": list(subjects),
-            "justification": justification.model_dump(),
-            "ticket": ticket,
-            "purpose": purpose,
-            "duration_seconds": duration_seconds,
-        }
-        return self._step(self.request("POST", "/access-requests", json=body))
+        body = _access_body(
+            dataset, action, justification, fields, subjects, ticket, purpose, duration_seconds
+        )
+        return self._step("/access-requests", body)
 
     def access_requests(
         self, *, status: str | None = None, scope: Literal["mine", "to-approve"] = "mine"
@@ -309,19 +324,13 @@ class GatewayClient:
         return out
 
     def approve(self, request_id: str, reason: str) -> StepResult:
-        return self._step(
-            self.request("POST", f"/access-requests/{request_id}/approve", json={"reason": reason})
-        )
+        return self._step(f"/access-requests/{request_id}/approve", {"reason": reason})
 
     def deny(self, request_id: str, reason: str) -> StepResult:
-        return self._step(
-            self.request("POST", f"/access-requests/{request_id}/deny", json={"reason": reason})
-        )
+        return self._step(f"/access-requests/{request_id}/deny", {"reason": reason})
 
     def revoke(self, grant_id: str, reason: str) -> StepResult:
-        return self._step(
-            self.request("POST", f"/grants/{grant_id}/revoke", json={"reason": reason})
-        )
+        return self._step(f"/grants/{grant_id}/revoke", {"reason": reason})
 
     def break_glass(
         self,
@@ -334,17 +343,10 @@ class GatewayClient:
         purpose: str = "",
         duration_seconds: int | None = None,
     ) -> StepResult:
-        body = {
-            "dataset": dataset,
-            "action": "read",
-            "fields": list(fields) if fields is not None else None,
-            "subjects": list(subjects),
-            "justification": justification.model_dump(),
-            "ticket": ticket,
-            "purpose": purpose,
-            "duration_seconds": duration_seconds,
-        }
-        return self._step(self.request("POST", "/break-glass", json=body))
+        body = _access_body(
+            dataset, "read", justification, fields, subjects, ticket, purpose, duration_seconds
+        )
+        return self._step("/break-glass", body)
 
     def reviews(self, *, status: str | None = None) -> list[dict[str, Any]]:
         params = {"status": status} if status else None
@@ -354,9 +356,7 @@ class GatewayClient:
     def review(
         self, review_id: str, outcome: Literal["justified", "unjustified"], notes: str
     ) -> StepResult:
-        return self._step(
-            self.request("POST", f"/reviews/{review_id}", json={"outcome": outcome, "notes": notes})
-        )
+        return self._step(f"/reviews/{review_id}", {"outcome": outcome, "notes": notes})
 
     # -- transparency ----------------------------------------------------------------------
 
