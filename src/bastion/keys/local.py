@@ -24,7 +24,14 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from bastion.errors import IntegrityError, KeyUnavailable
 from bastion.keys.erasure import FILE_NAME, PlainSealer, SqliteErasureStore, ensure_store_file
-from bastion.keys.provider import KeyVersion, WrappedKey, check_retirable, kek_aad, version_states
+from bastion.keys.provider import (
+    KeyVersion,
+    WrappedKey,
+    check_retirable,
+    kek_aad,
+    newest_active,
+    version_states,
+)
 
 _KEK_FILE = re.compile(r"^kek-v(\d{6})\.(key|retired)$")
 _NONCE = 12
@@ -79,9 +86,7 @@ class LocalKeyring:
     @property
     def current_version(self) -> int:
         with self._lock:
-            if not self._active:
-                raise KeyUnavailable("no active key-encryption key in the keyring")
-            return self._active[-1]
+            return newest_active(self._active, "keyring")
 
     def refresh(self) -> None:
         active: list[int] = []

@@ -39,6 +39,7 @@ from bastion.keys.provider import (
     WrappedKey,
     check_retirable,
     kek_aad,
+    newest_active,
     version_states,
 )
 
@@ -187,9 +188,7 @@ class Pkcs11Provider:
     @property
     def current_version(self) -> int:
         with self._lock:
-            if not self._active:
-                raise KeyUnavailable("no active key-encryption key in the token")
-            return self._active[-1]
+            return newest_active(self._active, "token")
 
     def refresh(self) -> None:
         with self._lock:

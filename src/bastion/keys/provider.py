@@ -106,6 +106,13 @@ def kek_aad(version: int, aad: bytes) -> bytes:
     return b"bastion/kek/v1\x00" + version.to_bytes(8, "big") + aad
 
 
+def newest_active(active: Sequence[int], holder: str) -> int:
+    """The current KEK version: the newest active one."""
+    if not active:
+        raise KeyUnavailable(f"no active key-encryption key in the {holder}")
+    return active[-1]
+
+
 def check_retirable(version: int, active: Sequence[int], retired: Sequence[int]) -> None:
     """Only an active KEK version that is not the current (newest) one may be retired."""
     if version not in active:
