@@ -244,10 +244,9 @@ def deny(
     rt: RuntimeDep,
 ) -> StepOut:
     """Refuse a pending request."""
-    try:
-        return _step_out(rt.approvals.deny(request_id, principal, body.reason), principal)
-    except ApprovalRefused as exc:
-        raise _refused(exc, request) from None
+    return _step(
+        rt, principal, request, lambda: rt.approvals.deny(request_id, principal, body.reason)
+    )
 
 
 @router.post("/grants/{grant_id}/revoke", response_model=StepOut, responses=ERROR_RESPONSES)
@@ -259,10 +258,9 @@ def revoke(
     rt: RuntimeDep,
 ) -> StepOut:
     """Revoke a grant (approvers), or give up one's own."""
-    try:
-        return _step_out(rt.approvals.revoke(grant_id, principal, body.reason), principal)
-    except ApprovalRefused as exc:
-        raise _refused(exc, request) from None
+    return _step(
+        rt, principal, request, lambda: rt.approvals.revoke(grant_id, principal, body.reason)
+    )
 
 
 @router.post("/break-glass", response_model=StepOut, status_code=201, responses=ERROR_RESPONSES)
