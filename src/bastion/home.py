@@ -22,6 +22,11 @@ ENV_KEY_PROVIDER = "BASTION_KEY_PROVIDER"
 ENV_PKCS11_LIB = "BASTION_PKCS11_LIB"
 ENV_PKCS11_TOKEN = "BASTION_PKCS11_TOKEN"
 ENV_PKCS11_PIN = "BASTION_PKCS11_PIN"
+ENV_FREE_TEXT = "BASTION_FREE_TEXT"
+# What the public log carries for text a principal types (justification details, reasons,
+# review notes, purposes): "commit" a keyed commitment, the text kept in the database; or
+# "publish" the text itself (see bastion/policy/freetext.py).
+FREE_TEXT_MODES = ("commit", "publish")
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,7 @@ class Settings:
     log_origin: str = "bastion.example/log"
     witnesses: tuple[str, ...] = ()
     witness_quorum: int = 0
+    free_text: str = "commit"
     raw: dict[str, Any] = field(default_factory=dict)
 
 
@@ -102,6 +108,9 @@ def settings_from(data: dict[str, Any], env: os._Environ[str] | dict[str, str]) 
     witnesses = ledger.get("witnesses", [])
     if not isinstance(witnesses, list) or not all(isinstance(w, str) for w in witnesses):
         raise ConfigError("ledger.witnesses must be a list of witness URLs")
+    free_text = env.get(ENV_FREE_TEXT) or ledger.get("free_text", "commit")
+    if free_text not in FREE_TEXT_MODES:
+        raise ConfigError(f"ledger.free_text must be 'commit' or 'publish', not {free_text!r}")
     return Settings(
         database_url=env.get(ENV_DATABASE_URL) or db.get("url") or None,
         key_provider=str(provider),
@@ -113,6 +122,7 @@ def settings_from(data: dict[str, Any], env: os._Environ[str] | dict[str, str]) 
         log_origin=str(ledger.get("origin", Settings.log_origin)),
         witnesses=tuple(witnesses),
         witness_quorum=int(ledger.get("witness_quorum", 0)),
+        free_text=str(free_text),
         raw=data,
     )
 
@@ -120,7 +130,7 @@ def settings_from(data: dict[str, Any], env: os._Environ[str] | dict[str, str]) 
 DEFAULT_CONFIG = """\
 # Bastion configuration. Environment variables override these values:
 #   BASTION_DATABASE_URL, BASTION_KEY_PROVIDER, BASTION_PKCS11_LIB,
-#   BASTION_PKCS11_TOKEN, BASTION_PKCS11_PIN.
+#   BASTION_PKCS11_TOKEN, BASTION_PKCS11_PIN, BASTION_FREE_TEXT.
 
 [database]
 # Empty means the embedded SQLite file bastion.db in this home.
@@ -140,4 +150,8 @@ origin = "{origin}"
 # every new checkpoint and publishes it with the cosignatures that verify.
 witnesses = []
 witness_quorum = 0
+# Text a principal types (justification details, reasons, review notes, purposes) can name
+# a person, and the log is public: "commit" (default) records a keyed commitment
+# hmac-sha256:<hex> and keeps the text in the database; "publish" records the text itself.
+free_text = "commit"
 """

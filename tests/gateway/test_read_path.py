@@ -29,7 +29,11 @@ def test_staff_reads_with_purpose_and_ticket(runtime: Runtime, connect: Connect)
     assert event.decision == "allow" and event.actor.id == "alice"
     assert event.released_fields == {"email": "clear", "name": "clear", "country": "clear"}
     assert event.released_records == [out.records[0].record_id]
-    assert event.purpose == "customer support" and event.ticket == "SUP-1"
+    # The purpose is typed text: the public entry carries its keyed commitment, the database
+    # the text; the ticket id is a reference, in clear.
+    assert event.purpose == runtime.public_text.commitment("customer support")
+    assert runtime.public_text.stored(event.purpose) == "customer support"
+    assert event.ticket == "SUP-1"
     assert event.actor.employer == "custodian" and event.actor.location_country == "US"
     assert event.subjects and all(s.startswith("hmac-sha256:") for s in event.subjects)
     assert "u00001" not in runtime.ledger.entry(out.receipt.index).decode()

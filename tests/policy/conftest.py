@@ -21,8 +21,10 @@ from bastion.policy import (
     PolicyRuntime,
     PolicyStore,
     PrincipalSpec,
+    PublicText,
     default_policies,
     initialize_policy,
+    text_commitment,
 )
 from bastion.store import Database
 
@@ -107,6 +109,21 @@ def grant_key() -> Ed25519PrivateKey:
     return Ed25519PrivateKey.generate()
 
 
+# Stands in for the custodian's key free-text commitments are made under (the gateway
+# derives it from the vault's keyed hash).
+TEXT_KEY = hashlib.sha256(b"test free-text key").digest()
+
+
+def commit_text(text: str) -> str:
+    return text_commitment(TEXT_KEY, text)
+
+
+@pytest.fixture
+def public_text(policy_db: Database) -> PublicText:
+    """The default: typed text reaches the log as a keyed commitment."""
+    return PublicText(policy_db, commit_text)
+
+
 @pytest.fixture
 def approvals(
     policy_db: Database,
@@ -114,9 +131,16 @@ def approvals(
     clock: FixedClock,
     runtime: PolicyRuntime,
     grant_key: Ed25519PrivateKey,
+    public_text: PublicText,
 ) -> ApprovalService:
     return ApprovalService(
-        policy_db, ledger, clock, runtime.engine, grant_key, subject_refs=fake_subject_refs
+        policy_db,
+        ledger,
+        clock,
+        runtime.engine,
+        grant_key,
+        subject_refs=fake_subject_refs,
+        public_text=public_text,
     )
 
 

@@ -24,10 +24,11 @@ from bastion.policy import (
     ApprovalService,
     JustificationType,
     PolicyRuntime,
+    PublicText,
 )
 from bastion.store import Database
 
-from .conftest import PEOPLE, fake_subject_refs, recorded
+from .conftest import PEOPLE, commit_text, fake_subject_refs, recorded
 
 SUBJECTS = ("u-41", "u-42", "carol@example.com")
 
@@ -122,7 +123,13 @@ def test_a_ref_function_that_leaks_stops_the_step(
         return broken(ids)  # type: ignore[operator,no-any-return]
 
     service = ApprovalService(
-        policy_db, ledger, clock, runtime.engine, Ed25519PrivateKey.generate(), subject_refs=refs
+        policy_db,
+        ledger,
+        clock,
+        runtime.engine,
+        Ed25519PrivateKey.generate(),
+        subject_refs=refs,
+        public_text=PublicText(policy_db, commit_text),
     )
     before = ledger.size()
     with pytest.raises(IntegrityError, match="raw or missing"):
@@ -136,7 +143,12 @@ def test_no_service_without_a_ref_function(
 ) -> None:
     with pytest.raises(TypeError):
         ApprovalService(  # type: ignore[call-arg]
-            policy_db, ledger, clock, runtime.engine, Ed25519PrivateKey.generate()
+            policy_db,
+            ledger,
+            clock,
+            runtime.engine,
+            Ed25519PrivateKey.generate(),
+            public_text=PublicText(policy_db, commit_text),
         )
 
 

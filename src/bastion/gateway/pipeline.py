@@ -479,14 +479,21 @@ class Gate:
         justification = (
             JustificationType(context.justification.type) if context.justification else None
         )
+        # The log is public: the purpose and the justification detail are typed text, so they
+        # go in as keyed commitments by default (rt.public_text; the text kept in the
+        # database). The justification type and the ticket id (a pattern-checked reference)
+        # are structured: clear.
+        public = rt.public_text
+        purpose = public.publish(context.purpose) if context.purpose else None
+        detail = public.publish(context.justification.detail) if context.justification else None
         base_event: dict[str, Any] = {
             "actor": actor,
             "request_id": request_id,
             "action": action.value,
             "dataset": spec.name,
-            "purpose": context.purpose or None,
+            "purpose": purpose,
             "justification_type": justification.value if justification else None,
-            "justification_detail": context.justification.detail if context.justification else None,
+            "justification_detail": detail,
             "ticket": context.ticket,
             "policy_sha256": engine.sha256,
         }
@@ -603,7 +610,7 @@ class Gate:
             decisions.append(
                 AccessDecision(
                     **base_event,
-                    reason=(context.purpose or "access")[:4096],
+                    reason=(purpose or "access")[:4096],
                     at=at,
                     decision="allow",
                     policies=list(plan.policies),
@@ -620,7 +627,7 @@ class Gate:
             events.append(
                 Export(
                     actor=actor,
-                    reason=(context.purpose or "export")[:4096],
+                    reason=(purpose or "export")[:4096],
                     at=at,
                     dataset=spec.name,
                     destination=destination,

@@ -29,6 +29,11 @@ from bastion.policy import (
     PolicyEngine,
     PolicyRuntime,
     PolicyStore,
+    PublicText,
+    free_text_mode,
+    keyed_commitment,
+    migrate_free_text,
+    text_key,
 )
 from bastion.store import Database, open_database
 from bastion.vault import Vault
@@ -53,6 +58,16 @@ def own_issuer(home: Home, clock: Clock) -> TokenIssuer:
     return TokenIssuer(key, issuer=config.issuer, audience=config.audience, clock=clock)
 
 
+def public_text_for(home: Home, db: Database, vault: Vault) -> PublicText:
+    """The home's ``free_text`` setting, committing under a key derived from the vault's keyed
+    subject hash (the secret subject refs come from; read on first use)."""
+    return PublicText(
+        db,
+        keyed_commitment(lambda: text_key(vault.subject_hash)),
+        free_text_mode(home.settings.free_text),
+    )
+
+
 @dataclass
 class Runtime:
     """Everything the request path needs, wired once per process."""
@@ -66,6 +81,8 @@ class Runtime:
     policy: PolicyRuntime
     policy_store: PolicyStore
     approvals: ApprovalService
+    # Typed text (purposes, justification details, reasons) as the public log carries it.
+    public_text: PublicText
     bulk: BulkCounter
     issuer: TokenIssuer
     verifier: TokenVerifier
@@ -148,6 +165,8 @@ class Runtime:
         log = ledger if ledger is not None else open_log(home, db, clock)
         store = PolicyStore(db, log, clock)
         policy = PolicyRuntime(store, catalog)
+        migrate_free_text(db)
+        public_text = public_text_for(home, db, vault)
         approvals = ApprovalService(
             db,
             log,
@@ -156,6 +175,7 @@ class Runtime:
             load_or_create_signing_key(home.keyring_dir, GRANT_KEY_NAME),
             # Approval events name subjects by the same keyed refs as access decisions.
             subject_refs=lookup.subject_refs,
+            public_text=public_text,
         )
         bulk = BulkCounter(db, clock, bulk_thresholds(config))
         issuer = own_issuer(home, clock)
@@ -184,6 +204,7 @@ class Runtime:
             policy=policy,
             policy_store=store,
             approvals=approvals,
+            public_text=public_text,
             bulk=bulk,
             issuer=issuer,
             verifier=verifier,

@@ -9,6 +9,7 @@ Public API (the gateway and the CLI use only these names):
   break-glass with alert and review.
 * ``BulkCounter``: 28 CFR 202.205 distinct-subject counters with check-and-reserve.
 * ``apply_transform``: what a field plan's transform does to a value.
+* ``PublicText``: what the public log carries for typed text (a keyed commitment by default).
 """
 
 from __future__ import annotations
@@ -41,6 +42,15 @@ from bastion.policy.compiler import (
 )
 from bastion.policy.engine import ApprovalResource, Decision, PolicyEngine
 from bastion.policy.explain import Explanation, explain
+from bastion.policy.freetext import (
+    FreeTextMode,
+    PublicText,
+    free_text_mode,
+    keyed_commitment,
+    migrate_free_text,
+    text_commitment,
+    text_key,
+)
 from bastion.policy.grants import GRANT_KEY_NAME, GrantClaims, GrantRejected, verify_grant_token
 from bastion.policy.plan import (
     AccessPlan,
@@ -125,6 +135,7 @@ __all__ = [
     "Explanation",
     "FieldKind",
     "FieldPlan",
+    "FreeTextMode",
     "GrantClaims",
     "GrantRejected",
     "GrantScope",
@@ -142,6 +153,7 @@ __all__ = [
     "PrincipalLike",
     "PrincipalSpec",
     "PseudonymUnavailable",
+    "PublicText",
     "Reservation",
     "Review",
     "RowFilter",
@@ -155,9 +167,14 @@ __all__ = [
     "default_policies",
     "derive_attributes",
     "explain",
+    "free_text_mode",
     "initialize_policy",
+    "keyed_commitment",
     "kind_of",
+    "migrate_free_text",
     "schema_text",
+    "text_commitment",
+    "text_key",
     "usage_for",
     "verify_grant_token",
 ]

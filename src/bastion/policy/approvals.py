@@ -19,6 +19,19 @@ request names are recorded as keyed refs (``subject_refs``, the same refs access
 carry), computed by a function the caller injects (the gateway's comes from the vault), and a
 data subject acting as a principal appears under their ref too. The request itself, with the
 raw ids the grant covers, stays in the database.
+
+Text a principal types is free text that can name anyone, so it goes through the injected
+``PublicText`` (``policy/freetext.py``); per field of the ``Approval`` event:
+
+* ``reason`` of "requested" and "break-glass": the justification detail; of "approved",
+  "denied" and "revoked": the approver's, denier's or revoker's reason; of "reviewed": the
+  outcome word in clear (``justified`` / ``unjustified``) and the review notes. By default the
+  typed part is a keyed commitment (``"approved; text hmac-sha256:…"``), the text staying in
+  the database (``free_texts``, and the request, approval and review rows);
+  ``free_text = "publish"`` writes it as before.
+* ``reason`` of "granted", "expired" and "refused": written by Bastion, not typed: clear.
+* ``justification_type``, ``dataset``, ``action``, ``fields``, ``step``, ids: enumerated or
+  structured: clear. (``subject_refs`` are keyed refs, above.)
 """
 
 from __future__ import annotations
@@ -39,6 +52,7 @@ from bastion.errors import BastionError, InputError, IntegrityError
 from bastion.events import Actor, Approval, ApprovalStep
 from bastion.ledger.api import LedgerWriter, Receipt
 from bastion.policy.engine import ApprovalResource, PolicyEngine
+from bastion.policy.freetext import FREE_TEXT_DDL, PublicText
 from bastion.policy.grants import (
     GrantClaims,
     GrantRejected,
@@ -115,6 +129,8 @@ APPROVALS_DDL = [
         reviewed_at TEXT,
         notes TEXT
     )""",
+    # Typed text the (public) ledger carries only as a commitment (``policy/freetext.py``).
+    *FREE_TEXT_DDL,
 ]
 
 _LOCK = "access-approvals"
@@ -369,13 +385,17 @@ class ApprovalService:
         signing_key: Ed25519PrivateKey,
         *,
         subject_refs: SubjectRefs,
+        public_text: PublicText,
         config: ApprovalConfig | None = None,
         alert_hooks: Sequence[AlertHook] = (),
     ) -> None:
         """``subject_refs`` maps subject ids to the keyed refs written to the (public) ledger
-        instead of the ids; it is required, so no service can record raw ids."""
+        instead of the ids; it is required, so no service can record raw ids. ``public_text``
+        turns typed text (justification details, reasons, review notes) into what the ledger
+        carries: by default a keyed commitment, the text kept in the database."""
         self.db = db
         self._subject_refs = subject_refs
+        self.public_text = public_text
         self.ledger = ledger
         self.clock = clock
         self._engine = engine
@@ -722,7 +742,7 @@ class ApprovalService:
         event = self._event(
             self._actor(attrs),
             "requested",
-            spec.justification_detail,
+            self.public_text.reason("requested", spec.justification_detail),
             None,
             request_id,
             request_sha256=sha,
@@ -794,7 +814,12 @@ class ApprovalService:
                 rec,
             )
         event = self._event(
-            actor, "approved", reason, rec, rec.id, approvers=[*rec.approvers, attrs.id]
+            actor,
+            "approved",
+            self.public_text.reason("approved", reason),
+            rec,
+            rec.id,
+            approvers=[*rec.approvers, attrs.id],
         )
         receipt = self.ledger.append(event)
         with self.db.transaction(lock=_LOCK) as cur:
@@ -806,7 +831,8 @@ class ApprovalService:
                     rec.id,
                     attrs.id,
                     actor.model_dump_json(exclude_none=True),
-                    event.reason,
+                    # The approver's text as typed (the ledger may carry only its commitment).
+                    reason.strip() or "approved",
                     event.at,
                     receipt.index,
                 ),
@@ -929,7 +955,7 @@ class ApprovalService:
         actor = self._actor(self._attrs(approver))
         rec = self._pending(request_id, actor)
         self._check_approver(rec, approver)
-        event = self._event(actor, "denied", reason, rec, rec.id)
+        event = self._event(actor, "denied", self.public_text.reason("denied", reason), rec, rec.id)
         receipt = self.ledger.append(event)
         with self.db.transaction(lock=_LOCK) as cur:
             cur.execute(
@@ -1043,7 +1069,14 @@ class ApprovalService:
             )
         if attrs.id != row[3]:
             self._check_may_approve(actor, attrs, rec, "revoker")
-        event = self._event(self._actor(attrs), "revoked", reason, rec, rec.id, grant_id=grant_id)
+        event = self._event(
+            self._actor(attrs),
+            "revoked",
+            self.public_text.reason("revoked", reason),
+            rec,
+            rec.id,
+            grant_id=grant_id,
+        )
         receipt = self.ledger.append(event)
         with self.db.transaction(lock=_LOCK) as cur:
             cur.execute(
@@ -1160,7 +1193,7 @@ class ApprovalService:
         event = self._event(
             self._actor(attrs),
             "break-glass",
-            spec.justification_detail,
+            self.public_text.reason("break-glass", spec.justification_detail),
             rec,
             rec.id,
             grant_id=claims.grant_id,
@@ -1252,7 +1285,8 @@ class ApprovalService:
         event = self._event(
             self._actor(attrs),
             "reviewed",
-            f"{outcome}: {notes.strip()}",
+            # The outcome is a word from a closed set (clear); the notes are typed text.
+            self.public_text.reason(outcome, notes, published=f"{outcome}: {notes.strip()}"),
             rec,
             rec.id,
             review_id=review_id,
