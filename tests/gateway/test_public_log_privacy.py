@@ -8,34 +8,84 @@ grant use and replay, revocation, break-glass with its review, expiry, a data su
 reading their own history and being refused others', a subject principal trying to read
 data, refused tokens whose claims name a subject or carry an email, and bad input that
 quotes a subject id. Then every entry's bytes are scanned for every raw id and value.
+
+The text principals type (purposes, justification details, approvers', deniers' and revokers'
+reasons, review notes) names a person in this scenario; by default (``free_text = "commit"``)
+no entry carries it, only keyed commitments that the database's texts reproduce, and with
+``free_text = "publish"`` the entries carry it verbatim.
 """
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bastion.cli.home_cmd import init_home
 from bastion.clock import FixedClock
 from bastion.events import AccessDecision, Approval, AuthFailure, decode_event
 from bastion.gateway.auth import TokenIssuer
-from bastion.gateway.bootstrap import sample_user
+from bastion.gateway.bootstrap import bootstrap, ingest, sample_event, sample_user
 from bastion.gateway.client import Context, Filter, GatewayError, Justification
 from bastion.gateway.runtime import Runtime
 from bastion.gateway.server import ThreadedServer
+from bastion.home import ENV_FREE_TEXT
+from bastion.policy import text_commitment, text_key
+from bastion.store import Database
 
 from .conftest import USERS, Connect
 
-WHY = Justification(type="customer_initiated_support", detail="the user asked for help")
+# A person the typed text names (not a data subject of the vault): it must never reach the
+# public log unless the custodian publishes free text.
+PLANTED = ("jane.doe@example.com", "Jane Doe")
+WHY = Justification(
+    type="customer_initiated_support",
+    detail="the user asked for help, see jane.doe@example.com",
+)
+PURPOSE = "support call from Jane Doe"
+APPROVAL = "ticket checked with Jane Doe"
+REVOCATION = "ticket closed by jane.doe@example.com"
+DENIAL = "not needed, Jane Doe withdrew"
+OUTAGE = "payments outage INC-9, Jane Doe's account locked"
+NOTES = "INC-9 confirmed by jane.doe@example.com"
 NOBODY = "u99999"  # named in a request, but not in the vault
+COMMITMENT = re.compile(rb"hmac-sha256:[0-9a-f]{64}")
+
+
+@pytest.fixture
+def free_text() -> str:
+    return "commit"
+
+
+@pytest.fixture
+def runtime(
+    db: Database,
+    tmp_path: Path,
+    clock: FixedClock,
+    free_text: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Runtime]:
+    """The gateway's runtime, with the home's free_text set through its environment override."""
+    monkeypatch.setenv(ENV_FREE_TEXT, free_text)
+    home = init_home(tmp_path / "home")
+    assert home.settings.free_text == free_text
+    rt = bootstrap(home, db, clock, publish_interval=0.05)
+    ingest(rt, "users", [sample_user(n) for n in range(1, USERS + 1)])
+    ingest(rt, "events", [sample_event(n, 1 + n % USERS) for n in range(1, 41)])
+    yield rt
+    rt.close()
 
 
 def _ctx(*subjects: str, **over: Any) -> Context:
     return Context(
-        purpose="support",
+        purpose=PURPOSE,
         ticket="SUP-31",
         ticket_subjects=list(subjects),
         justification=WHY,
@@ -125,7 +175,7 @@ def _scenario(
     rid = str(err.detail["access_request_id"])
     _refused(lambda: alice.approve(rid, "me"))
     _refused(lambda: kenji.approve(rid, "fine"))
-    sofia.approve(rid, "ticket checked")
+    sofia.approve(rid, APPROVAL)
     grant_id = omar.approve(rid, "agree").grant_id
     assert grant_id is not None
     with_grant = _ctx("u00007", grant_id=grant_id)
@@ -135,7 +185,7 @@ def _scenario(
             "users", "u00007", fields=["location"], context=with_grant, request_id=used.request_id
         )
     )
-    sofia.revoke(grant_id, "ticket closed")
+    sofia.revoke(grant_id, REVOCATION)
     # A request naming several subjects (one unknown), denied.
     denied = alice.request_access(
         "users",
@@ -145,10 +195,10 @@ def _scenario(
         ticket="SUP-32",
         purpose="investigation",
     )
-    sofia.deny(denied.request["request_id"], "not needed")
+    sofia.deny(denied.request["request_id"], DENIAL)
 
     # Break-glass, its use and its review.
-    outage = Justification(type="break_glass", detail="payments outage INC-9, account locked")
+    outage = Justification(type="break_glass", detail=OUTAGE)
     bg = alice.break_glass(
         "users",
         fields=["email", "phone"],
@@ -169,7 +219,7 @@ def _scenario(
         ),
     )
     _refused(lambda: alice.review(bg.review_id or "", "justified", "my own"))
-    sofia.review(bg.review_id, "justified", "INC-9 confirmed")
+    sofia.review(bg.review_id, "justified", NOTES)
 
     # Data subjects: their own history, someone else's, and trying to read data.
     me = connect(token=runtime.issuer.issue("u00007", {"role": "subject"}))
@@ -266,3 +316,95 @@ def test_refs_replace_ids_where_ids_used_to_be(
     assert len(failures) >= 3
     assert all("claimed sub ref hmac-sha256:" in e.reason for e in failures)
     assert any("claimed iss untrusted" in e.reason for e in failures)
+
+
+def _entries(runtime: Runtime, start: int) -> list[bytes]:
+    return [bytes(runtime.ledger.entry(i)) for i in range(start, int(runtime.ledger.size()))]
+
+
+def test_typed_text_is_committed_not_published(
+    runtime: Runtime, connect: Connect, server: ThreadedServer, clock: FixedClock
+) -> None:
+    """Default: no entry carries what a principal typed; each step carries a commitment."""
+    start = int(runtime.ledger.size())
+    _scenario(runtime, connect, server, clock)
+    entries = _entries(runtime, start)
+    leaks = [
+        (start + i, planted)
+        for i, entry in enumerate(entries)
+        for planted in PLANTED
+        if planted.encode() in entry or json.dumps(planted).encode()[1:-1] in entry
+    ]
+    assert leaks == []
+    events = [decode_event(e) for e in entries]
+    steps = {
+        e.step: e.reason
+        for e in events
+        if isinstance(e, Approval) and e.step in ("requested", "approved", "denied", "revoked")
+    }
+    assert set(steps) == {"requested", "approved", "denied", "revoked"}
+    assert all(
+        re.fullmatch(rf"{step}; text hmac-sha256:[0-9a-f]{{64}}", r) for step, r in steps.items()
+    )
+    (reviewed,) = [e for e in events if isinstance(e, Approval) and e.step == "reviewed"]
+    assert reviewed.reason.startswith("justified; text hmac-sha256:")  # the outcome in clear
+    reads = [e for e in events if isinstance(e, AccessDecision) and e.justification_detail]
+    assert reads and all(COMMITMENT.fullmatch(str(e.justification_detail).encode()) for e in reads)
+    assert all(e.justification_type for e in reads)  # the reason code stays in clear
+
+
+def test_the_commitments_match_the_texts_the_database_keeps(
+    runtime: Runtime, connect: Connect, server: ThreadedServer, clock: FixedClock, db: Database
+) -> None:
+    """An auditor with the database and the custodian's key recomputes every commitment."""
+    start = int(runtime.ledger.size())
+    _scenario(runtime, connect, server, clock)
+    entries = _entries(runtime, start)
+    key = text_key(runtime.vault.subject_hash)  # the custodian's key, derived afresh
+    in_log = {m.decode() for entry in entries for m in COMMITMENT.findall(entry)}
+    assert in_log
+    for commitment in in_log:
+        text = runtime.public_text.stored(commitment)
+        assert text is not None, commitment
+        assert text_commitment(key, text) == commitment
+    # The workflow's own rows hold the same texts: each one's commitment is in the log.
+    texts = {
+        json.loads(str(doc))["justification"]["detail"]
+        for (doc,) in db.query("SELECT canonical FROM access_requests")
+    }
+    texts |= {str(r) for (r,) in db.query("SELECT reason FROM access_approvals")}
+    texts |= {str(n) for (n,) in db.query("SELECT notes FROM break_glass_reviews") if n}
+    assert {WHY.detail, OUTAGE, APPROVAL, NOTES} <= texts
+    for text in [*texts, PURPOSE, DENIAL, REVOCATION]:
+        assert text_commitment(key, text) in in_log, text
+        assert runtime.public_text.matches(text, text_commitment(key, text))
+    assert not runtime.public_text.matches("someone else", text_commitment(key, NOTES))
+
+
+@pytest.mark.parametrize("free_text", ["publish"])
+def test_publish_puts_typed_text_in_the_log(
+    runtime: Runtime, connect: Connect, server: ThreadedServer, clock: FixedClock
+) -> None:
+    """A custodian that must publish free text gets it verbatim, as before."""
+    assert runtime.public_text.mode == "publish"
+    start = int(runtime.ledger.size())
+    _scenario(runtime, connect, server, clock)
+    entries = _entries(runtime, start)
+    joined = b"\n".join(entries)
+    assert all(p.encode() in joined for p in PLANTED)
+    events = [decode_event(e) for e in entries]
+    reasons = {(e.step, e.reason) for e in events if isinstance(e, Approval)}
+    for step, text in [
+        ("requested", WHY.detail),
+        ("approved", APPROVAL),
+        ("denied", DENIAL),
+        ("revoked", REVOCATION),
+        ("break-glass", OUTAGE),
+        ("reviewed", f"justified: {NOTES}"),
+    ]:
+        assert (step, text) in reasons
+    reads = [e for e in events if isinstance(e, AccessDecision) and e.purpose == PURPOSE]
+    assert reads and any(e.justification_detail == WHY.detail for e in reads)
+    assert not any(COMMITMENT.search(e) for e in entries)
+    # Still no raw subject id or protected value.
+    assert not [v for e in entries for vs in _raw_values().values() for v in vs if v in e]
