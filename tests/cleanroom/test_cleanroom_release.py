@@ -75,3 +75,27 @@ def test_quantile_on_the_grid_with_interval() -> None:
     value, (low, high) = _quantile(hist, 0.5, 0.0, 1.0, err=150.0)
     assert low is not None and high is not None and low <= 3.0 <= high and high - low > 1
     assert _quantile([0] * 10, 0.5, 0.0, 1.0, 0.0)[0] is None
+
+
+def test_mean_noises_the_sum_centred_on_the_clamp_midpoint() -> None:
+    # Clamp [0, 300] s in 0.1 s units: the centred sum's L1 is G * R * 1500 units, half the raw
+    # values' G * R * 3000, so the sum's noise is half what an uncentred sum would need.
+    p = plan(
+        template="mean",
+        epsilon=1.0,
+        measure="watch_time_s",
+        group_by=["age_band"],
+        clamp=[0, 300],
+        max_rows_per_group=5,
+    )
+    rows, mean_units = 200_000, 1_200  # 200,000 bounded rows averaging 120.0 s
+    agg = BoundedAggregate({("25-34",): GroupAggregate(rows * 1000, 50_000, rows * mean_units, 0)})
+    rel = release(p, agg)  # type: ignore[arg-type]
+    assert any("total-centred, scale=15000" in m for m in rel.mechanisms), rel.mechanisms
+    assert rel.epsilon_spent <= 1.0 + 1e-9
+    row = next(r for r in rel.rows if r.group == {"age_band": "25-34"})
+    assert row.value == pytest.approx(120.0, abs=1.0)
+    assert row.ci_low is not None and row.ci_high is not None
+    assert row.ci_low <= 120.0 <= row.ci_high and row.ci_high - row.ci_low < 5
+    # The noise scale reported is the sum's, per row: 15000 units * 0.1 s / 200,000 rows.
+    assert row.noise_scale == pytest.approx(15_000 * 0.1 / rows, rel=0.01)

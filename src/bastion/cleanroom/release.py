@@ -185,6 +185,18 @@ def _ratio_interval(
     return max(lo, n_lo / d_hi), min(hi, n_hi / d_lo)
 
 
+def _centred_interval(
+    centre: float, num: float, num_acc: float, den: float, den_acc: float, lo: float, hi: float
+) -> tuple[float, float]:
+    """Interval for centre + num/den from intervals on num (any sign) and den, in [lo, hi]."""
+    d_lo, d_hi = den - den_acc, den + den_acc
+    if d_lo <= 0:
+        return lo, hi
+    # num/den is monotone in each argument on a box with den > 0: the corners bound it.
+    corners = [n / d for n in (num - num_acc, num + num_acc) for d in (d_lo, d_hi)]
+    return max(lo, centre + min(corners)), min(hi, centre + max(corners))
+
+
 class _Releaser:
     def __init__(self, plan: QueryPlan, agg: BoundedAggregate, selection_share: float) -> None:
         self.plan = plan
@@ -211,7 +223,10 @@ class _Releaser:
         return int(getattr(g, name))
 
     def vector(self, keys: list[GroupKey], name: str, l1: int, eps: float) -> Noisy:
-        noisy = laplace([self.value(k, name) for k in keys], l1, eps)
+        return self.noised([self.value(k, name) for k in keys], name, l1, eps)
+
+    def noised(self, values: list[int], name: str, l1: int, eps: float) -> Noisy:
+        noisy = laplace(values, l1, eps)
         self._charge(noisy.epsilon)
         self.mechanisms.append(f"discrete_laplace({name}, scale={noisy.scale:g})")
         return noisy
@@ -312,27 +327,40 @@ class _Releaser:
         return rows, len(keys)
 
     def mean(self) -> tuple[list[ResultRow], int]:
+        """Noisy row count and noisy sum of the values *centred* on the clamp range's midpoint.
+
+        A user's rows in a group shifted by the midpoint move the centred sum by at most
+        R x half the range, half of what the raw values could move it by, so the sum's noise is
+        halved for the same epsilon (Tumult Analytics' average does the same). The count and
+        the centred sum are the bounded data's own aggregates (``rows_w`` is a multiple of W
+        per user), so the shift costs no privacy; mean = midpoint + centred sum / count.
+        """
         p = self.plan
         assert p.measure is not None
         half = p.epsilon / 2
-        lo, hi = (u * p.measure.unit for u in p.clamp_units)
+        lo_u, hi_u = p.clamp_units
+        mid = (lo_u + hi_u) // 2
+        spread = max(hi_u - mid, mid - lo_u)
+        unit, W = p.measure.unit, self.W
+        lo, hi = lo_u * unit, hi_u * unit
         if p.private_keys:
-            keys, counts, c_scale = self.select("rows_w", self.R * self.W, half)
+            keys, counts, c_scale = self.select("rows_w", self.R * W, half)
             den_raw = [counts[k] for k in keys]
         else:
             keys = _public_keys(p)
-            c = self.vector(keys, "rows_w", self.G * self.R * self.W, half)
+            c = self.vector(keys, "rows_w", self.G * self.R * W, half)
             den_raw, c_scale = list(c.values), c.scale
-        s = self.vector(keys, "total", self.G * self.R * self.max_v, p.epsilon - half)
+        centred = [self.value(k, "total") - mid * (self.value(k, "rows_w") // W) for k in keys]
+        s = self.noised(centred, "total-centred", self.G * self.R * spread, p.epsilon - half)
         a2 = self.alpha / 2
-        c_acc, s_acc = laplace_accuracy(c_scale, a2), laplace_accuracy(s.scale, a2)
-        unit, W = p.measure.unit, self.W
+        c_acc, s_acc = laplace_accuracy(c_scale, a2) / W, laplace_accuracy(s.scale, a2) * unit
         rows = []
         for key, d, num in zip(keys, den_raw, s.values, strict=True):
             den = d / W
             total = num * unit
-            value = min(max(total / den, lo), hi) if den > 0 else None
-            ci = _ratio_interval(total, s_acc * unit, den, c_acc / W, lo, hi)
+            centre = mid * unit
+            value = min(max(centre + total / den, lo), hi) if den > 0 else None
+            ci = _centred_interval(centre, total, s_acc, den, c_acc, lo, hi)
             scale = s.scale * unit / max(den, 1.0)
             rows.append(ResultRow(_group(p, key), "mean", value, scale, *ci))
         return rows, len(keys)
