@@ -23,7 +23,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from bastion.catalog import Catalog, default_catalog
 from bastion.cleanroom.budget import Budget, BudgetStore, Scope, check_principal, check_scope
@@ -222,20 +222,7 @@ class CleanRoom:
         check_principal(principal)
         before = self.budgets.get(sc, principal)
         self._check_limits(epsilon, delta)
-        self.ledger.append(
-            AnalyticsBudgetChange(
-                actor=admin,
-                reason=reason,
-                at=iso(self.clock.now()),
-                scope=sc,
-                principal=principal,
-                action="set",
-                epsilon_limit=epsilon,
-                delta_limit=delta,
-                previous_epsilon_limit=before.epsilon_limit if before else None,
-                previous_epsilon_spent=before.epsilon_spent if before else None,
-            )
-        )
+        self._record_change("set", sc, principal, epsilon, delta, before, admin, reason)
         _, after = self.budgets.set_limits(sc, principal, epsilon, delta, iso(self.clock.now()))
         return after
 
@@ -245,22 +232,38 @@ class CleanRoom:
         before = self.budgets.get(sc, check_principal(principal))
         if before is None:
             raise InputError("no budget for this principal", field="principal")
+        self._record_change(
+            "reset", sc, principal, before.epsilon_limit, before.delta_limit, before, admin, reason
+        )
+        _, after = self.budgets.reset(sc, principal, iso(self.clock.now()))
+        return after
+
+    def _record_change(
+        self,
+        action: Literal["set", "reset"],
+        scope: Scope,
+        principal: str,
+        epsilon: float,
+        delta: float,
+        before: Budget | None,
+        admin: Actor,
+        reason: str,
+    ) -> None:
+        """Append the admin action to the ledger; it raises (and nothing changes) if it can't."""
         self.ledger.append(
             AnalyticsBudgetChange(
                 actor=admin,
                 reason=reason,
                 at=iso(self.clock.now()),
-                scope=sc,
+                scope=scope,
                 principal=principal,
-                action="reset",
-                epsilon_limit=before.epsilon_limit,
-                delta_limit=before.delta_limit,
-                previous_epsilon_limit=before.epsilon_limit,
-                previous_epsilon_spent=before.epsilon_spent,
+                action=action,
+                epsilon_limit=epsilon,
+                delta_limit=delta,
+                previous_epsilon_limit=before.epsilon_limit if before else None,
+                previous_epsilon_spent=before.epsilon_spent if before else None,
             )
         )
-        _, after = self.budgets.reset(sc, principal, iso(self.clock.now()))
-        return after
 
     @staticmethod
     def _check_limits(epsilon: float, delta: float) -> None:
