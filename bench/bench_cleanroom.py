@@ -75,7 +75,7 @@ Q: list[QuerySpec] = [
     QuerySpec(
         "Q1",
         "total events",
-        {"template": "count", "epsilon": EPSILON, "max_rows_per_group": 100},
+        {"template": "count", "epsilon": EPSILON, "max_rows_per_group": 1000},
         "SELECT 'all', COUNT(*) FROM events",
     ),
     QuerySpec(
