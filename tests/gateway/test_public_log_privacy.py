@@ -10,7 +10,8 @@ data, refused tokens whose claims name a subject or carry an email, and bad inpu
 quotes a subject id. Then every entry's bytes are scanned for every raw id and value.
 
 The text principals type (purposes, justification details, approvers', deniers' and revokers'
-reasons, review notes) names a person in this scenario; by default (``free_text = "commit"``)
+reasons, review notes, an administrator's reason for loading a policy set, also when refused)
+names a person in this scenario; by default (``free_text = "commit"``)
 no entry carries it, only keyed commitments that the database's texts reproduce, and with
 ``free_text = "publish"`` the entries carry it verbatim.
 """
@@ -30,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bastion.cli.home_cmd import init_home
 from bastion.clock import FixedClock
-from bastion.events import AccessDecision, Approval, AuthFailure, decode_event
+from bastion.events import AccessDecision, Approval, AuthFailure, PolicyChange, decode_event
 from bastion.gateway.auth import TokenIssuer
 from bastion.gateway.bootstrap import bootstrap, ingest, sample_event, sample_user
 from bastion.gateway.client import Context, Filter, GatewayError, Justification
@@ -55,6 +56,7 @@ REVOCATION = "ticket closed by jane.doe@example.com"
 DENIAL = "not needed, Jane Doe withdrew"
 OUTAGE = "payments outage INC-9, Jane Doe's account locked"
 NOTES = "INC-9 confirmed by jane.doe@example.com"
+POLICY_REASON = "stricter exports after Jane Doe's complaint (jane.doe@example.com)"
 NOBODY = "u99999"  # named in a request, but not in the vault
 COMMITMENT = re.compile(rb"hmac-sha256:[0-9a-f]{64}")
 
@@ -221,6 +223,12 @@ def _scenario(
     _refused(lambda: alice.review(bg.review_id or "", "justified", "my own"))
     sofia.review(bg.review_id, "justified", NOTES)
 
+    # A policy load: refused for a non-administrator, then done by one; same typed reason.
+    pat = connect("pat")
+    text = pat.policy()["text"] + "\n// stricter exports\n"
+    _refused(lambda: alice.load_policy(text, POLICY_REASON))
+    assert pat.load_policy(text, POLICY_REASON)["changed"] is True
+
     # Data subjects: their own history, someone else's, and trying to read data.
     me = connect(token=runtime.issuer.issue("u00007", {"role": "subject"}))
     history = me.subject_accesses("u00007")
@@ -351,6 +359,11 @@ def test_typed_text_is_committed_not_published(
     reads = [e for e in events if isinstance(e, AccessDecision) and e.justification_detail]
     assert reads and all(COMMITMENT.fullmatch(str(e.justification_detail).encode()) for e in reads)
     assert all(e.justification_type for e in reads)  # the reason code stays in clear
+    # The policy load's reason, in the change and in the refused attempt's decision.
+    (change,) = [e for e in events if isinstance(e, PolicyChange)]
+    assert COMMITMENT.fullmatch(change.reason.encode())
+    (refused,) = [e for e in events if isinstance(e, AccessDecision) and e.dataset == "@policy"]
+    assert refused.decision == "deny" and refused.reason == change.reason
 
 
 def test_the_commitments_match_the_texts_the_database_keeps(
@@ -374,7 +387,8 @@ def test_the_commitments_match_the_texts_the_database_keeps(
     }
     texts |= {str(r) for (r,) in db.query("SELECT reason FROM access_approvals")}
     texts |= {str(n) for (n,) in db.query("SELECT notes FROM break_glass_reviews") if n}
-    assert {WHY.detail, OUTAGE, APPROVAL, NOTES} <= texts
+    texts |= {str(r) for (r,) in db.query("SELECT reason FROM policy_versions WHERE version > 1")}
+    assert {WHY.detail, OUTAGE, APPROVAL, NOTES, POLICY_REASON} <= texts
     for text in [*texts, PURPOSE, DENIAL, REVOCATION]:
         assert text_commitment(key, text) in in_log, text
         assert runtime.public_text.matches(text, text_commitment(key, text))
@@ -405,6 +419,8 @@ def test_publish_puts_typed_text_in_the_log(
         assert (step, text) in reasons
     reads = [e for e in events if isinstance(e, AccessDecision) and e.purpose == PURPOSE]
     assert reads and any(e.justification_detail == WHY.detail for e in reads)
+    assert [e.reason for e in events if isinstance(e, PolicyChange)] == [POLICY_REASON]
+    assert [e.reason for e in events if getattr(e, "dataset", None) == "@policy"] == [POLICY_REASON]
     assert not any(COMMITMENT.search(e) for e in entries)
     # Still no raw subject id or protected value.
     assert not [v for e in entries for vs in _raw_values().values() for v in vs if v in e]

@@ -9,7 +9,11 @@ import pytest
 from typer.testing import CliRunner
 
 from bastion.cli.main import app
-from bastion.policy import default_pack_text
+from bastion.clock import SystemClock
+from bastion.home import ENV_FREE_TEXT, Home
+from bastion.policy import default_pack_text, text_commitment, text_key
+from bastion.store import open_database
+from bastion.vault import open_vault
 
 runner = CliRunner()
 
@@ -89,6 +93,38 @@ def test_load_show_and_refuse(bare_home: Path, tmp_path: Path) -> None:
         "email",
     )
     assert explained["plan"]["fields"][0]["transform"] == "mask"  # type: ignore[index]
+
+
+@pytest.mark.parametrize("free_text", ["commit", "publish"])
+def test_load_reason_reaches_the_log_as_the_home_says(
+    home: Path, tmp_path: Path, free_text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The typed ``--reason`` names a person: a keyed commitment in the log by default (the
+    text kept in the database), verbatim with free_text = publish."""
+    monkeypatch.setenv(ENV_FREE_TEXT, free_text)
+    why = "stricter exports after jane.doe@example.com's complaint"
+    pack = tmp_path / "pack.cedar"
+    pack.write_text(default_pack_text() + "\n// stricter\n")
+    loaded = run(home, "policy", "load", str(pack), "--reason", why, "--actor", "ada")
+    assert loaded["_exit"] == 0 and loaded["changed"] is True
+    entry = run(home, "ledger", "entry", str(loaded["ledger_index"]))
+    assert entry["entry"]["type"] == "policy.change"  # type: ignore[index]
+    published = str(entry["entry"]["reason"])  # type: ignore[index]
+    assert run(home, "policy", "show")["reason"] == why  # the version row keeps the text
+    if free_text == "publish":
+        assert published == why
+        return
+    assert "jane.doe" not in json.dumps(entry)
+    h = Home.load(home)
+    db = open_database(h.database_url)
+    vault = open_vault(h, db, SystemClock())
+    try:
+        assert published == text_commitment(text_key(vault.subject_hash), why)
+        stored = db.query("SELECT text FROM free_texts WHERE commitment = ?", (published,))
+        assert stored == [(why,)]
+    finally:
+        vault.close()
+        db.close()
 
 
 def test_access_workflow(home: Path, tmp_path: Path) -> None:

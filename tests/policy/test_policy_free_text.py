@@ -13,15 +13,18 @@ import hmac
 
 import pytest
 
+from bastion.clock import FixedClock
 from bastion.errors import ConfigError, IntegrityError
-from bastion.events import Approval
+from bastion.events import Actor, Approval, PolicyChange
 from bastion.home import DEFAULT_CONFIG, settings_from
 from bastion.ledger.log import Log
 from bastion.policy import (
     AccessRequestSpec,
     ApprovalService,
     JustificationType,
+    PolicyStore,
     PublicText,
+    default_pack_text,
     text_commitment,
     text_key,
 )
@@ -106,6 +109,22 @@ def test_approval_steps_carry_commitments(approvals: ApprovalService, ledger: Lo
     assert events[-1].justification_type == "customer_initiated_support"
     assert approvals.get(out.request.id).justification_detail == DETAIL  # kept in the database
     assert approvals.public_text.stored(commit_text("Jane Doe says no")) == "Jane Doe says no"
+
+
+def test_a_policy_load_reason_is_committed_not_published(
+    policy_db: Database, ledger: Log, clock: FixedClock, public_text: PublicText
+) -> None:
+    store = PolicyStore(policy_db, ledger, clock, public_text=public_text)
+    why = "complaint from jane.doe@example.com"
+    store.load(default_pack_text() + "\n// v2\n", Actor(id="ada", kind="operator"), why)
+    change = recorded(ledger)[-1]
+    assert isinstance(change, PolicyChange) and change.reason == commit_text(why)
+    assert public_text.stored(change.reason) == why
+    assert store.history(1)[0].reason == why  # the version row keeps the text
+    # Publishing: the reason verbatim, as before.
+    store.public_text = PublicText(policy_db, commit_text, "publish")
+    store.load(default_pack_text() + "\n// v3\n", Actor(id="ada", kind="operator"), why)
+    assert recorded(ledger)[-1].reason == why
 
 
 def test_setting_from_config_and_environment() -> None:

@@ -120,6 +120,23 @@ def policy_context(home: Path | None) -> Iterator[PolicyContext]:
         db.close()
 
 
+@contextmanager
+def _public_text(ctx: PolicyContext) -> Iterator[None]:
+    """The typed reason of a load reaches the public log as the approval service's typed text
+    does (``bastion access``): a keyed commitment by default, per the home's free_text."""
+    from bastion.gateway.runtime import public_text_for
+    from bastion.policy import migrate_free_text
+    from bastion.vault import open_vault
+
+    vault = open_vault(ctx.home, ctx.db, ctx.clock)
+    try:
+        migrate_free_text(ctx.db)
+        ctx.store.public_text = public_text_for(ctx.home, ctx.db, vault)
+        yield
+    finally:
+        vault.close()
+
+
 def _policies_table(compiled: CompiledPolicies) -> Table:
     table = Table(title=f"Policies ({compiled.sha256[:12]})")
     for col in ("@id", "effect", "actions", "obligation", "description"):
@@ -178,7 +195,7 @@ def load_cmd(
         text = read_policy_file(file)
         if not reason.strip():
             raise InputError("a policy change needs a reason", field="--reason")
-        with policy_context(home) as ctx:
+        with policy_context(home) as ctx, _public_text(ctx):
             who = Actor(id=actor, kind="operator")
             result = ctx.store.load(text, who, reason.strip(), source=str(file))
         if as_json:

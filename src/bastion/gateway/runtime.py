@@ -163,10 +163,11 @@ class Runtime:
         lookup = VaultLookup(vault)
         catalog = vault.catalog
         log = ledger if ledger is not None else open_log(home, db, clock)
-        store = PolicyStore(db, log, clock)
-        policy = PolicyRuntime(store, catalog)
         migrate_free_text(db)
         public_text = public_text_for(home, db, vault)
+        # A policy load's typed reason reaches the log as public_text publishes it.
+        store = PolicyStore(db, log, clock, public_text=public_text)
+        policy = PolicyRuntime(store, catalog)
         approvals = ApprovalService(
             db,
             log,

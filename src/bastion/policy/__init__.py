@@ -103,6 +103,8 @@ def initialize_policy(
     migrate_thresholds(db)
     summary: dict[str, Any] = {}
     if ledger is not None:
+        # No PublicText: the one reason this store loads with is Bastion's own ("install the
+        # shipped policy pack"), not typed text, so it stays in clear in the log.
         store = PolicyStore(db, ledger, clock or SystemClock())
         active = store.active()
         if active is None:

@@ -4,6 +4,10 @@ Loading a policy set: compile it (parse, schema-validate, lint) -> refuse it, ke
 one, if anything is wrong -> append a ``PolicyChange`` event to the ledger -> only then
 activate it as the next version. If the ledger append fails nothing changes, so the ledger
 always knows at least every policy that was ever in force.
+
+The ledger is public and the reason is typed text (it can name a person), so the event carries
+what ``public_text`` publishes for it: a keyed commitment by default, the text kept in the
+database (``free_texts``, and ``policy_versions.reason``). See ``policy/freetext.py``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from bastion.events import Actor, PolicyChange
 from bastion.ledger.api import LedgerWriter, Receipt
 from bastion.policy.compiler import CompiledPolicies, compile_policies, policy_sha256
 from bastion.policy.engine import PolicyEngine
+from bastion.policy.freetext import PublicText
 from bastion.policy.principal import DEFAULT_PRINCIPAL_CONFIG, PrincipalConfig
 from bastion.store import Database
 
@@ -114,10 +119,22 @@ def _row(row: tuple[Any, ...]) -> StoredPolicy:
 
 
 class PolicyStore:
-    def __init__(self, db: Database, ledger: LedgerWriter, clock: Clock) -> None:
+    def __init__(
+        self,
+        db: Database,
+        ledger: LedgerWriter,
+        clock: Clock,
+        *,
+        public_text: PublicText | None = None,
+    ) -> None:
+        """``public_text`` turns a load's typed reason into what the event carries (a
+        commitment by default). Without one the reason goes in clear: only for stores that
+        load with reasons Bastion writes itself (``initialize_policy``'s "install the shipped
+        policy pack") or that only read."""
         self.db = db
         self.ledger = ledger
         self.clock = clock
+        self.public_text = public_text
 
     def active(self) -> StoredPolicy | None:
         rows = self.db.query(
@@ -151,9 +168,11 @@ class PolicyStore:
         previous = current.sha256 if current else None
         if current is not None and current.sha256 == compiled.sha256:
             return PolicyLoadResult(False, current.version, compiled.sha256, previous, compiled)
+        # Stored (free_texts) before the append, as PublicText does for every event.
+        published = self.public_text.publish(reason) if self.public_text else reason
         event = PolicyChange(
             actor=actor,
-            reason=reason,
+            reason=published,
             at=iso(self.clock.now()),
             policy_sha256=compiled.sha256,
             previous_sha256=previous,

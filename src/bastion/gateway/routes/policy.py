@@ -80,7 +80,8 @@ def load_policy(
     if not decision.allowed:
         event = AccessDecision(
             actor=principal.actor(),
-            reason=body.reason[:4096],
+            # Typed text: a keyed commitment by default (the text kept in the database).
+            reason=rt.public_text.publish(body.reason),
             at=iso(rt.clock.now()),
             request_id=rid,
             action=Action.ADMINISTER.value,
