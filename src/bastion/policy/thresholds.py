@@ -204,6 +204,8 @@ class BulkCounter:
         added: dict[tuple[ScopeKind, SensitiveCategory], int] = {}
         totals: dict[tuple[ScopeKind, SensitiveCategory], int] = {}
         # One lock per employer: every principal of an employer counts into its total.
+        if self.db.dialect == "postgresql":
+            return self._reserve_postgres(principal_id, employer, hashed, scopes, now, cutoff)
         with self.db.transaction(lock=f"bulk:{employer}") as cur:
             plans: list[tuple[ScopeKind, str, SensitiveCategory, list[str], list[str], int]] = []
             for scope_kind, scope in scopes:
@@ -223,6 +225,58 @@ class BulkCounter:
                 self._record(cur, scope_kind, scope, category, new, seen_items, total, now)
                 added[(scope_kind, category)] = len(new)
                 totals[(scope_kind, category)] = total + len(new)
+        return Reservation(principal_id, employer, added, totals)
+
+    def _reserve_postgres(
+        self,
+        principal_id: str,
+        employer: str,
+        hashed: Mapping[SensitiveCategory, list[str]],
+        scopes: Sequence[tuple[ScopeKind, str]],
+        now: int,
+        cutoff: int,
+    ) -> Reservation:
+        """PostgreSQL: each (scope, category) is counted and recorded by one set-based statement.
+
+        The statement refreshes ``last_seen`` of the items already counted and inserts the new
+        ones, returning how many were new; crossing a limit raises inside the transaction, so
+        it rolls back and nothing is counted (the same outcome as checking first). Items are
+        joined from ``unnest`` of one array rather than matched with ``= ANY(array)``: once
+        psycopg prepares a statement, PostgreSQL's generic plan for ``= ANY($n)`` scanned the
+        whole scope (about 20 ms for 500 items over 3,700 rows, against 1 ms planned per call).
+        """
+        added: dict[tuple[ScopeKind, SensitiveCategory], int] = {}
+        totals: dict[tuple[ScopeKind, SensitiveCategory], int] = {}
+        with self.db.transaction(lock=f"bulk:{employer}") as cur:
+            for scope_kind, scope in scopes:
+                for category, items in hashed.items():
+                    limit = self.thresholds.limit(scope_kind, category)
+                    if limit is None:
+                        continue
+                    key = (scope_kind, scope, category.value)
+                    total = self._pruned_total(cur, scope_kind, scope, category, cutoff)
+                    row = cur.execute(
+                        "WITH items AS (SELECT h FROM unnest(?::text[]) AS t(h)), "
+                        "seen AS (UPDATE bulk_seen AS b SET last_seen = ? FROM items "
+                        "WHERE b.scope_kind = ? AND b.scope = ? AND b.category = ? "
+                        "AND b.item_hash = items.h RETURNING b.item_hash), "
+                        "fresh AS (INSERT INTO bulk_seen (scope_kind, scope, category, "
+                        "item_hash, first_seen, last_seen) SELECT ?, ?, ?, h, ?, ? FROM items "
+                        "WHERE h NOT IN (SELECT item_hash FROM seen) RETURNING 1) "
+                        "SELECT count(*) FROM fresh",
+                        (list(items), now, *key, *key, now, now),
+                    ).fetchone()
+                    new = int(row[0]) if row else 0
+                    if total + new > limit:
+                        raise BulkThresholdExceeded(scope_kind, scope, category, total, new, limit)
+                    cur.execute(
+                        "INSERT INTO bulk_totals (scope_kind, scope, category, total) "
+                        "VALUES (?, ?, ?, ?) ON CONFLICT (scope_kind, scope, category) "
+                        "DO UPDATE SET total = EXCLUDED.total",
+                        (*key, total + new),
+                    )
+                    added[(scope_kind, category)] = new
+                    totals[(scope_kind, category)] = total + new
         return Reservation(principal_id, employer, added, totals)
 
     def _pruned_total(
