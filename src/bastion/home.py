@@ -10,7 +10,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast, get_args
 
 from bastion.errors import ConfigError, NotInitialized
 
@@ -26,7 +26,8 @@ ENV_FREE_TEXT = "BASTION_FREE_TEXT"
 # What the public log carries for text a principal types (justification details, reasons,
 # review notes, purposes): "commit" a keyed commitment, the text kept in the database; or
 # "publish" the text itself (see bastion/policy/freetext.py).
-FREE_TEXT_MODES = ("commit", "publish")
+FreeTextMode = Literal["commit", "publish"]
+FREE_TEXT_MODES: tuple[str, ...] = get_args(FreeTextMode)
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class Settings:
     log_origin: str = "bastion.example/log"
     witnesses: tuple[str, ...] = ()
     witness_quorum: int = 0
-    free_text: str = "commit"
+    free_text: FreeTextMode = "commit"
     raw: dict[str, Any] = field(default_factory=dict)
 
 
@@ -122,7 +123,7 @@ def settings_from(data: dict[str, Any], env: os._Environ[str] | dict[str, str]) 
         log_origin=str(ledger.get("origin", Settings.log_origin)),
         witnesses=tuple(witnesses),
         witness_quorum=int(ledger.get("witness_quorum", 0)),
-        free_text=str(free_text),
+        free_text=cast(FreeTextMode, free_text),
         raw=data,
     )
 

@@ -42,7 +42,6 @@ def parse_duration(text: str, option: str = "--duration") -> timedelta:
 @contextmanager
 def approval_service(home: Path | None) -> Iterator[ApprovalService]:
     from bastion.gateway.runtime import public_text_for
-    from bastion.policy import migrate_free_text
     from bastion.vault import open_vault
     from bastion.vault.lookup import VaultLookup
 
@@ -50,7 +49,6 @@ def approval_service(home: Path | None) -> Iterator[ApprovalService]:
         key = load_or_create_signing_key(ctx.home.keyring_dir, GRANT_KEY_NAME)
         # The ledger is public: approval events name subjects by the vault's keyed refs.
         vault = open_vault(ctx.home, ctx.db, ctx.clock)
-        migrate_free_text(ctx.db)
         try:
             yield ApprovalService(
                 ctx.db,

@@ -125,12 +125,10 @@ def _public_text(ctx: PolicyContext) -> Iterator[None]:
     """The typed reason of a load reaches the public log as the approval service's typed text
     does (``bastion access``): a keyed commitment by default, per the home's free_text."""
     from bastion.gateway.runtime import public_text_for
-    from bastion.policy import migrate_free_text
     from bastion.vault import open_vault
 
     vault = open_vault(ctx.home, ctx.db, ctx.clock)
     try:
-        migrate_free_text(ctx.db)
         ctx.store.public_text = public_text_for(ctx.home, ctx.db, vault)
         yield
     finally:

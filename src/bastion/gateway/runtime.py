@@ -30,7 +30,6 @@ from bastion.policy import (
     PolicyRuntime,
     PolicyStore,
     PublicText,
-    free_text_mode,
     keyed_commitment,
     migrate_free_text,
     text_key,
@@ -60,11 +59,11 @@ def own_issuer(home: Home, clock: Clock) -> TokenIssuer:
 
 def public_text_for(home: Home, db: Database, vault: Vault) -> PublicText:
     """The home's ``free_text`` setting, committing under a key derived from the vault's keyed
-    subject hash (the secret subject refs come from; read on first use)."""
+    subject hash (the secret subject refs come from; read on first use). Creates the
+    ``free_texts`` table in homes made before it existed."""
+    migrate_free_text(db)
     return PublicText(
-        db,
-        keyed_commitment(lambda: text_key(vault.subject_hash)),
-        free_text_mode(home.settings.free_text),
+        db, keyed_commitment(lambda: text_key(vault.subject_hash)), home.settings.free_text
     )
 
 
@@ -163,7 +162,6 @@ class Runtime:
         lookup = VaultLookup(vault)
         catalog = vault.catalog
         log = ledger if ledger is not None else open_log(home, db, clock)
-        migrate_free_text(db)
         public_text = public_text_for(home, db, vault)
         # A policy load's typed reason reaches the log as public_text publishes it.
         store = PolicyStore(db, log, clock, public_text=public_text)

@@ -43,9 +43,7 @@ from bastion.policy.compiler import (
 from bastion.policy.engine import ApprovalResource, Decision, PolicyEngine
 from bastion.policy.explain import Explanation, explain
 from bastion.policy.freetext import (
-    FreeTextMode,
     PublicText,
-    free_text_mode,
     keyed_commitment,
     migrate_free_text,
     text_commitment,
@@ -137,7 +135,6 @@ __all__ = [
     "Explanation",
     "FieldKind",
     "FieldPlan",
-    "FreeTextMode",
     "GrantClaims",
     "GrantRejected",
     "GrantScope",
@@ -169,7 +166,6 @@ __all__ = [
     "default_policies",
     "derive_attributes",
     "explain",
-    "free_text_mode",
     "initialize_policy",
     "keyed_commitment",
     "kind_of",

@@ -24,13 +24,11 @@ import hashlib
 import hmac
 import threading
 from collections.abc import Callable
-from typing import Literal, get_args
 
 from bastion.errors import ConfigError, IntegrityError
+from bastion.home import FREE_TEXT_MODES, FreeTextMode
 from bastion.store import Database
 
-FreeTextMode = Literal["commit", "publish"]
-FREE_TEXT_MODES: tuple[str, ...] = get_args(FreeTextMode)
 PREFIX = "hmac-sha256:"
 _TEXT_LABEL = b"bastion/free-text/v1\x00"
 # What the vault's keyed hash is asked for to derive the key: a subject id never starts so.
@@ -78,14 +76,6 @@ def keyed_commitment(key_source: Callable[[], bytes]) -> TextCommitment:
     return commit
 
 
-def free_text_mode(value: object) -> FreeTextMode:
-    if value == "commit":
-        return "commit"
-    if value == "publish":
-        return "publish"
-    raise ConfigError(f"free_text must be 'commit' or 'publish', not {value!r}")
-
-
 def migrate_free_text(db: Database) -> None:
     db.migrate("free-text", FREE_TEXT_DDL)
 
@@ -101,7 +91,9 @@ class PublicText:
 
     def __init__(self, db: Database, commit: TextCommitment, mode: FreeTextMode = "commit") -> None:
         self.db = db
-        self.mode: FreeTextMode = free_text_mode(mode)
+        if mode not in FREE_TEXT_MODES:
+            raise ConfigError(f"free_text must be 'commit' or 'publish', not {mode!r}")
+        self.mode: FreeTextMode = mode
         self._commit = commit
         self._lock = threading.Lock()
         # Commitments already stored by this process: a repeated purpose costs no write.
