@@ -175,26 +175,22 @@ def _public_keys(plan: QueryPlan) -> list[GroupKey]:
 
 
 def _ratio_interval(
-    num: float, num_acc: float, den: float, den_acc: float, lo: float, hi: float
+    num: float,
+    num_acc: float,
+    den: float,
+    den_acc: float,
+    lo: float,
+    hi: float,
+    *,
+    offset: float = 0.0,
 ) -> tuple[float, float]:
-    """Interval for num/den from intervals on each, clipped to [lo, hi]."""
-    n_lo, n_hi = max(num - num_acc, 0.0), num + num_acc
-    d_lo, d_hi = den - den_acc, den + den_acc
-    if d_lo <= 0:
-        return lo, hi
-    return max(lo, n_lo / d_hi), min(hi, n_hi / d_lo)
-
-
-def _centred_interval(
-    centre: float, num: float, num_acc: float, den: float, den_acc: float, lo: float, hi: float
-) -> tuple[float, float]:
-    """Interval for centre + num/den from intervals on num (any sign) and den, in [lo, hi]."""
+    """Interval for offset + num/den from intervals on num (any sign) and den, in [lo, hi]."""
     d_lo, d_hi = den - den_acc, den + den_acc
     if d_lo <= 0:
         return lo, hi
     # num/den is monotone in each argument on a box with den > 0: the corners bound it.
     corners = [n / d for n in (num - num_acc, num + num_acc) for d in (d_lo, d_hi)]
-    return max(lo, centre + min(corners)), min(hi, centre + max(corners))
+    return max(lo, offset + min(corners)), min(hi, offset + max(corners))
 
 
 class _Releaser:
@@ -354,13 +350,13 @@ class _Releaser:
         s = self.noised(centred, "total-centred", self.G * self.R * spread, p.epsilon - half)
         a2 = self.alpha / 2
         c_acc, s_acc = laplace_accuracy(c_scale, a2) / W, laplace_accuracy(s.scale, a2) * unit
+        centre = mid * unit
         rows = []
         for key, d, num in zip(keys, den_raw, s.values, strict=True):
             den = d / W
             total = num * unit
-            centre = mid * unit
             value = min(max(centre + total / den, lo), hi) if den > 0 else None
-            ci = _centred_interval(centre, total, s_acc, den, c_acc, lo, hi)
+            ci = _ratio_interval(total, s_acc, den, c_acc, lo, hi, offset=centre)
             scale = s.scale * unit / max(den, 1.0)
             rows.append(ResultRow(_group(p, key), "mean", value, scale, *ci))
         return rows, len(keys)
@@ -372,9 +368,7 @@ class _Releaser:
         # vector has the same L1 sensitivity as one count: both get the whole epsilon.
         imps = [self.value(k, "rows_w") - self.value(k, "clicks_w") for k in keys]
         clicks = [self.value(k, "clicks_w") for k in keys]
-        n = laplace([*imps, *clicks], self.G * self.R * self.W, eps)
-        self._charge(n.epsilon)
-        self.mechanisms.append(f"discrete_laplace([impressions, clicks], scale={n.scale:g})")
+        n = self.noised([*imps, *clicks], "[impressions, clicks]", self.G * self.R * self.W, eps)
         acc = laplace_accuracy(n.scale, self.alpha / 2)
         rows = []
         for i, key in enumerate(keys):
