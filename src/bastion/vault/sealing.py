@@ -350,25 +350,14 @@ class DatasetLayout:
                 order.append((f, slot))
         every = all(wanted for _, _, wanted in steps)
         dense = [(skip, suffix) for skip, suffix, _ in steps]
-        head = self.aad_head
         subject_parts: dict[str, tuple[Callable[..., bytes], bytes]] = {}
+        record_cipher = self._record_cipher
         length_at = _unpack_len
         plains: list[bytes] = []
         add = plains.append
         for record in grouped:
             subject, _, sealed = rows[record]
-            cached = subject_parts.get(subject)
-            if cached is None:
-                aead, dek_version = keys[subject]
-                cached = subject_parts[subject] = (
-                    aead.decrypt,
-                    codec.subject_aad(subject, dek_version),
-                )
-            decrypt, subject_part = cached
-            rk = record.encode()
-            prefix = head + len(rk).to_bytes(2, "big") + rk + subject_part
-            if not sealed or sealed[0] != codec.SEALED_FORMAT:
-                raise IntegrityError("sealed record has an unknown format")
+            decrypt, prefix = record_cipher(record, subject, sealed, keys, subject_parts)
             # No field name is checked on the way: a value read as the wrong field fails
             # authentication (its AAD names the field), and the record is then read again
             # by name, which also says what is wrong. Slices past the end come out short
@@ -430,8 +419,8 @@ class DatasetLayout:
         public: dict[str, FieldSpec] = {
             f.name: f for f in spec.fields if f.classification is Classification.PUBLIC
         }
-        head = self.aad_head
         subject_parts: dict[str, tuple[Callable[..., bytes], bytes]] = {}
+        record_cipher = self._record_cipher
         routes: dict[tuple[str, ...], _OpenRoute | None] = {}
         columns: list[tuple[list[FieldRef], list[bytes]]] = [([], []) for _ in self.sealed]
         length_at = _unpack_len
@@ -463,18 +452,7 @@ class DatasetLayout:
                     routes[names] = self._open_route(names, columns)
                 route = routes[names]
                 assert route is not None
-            cached = subject_parts.get(subject)
-            if cached is None:
-                aead, dek_version = keys[subject]
-                cached = subject_parts[subject] = (
-                    aead.decrypt,
-                    codec.subject_aad(subject, dek_version),
-                )
-            decrypt, subject_part = cached
-            rk = record.encode()
-            prefix = head + len(rk).to_bytes(2, "big") + rk + subject_part
-            if not sealed or sealed[0] != codec.SEALED_FORMAT:
-                raise IntegrityError("sealed record has an unknown format")
+            decrypt, prefix = record_cipher(record, subject, sealed, keys, subject_parts)
             # The walk trusts the blob to be in layout order and checks no field name: a
             # value read as the wrong field fails authentication (the field name is in its
             # AAD), and then the record is read again by name, which says what is wrong.
@@ -501,6 +479,27 @@ class DatasetLayout:
             if planned:
                 opened.update(zip(planned, sf.decode_column(plains), strict=True))
         return opened
+
+    def _record_cipher(
+        self,
+        record: str,
+        subject: str,
+        sealed: bytes,
+        keys: dict[str, FieldKey],
+        subject_parts: dict[str, tuple[Callable[..., bytes], bytes]],
+    ) -> tuple[Callable[..., bytes], bytes]:
+        """A record's decrypt and AAD prefix for opening it: the subject's key and AAD part
+        are looked up once per subject (kept in ``subject_parts``); a blob of unknown format
+        is refused."""
+        cached = subject_parts.get(subject)
+        if cached is None:
+            aead, dek_version = keys[subject]
+            cached = (aead.decrypt, codec.subject_aad(subject, dek_version))
+            subject_parts[subject] = cached
+        if not sealed or sealed[0] != codec.SEALED_FORMAT:
+            raise IntegrityError("sealed record has an unknown format")
+        rk = record.encode()
+        return cached[0], self.aad_head + len(rk).to_bytes(2, "big") + rk + cached[1]
 
     def _open_by_name(
         self,
