@@ -198,6 +198,28 @@ def test_break_glass_then_review(runtime: Runtime, connect: Connect) -> None:
     assert sofia.reviews(status="pending") == []
 
 
+def test_break_glass_refused_below_clearance_2_even_with_a_ticket(
+    runtime: Runtime, connect: Connect
+) -> None:
+    # The review's finding: an internal-clearance engineer got 201 from POST /break-glass for
+    # location (the ticket permit matched once the flag lifted the forbid) and then read it.
+    junior = connect("alice", clearance="internal")
+    outage = Justification(type="break_glass", detail="payments outage, user locked out (INC-9)")
+    with pytest.raises(GatewayError) as err:
+        junior.break_glass(
+            "users",
+            fields=["location"],
+            subjects=["u00002"],
+            justification=outage,
+            purpose="incident INC-9",
+            ticket="INC-9",
+        )
+    assert err.value.status == 403 and err.value.receipt is not None
+    with pytest.raises(GatewayError) as read_err:
+        junior.read("users", "u00002", fields=["location"], context=TICKET)
+    assert read_err.value.status == 403
+
+
 def test_break_glass_needs_a_real_justification(runtime: Runtime, connect: Connect) -> None:
     alice = connect("alice")
     with pytest.raises(GatewayError) as err:

@@ -93,10 +93,25 @@ def test_designated_covered_employer(clock: FixedClock) -> None:
     assert "designated" in attrs.covered_reasons[0]
 
 
-def test_covered_person_may_still_get_interoperable_pseudonyms(engine: PolicyEngine) -> None:
-    out = becomes(engine, PEOPLE["covered_engineer"])
-    assert out["user_id"] == "pseudonym"
-    assert out["language"] == "clear"
+def test_covered_person_gets_no_person_linkable_identifier(engine: PolicyEngine) -> None:
+    # 28 CFR 202 counts pseudonymized identifiers: a covered person gets neither the account
+    # id's pseudonym nor the device ids', only non-identifying interoperable fields.
+    plan = engine.plan(PEOPLE["covered_engineer"], PlanRequest(dataset="users"))
+    assert plan.field("user_id").transform is Transform.DENY
+    assert plan.field("device_ids").transform is Transform.DENY
+    assert "covered-persons-no-linkable-identifiers" in plan.field("user_id").policies
+    assert plan.field("language").transform is Transform.CLEAR
+    # An engineer abroad who is not a covered person still follows accounts by pseudonym.
+    assert becomes(engine, PEOPLE["engineer_abroad"])["user_id"] == "pseudonym"
+
+
+def test_covered_person_gets_no_linkable_identifier_in_any_dataset(engine: PolicyEngine) -> None:
+    for ds in default_catalog().datasets:
+        plan = engine.plan(PEOPLE["covered_engineer"], PlanRequest(dataset=ds.name))
+        for fp in plan.fields:
+            spec = ds.field(fp.field)
+            if spec.pseudonymize or spec.category is not None:
+                assert not fp.released, f"{ds.name}.{fp.field} reached a covered person"
 
 
 # ---------------------------------------------------------------- custodian staff
@@ -162,7 +177,7 @@ def test_moderators_cannot_export(engine: PolicyEngine) -> None:
 # ---------------------------------------------------------------- engineers abroad
 
 
-@pytest.mark.parametrize("who", ["engineer_abroad", "covered_engineer"])
+@pytest.mark.parametrize("who", ["engineer_abroad"])
 def test_engineers_abroad_get_interoperable_pseudonymized(engine: PolicyEngine, who: str) -> None:
     plan = engine.plan(PEOPLE[who], PlanRequest(dataset="events"))
     out = {f.field: f.transform.value for f in plan.fields}
@@ -275,6 +290,51 @@ def test_break_glass_releases_to_cleared_staff_only(engine: PolicyEngine) -> Non
     assert plan.decision == "deny"
 
 
+def test_break_glass_does_not_lift_a_forbid_below_clearance_2(engine: PolicyEngine) -> None:
+    # The review's finding: an internal-clearance engineer with a purpose and a ticket (so the
+    # ordinary staff permit matches) used break-glass to lift the two-approver forbid on
+    # location. Break-glass is its own action now, allowed only by the break-glass permit.
+    low = make("junior", "engineer", clearance="internal")
+    grant = _grant(["location"], 0, "break-glass")
+    plan = engine.plan(low, PlanRequest(dataset="users", fields=("location",), **WORK), grant=grant)
+    assert plan.field("location").transform is Transform.DENY
+    assert not plan.break_glass or plan.decision == "deny"
+
+
+@pytest.mark.parametrize(
+    "who",
+    [
+        make("nomfa", "engineer", amr=("pwd",)),
+        make("mod", "moderator", clearance="restricted"),
+        make("ext", "engineer", employer="parentco", employer_country="SG"),
+    ],
+)
+def test_break_glass_needs_custodian_staff_with_mfa(
+    engine: PolicyEngine, who: PrincipalSpec
+) -> None:
+    grant = _grant(["email", "location"], 0, "break-glass")
+    req = PlanRequest(dataset="users", fields=("email", "location"), **WORK)
+    plan = engine.plan(who, req, grant=grant)
+    assert plan.field("location").transform is Transform.DENY
+
+
+def test_break_glass_never_opens_search_or_export(engine: PolicyEngine) -> None:
+    for action in (Action.SEARCH, Action.EXPORT):
+        grant = GrantScope(
+            "g1",
+            "break-glass",
+            "users",
+            action,
+            frozenset({"location"}),
+            frozenset({"u1"}),
+            0,
+            JustificationType.BREAK_GLASS,
+        )
+        req = PlanRequest(dataset="users", action=action, fields=("location",), **WORK)
+        plan = engine.plan(PEOPLE["staff"], req, grant=grant)
+        assert plan.field("location").transform is Transform.DENY
+
+
 def test_protected_export_needs_two_approvers(engine: PolicyEngine) -> None:
     plan = engine.plan(PEOPLE["staff"], PlanRequest(dataset="users", action=Action.EXPORT, **WORK))
     assert plan.field("email").needs_approval and plan.field("email").approvers_required == 2
@@ -366,6 +426,7 @@ def test_plans_are_deterministic_and_cached(engine: PolicyEngine) -> None:
     assert first.field("location").policies == (
         "covered-persons-denied-protected",
         "protected-stays-onshore",
+        "covered-persons-no-linkable-identifiers",
         "sensitive-categories-need-two-approvers",
     )
 

@@ -33,9 +33,9 @@ from bastion.policy.vocabulary import (
     ANNOTATION_ID,
     ANNOTATION_ROW_FILTER,
     ANNOTATION_TRANSFORM,
-    FIELD_ACTIONS,
     KNOWN_ANNOTATIONS,
     MAX_APPROVERS,
+    RELEASE_ACTIONS,
     Action,
     RowFilterKind,
     Transform,
@@ -214,7 +214,7 @@ def _lint(policy: pst.Template, seen_ids: dict[str, str]) -> tuple[PolicyInfo | 
     actions = _actions(policy.action)
     releases_fields = (
         policy.effect == "permit"
-        and (actions is None or bool(actions & FIELD_ACTIONS))
+        and (actions is None or bool(actions & RELEASE_ACTIONS))
         and _resource_may_be_field(policy.resource)
     )
 

@@ -422,21 +422,14 @@ class PolicyEngine:
             "now": now,
         }
         plain_ctx = self._context(**common)
-        granted_ctx = plain_ctx
-        if grant is not None:
-            granted_ctx = self._context(
-                **common,
-                grant=not grant.break_glass,
-                approvals=0 if grant.break_glass else grant.approvals,
-                break_glass=grant.break_glass,
-            )
         covered = {f.name for f in specs if grant is not None and f.name in grant.fields}
+        granted_action, granted_ctx = self._granted(request.action, grant, common, plain_ctx)
         actual = self._decide(
             entities,
             attrs.id,
             [
                 (
-                    request.action,
+                    granted_action if f.name in covered else request.action,
                     _uid(T_FIELD, field_entity_id(ds.name, f.name)),
                     granted_ctx if f.name in covered else plain_ctx,
                 )
@@ -516,6 +509,29 @@ class PolicyEngine:
             ticket=request.ticket,
             denied_reason=None if released else _deny_summary(field_plans),
         )
+
+    def _granted(
+        self,
+        action: Action,
+        grant: GrantScope | None,
+        common: dict[str, Any],
+        plain_ctx: dict[str, Any],
+    ) -> tuple[Action, dict[str, Any]]:
+        """The action and context a field covered by ``grant`` is decided under.
+
+        An approved grant sets ``context.grant`` and its approver count: both come from a grant
+        this gateway verified, never from the request. A break-glass session is decided as the
+        ``break_glass`` action, by the permit written for it (clearance, role, MFA), so no flag
+        a caller can raise lifts any forbid; ``context.break_glass`` is set only there.
+        """
+        if grant is None:
+            return action, plain_ctx
+        if grant.break_glass:
+            # Break-glass opens records to read them, never to search or export in bulk.
+            if action is not Action.READ:
+                return action, plain_ctx
+            return Action.BREAK_GLASS, self._context(**common, break_glass=True)
+        return action, self._context(**common, grant=True, approvals=grant.approvals)
 
     def _grant_could_lift(self, decision: Decision) -> bool:
         """Only a denial whose every forbid reads the grant (or, with no forbid, a set with a

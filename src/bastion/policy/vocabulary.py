@@ -14,10 +14,16 @@ class Action(StrEnum):
     ANALYZE = "analyze"
     APPROVE = "approve"
     ADMINISTER = "administer"
+    # Opening a field under a break-glass session. Never requested by a caller: the engine
+    # asks it for the fields a break-glass grant covers, so break-glass is decided by its own
+    # permit and no context flag a request could set ever lifts a forbid.
+    BREAK_GLASS = "break_glass"
 
 
 # Actions whose resource is a Field: they produce a per-field plan with transforms.
 FIELD_ACTIONS = frozenset({Action.READ, Action.SEARCH, Action.EXPORT})
+# Every action whose resource is a Field, the engine's own break-glass action included.
+RELEASE_ACTIONS = FIELD_ACTIONS | {Action.BREAK_GLASS}
 
 
 class Transform(StrEnum):
