@@ -39,7 +39,12 @@ def reported_errors(as_json: bool = False) -> Iterator[None]:
         yield
     except BastionError as exc:
         if as_json:
-            emit_json({"ok": False, "error": type(exc).__name__, "message": str(exc)})
+            out: dict[str, Any] = {"ok": False, "error": type(exc).__name__, "message": str(exc)}
+            # Errors that carry structured evidence (a broken invariant's counterexamples).
+            detail = getattr(exc, "detail_json", None)
+            if callable(detail):
+                out["detail"] = detail()
+            emit_json(out)
         else:
             # soft_wrap: a message names files and rows; a hard wrap would split them.
             # escape: the message may quote input, which must never be read as markup.

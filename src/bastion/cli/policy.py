@@ -31,11 +31,20 @@ from bastion.policy import (
     PolicyStore,
     PrincipalSpec,
     compile_policies,
+    default_pack_text,
     default_policies,
     explain,
     initialize_policy,
     schema_text,
 )
+from bastion.policy.invariants import (
+    InvariantResult,
+    check_invariants,
+    invariants_for,
+    parse_invariants,
+    shipped_invariants,
+)
+from bastion.policy.symbolic import SymbolicError
 from bastion.store import Database
 
 MAX_INPUT_BYTES = 1024 * 1024
@@ -110,7 +119,7 @@ def policy_context(home: Path | None) -> Iterator[PolicyContext]:
         clock = SystemClock()
         ledger = open_log(h, db, clock)
         initialize_policy(db)
-        store = PolicyStore(db, ledger, clock)
+        store = PolicyStore(db, ledger, clock, invariants=invariants_for(h.settings.raw, h.path))
         catalog = home_catalog(h)
         yield PolicyContext(h, db, ledger, clock, catalog, store, PolicyRuntime(store, catalog))
     finally:
@@ -171,6 +180,81 @@ def validate_cmd(
             console.print(_policies_table(compiled))
 
 
+def read_policy_source(path: Path | None) -> tuple[str, str]:
+    """A policy set from a file, or every ``*.cedar`` of a directory in name order (a pack);
+    the shipped pack when no path is given. Returns (text, source name)."""
+    if path is None:
+        return default_pack_text(), "shipped pack"
+    if path.is_dir():
+        files = sorted(path.glob("*.cedar"))
+        if not files:
+            raise InputError("the directory holds no .cedar file", file=str(path))
+        return "\n".join(read_policy_file(f) for f in files), str(path)
+    return read_policy_file(path), str(path)
+
+
+def _counterexample_table(result: InvariantResult) -> Table:
+    assert result.counterexample is not None
+    cx = result.counterexample.to_json()
+    table = Table(title=f"counterexample to {result.invariant.id}", show_header=False)
+    table.add_column("where", style="bold")
+    table.add_column("value", overflow="fold")
+    for part in ("principal", "resource", "context"):
+        shown = {k: v for k, v in cx[part].items() if v not in ("", [], None)}
+        table.add_row(part, ", ".join(f"{k}={v!r}" for k, v in shown.items()))
+    table.add_row("action", cx["action"])
+    table.add_row("allowed by", ", ".join(cx["allowed_by"]) or "-")
+    if "denied_with" in cx:
+        table.add_row(
+            "but denied with", ", ".join(f"{k}={v!r}" for k, v in cx["denied_with"].items())
+        )
+    return table
+
+
+@policy_app.command("check")
+def check_cmd(
+    path: Path | None = typer.Argument(
+        None, help="Cedar policy file, or a directory of .cedar files; default the shipped pack."
+    ),
+    invariants: Path | None = typer.Option(
+        None, "--invariants", help="Invariants YAML; default the shipped invariants."
+    ),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Prove every invariant over the whole request space; exit 1 with a counterexample for
+    each one the set breaks (the same check every policy load runs)."""
+    with reported_errors(as_json):
+        text, source = read_policy_source(path)
+        compiled = compile_policies(text, source=source)
+        declared = (
+            parse_invariants(read_text_arg(f"@{invariants}", "invariants"), source=str(invariants))
+            if invariants is not None
+            else shipped_invariants()
+        )
+        try:
+            report = check_invariants(compiled, declared)
+        except SymbolicError as exc:
+            raise InputError(f"cannot be checked: {exc}", file=source) from None
+        if as_json:
+            emit_json({**report.to_json(), "source": source})
+        else:
+            table = Table(title=f"Invariants of {source} ({compiled.sha256[:12]})")
+            for col in ("invariant", "holds", "description"):
+                table.add_column(col, overflow="fold")
+            for r in report.results:
+                mark = "[green]yes[/]" if r.holds else "[bold red]NO[/]"
+                table.add_row(r.invariant.id, mark, r.invariant.description)
+            console.print(table)
+            for r in report.broken:
+                console.print(_counterexample_table(r))
+            console.print(
+                f"{len(report.results)} invariants over {report.policies_checked} policies, "
+                f"{report.table_rows} Cedar evaluations, {report.seconds:.1f} s"
+            )
+        if not report.ok:
+            raise typer.Exit(1)
+
+
 @policy_app.command("schema")
 def schema_cmd(as_json: bool = JSON_OPTION) -> None:
     """Print the Cedar schema every policy is validated against."""
@@ -182,7 +266,7 @@ def schema_cmd(as_json: bool = JSON_OPTION) -> None:
 
 @policy_app.command("load")
 def load_cmd(
-    file: Path = typer.Argument(..., help="Cedar policy file to load."),
+    file: Path = typer.Argument(..., help="Cedar policy file (or a directory of them) to load."),
     reason: str = typer.Option(..., "--reason", help="Why the policy changes (recorded)."),
     actor: str = typer.Option("operator", "--actor", help="Who loads it (recorded)."),
     home: Path | None = HOME_OPTION,
@@ -190,7 +274,7 @@ def load_cmd(
 ) -> None:
     """Validate, record in the ledger, then activate a policy set; an invalid one is refused."""
     with reported_errors(as_json):
-        text = read_policy_file(file)
+        text, _source = read_policy_source(file)
         if not reason.strip():
             raise InputError("a policy change needs a reason", field="--reason")
         with policy_context(home) as ctx, _public_text(ctx):

@@ -34,6 +34,7 @@ from bastion.policy import (
     migrate_free_text,
     text_key,
 )
+from bastion.policy.invariants import invariants_for
 from bastion.store import Database, open_database
 from bastion.vault import Vault
 from bastion.vault.lookup import VaultLookup
@@ -164,7 +165,13 @@ class Runtime:
         log = ledger if ledger is not None else open_log(home, db, clock)
         public_text = public_text_for(home, db, vault)
         # A policy load's typed reason reaches the log as public_text publishes it.
-        store = PolicyStore(db, log, clock, public_text=public_text)
+        store = PolicyStore(
+            db,
+            log,
+            clock,
+            public_text=public_text,
+            invariants=invariants_for(home.settings.raw, home.path),
+        )
         policy = PolicyRuntime(store, catalog)
         approvals = ApprovalService(
             db,

@@ -25,6 +25,7 @@ from bastion.ledger.api import LedgerWriter, Receipt
 from bastion.policy.compiler import CompiledPolicies, compile_policies, policy_sha256
 from bastion.policy.engine import PolicyEngine
 from bastion.policy.freetext import PublicText
+from bastion.policy.invariants import CheckReport, InvariantSet, enforce_invariants
 from bastion.policy.principal import DEFAULT_PRINCIPAL_CONFIG, PrincipalConfig
 from bastion.store import Database
 
@@ -79,6 +80,7 @@ class PolicyLoadResult:
     compiled: CompiledPolicies
     event: PolicyChange | None = None
     receipt: Receipt | None = None
+    check: CheckReport | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -88,6 +90,7 @@ class PolicyLoadResult:
             "previous_sha256": self.previous_sha256,
             "policies": self.compiled.ids,
             "ledger_index": self.receipt.index if self.receipt else None,
+            "invariants": [r.invariant.id for r in self.check.results] if self.check else [],
         }
 
 
@@ -126,15 +129,22 @@ class PolicyStore:
         clock: Clock,
         *,
         public_text: PublicText | None = None,
+        invariants: InvariantSet | None = None,
+        principal_config: PrincipalConfig = DEFAULT_PRINCIPAL_CONFIG,
     ) -> None:
         """``public_text`` turns a load's typed reason into what the event carries (a
         commitment by default). Without one the reason goes in clear: only for stores that
         load with reasons Bastion writes itself (``initialize_policy``'s "install the shipped
-        policy pack") or that only read."""
+        policy pack") or that only read.
+
+        ``invariants`` (the shipped ones by default) must hold for every set this store
+        loads, checked with the principal derivation the gateway uses (``principal_config``)."""
         self.db = db
         self.ledger = ledger
         self.clock = clock
         self.public_text = public_text
+        self.invariants = invariants
+        self.principal_config = principal_config
 
     def active(self) -> StoredPolicy | None:
         rows = self.db.query(
@@ -161,13 +171,19 @@ class PolicyStore:
     def load(
         self, text: str, actor: Actor, reason: str, *, source: str = "policy"
     ) -> PolicyLoadResult:
-        """Validate, record, activate. Raises PolicyRejected (old set stays) or the ledger's
-        error (nothing activated)."""
+        """Validate, prove the invariants, record, activate. Raises PolicyRejected (an
+        InvariantViolated with its counterexamples when an invariant breaks; the old set stays)
+        or the ledger's error (nothing activated)."""
         compiled = compile_policies(text, source=source)
+        check = enforce_invariants(
+            compiled, self.invariants, principal_config=self.principal_config, source=source
+        )
         current = self.active()
         previous = current.sha256 if current else None
         if current is not None and current.sha256 == compiled.sha256:
-            return PolicyLoadResult(False, current.version, compiled.sha256, previous, compiled)
+            return PolicyLoadResult(
+                False, current.version, compiled.sha256, previous, compiled, check=check
+            )
         # Stored (free_texts) before the append, as PublicText does for every event.
         published = self.public_text.publish(reason) if self.public_text else reason
         event = PolicyChange(
@@ -196,7 +212,9 @@ class PolicyStore:
                     receipt.index,
                 ),
             )
-        return PolicyLoadResult(True, version, compiled.sha256, previous, compiled, event, receipt)
+        return PolicyLoadResult(
+            True, version, compiled.sha256, previous, compiled, event, receipt, check=check
+        )
 
 
 class PolicyRuntime:

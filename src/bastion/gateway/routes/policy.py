@@ -29,6 +29,7 @@ from bastion.policy import (
     explain,
 )
 from bastion.policy.compiler import MAX_POLICY_BYTES
+from bastion.policy.invariants import InvariantViolated
 
 router = APIRouter(tags=["policy"])
 
@@ -97,6 +98,19 @@ def load_policy(
         raise err
     try:
         result = rt.policy_store.load(body.text, principal.actor(), body.reason, source="request")
+    except InvariantViolated as exc:
+        # The counterexamples name attribute values, never a person: safe to return.
+        raise reject_request(
+            rt,
+            principal,
+            request,
+            kind="policy-breaks-invariant",
+            message=str(exc),
+            detail={
+                "errors": exc.errors[:50],
+                "invariants": [r.to_json() for r in exc.report.broken],
+            },
+        ) from None
     except PolicyRejected as exc:
         raise reject_request(
             rt,
