@@ -290,6 +290,29 @@ def test_policy_naming_an_unknown_attribute_is_refused(runtime: Runtime, connect
     assert pat.policy()["sha256"] == before
 
 
+def test_policy_breaking_an_invariant_is_refused_with_a_counterexample(
+    runtime: Runtime, connect: Connect
+) -> None:
+    pat = connect("pat")
+    current = pat.policy()
+    # The review's finding, reintroduced: a flag that lifts the two-approver forbid.
+    regressed = current["text"].replace(
+        "unless { context.grant && context.approvals >= 2 };",
+        "unless { (context.grant && context.approvals >= 2) || context.break_glass };",
+        1,
+    )
+    assert regressed != current["text"]
+    with pytest.raises(GatewayError) as err:
+        pat.load_policy(regressed, "let break-glass lift the forbid")
+    assert err.value.status == 422 and err.value.kind == "policy-breaks-invariant"
+    broken = {i["id"]: i for i in err.value.detail["invariants"]}
+    cx = broken["break-glass-only-cleared-staff-with-mfa"]["counterexample"]
+    assert cx["context"]["break_glass"] is True and cx["denied_with"]["break_glass"] is False
+    event = decode_event(runtime.ledger.entry(err.value.receipt.index))  # type: ignore[union-attr]
+    assert isinstance(event, RequestRejected) and event.error == "policy-breaks-invariant"
+    assert pat.policy()["sha256"] == current["sha256"]
+
+
 def test_policy_load_needs_administer(runtime: Runtime, connect: Connect) -> None:
     alice = connect("alice")
     text = connect("pat").policy()["text"]

@@ -5,6 +5,8 @@
 3. a covered person (parent company, country of concern) is denied;
 4. a two-person approval leads to a time-boxed grant, which then expires;
 5. break-glass access, followed by its review;
+   a policy change that would let break-glass lift a forbid is refused, with its
+   counterexample, and break-glass below clearance 2 is refused;
 6. a subject sees who accessed their data, and checks every proof offline;
 7. an auditor verifies the whole log over HTTP with nothing but its vkey.
 
@@ -232,6 +234,53 @@ def _story(
         _receipt(out, "review", done.receipt.index)
         return {"review_id": bg.review_id}
 
+    def invariant_refusal() -> dict[str, Any]:
+        # The shape of the bug the review found: a forbid lifted by a flag, not by a permit.
+        text = rt.engine().policies.text
+        regressed = text.replace(
+            "unless { context.grant && context.approvals >= 2 };",
+            "unless { (context.grant && context.approvals >= 2) || context.break_glass };",
+            1,
+        )
+        _expect(regressed != text, "the demo's regression applies to the pack")
+        try:
+            gw["pat"].load_policy(regressed, "let break-glass lift the two-approver forbid")
+            raise DemoFailed("a policy set that breaks an invariant was loaded")
+        except GatewayError as exc:
+            _expect(exc.status == 422 and exc.kind == "policy-breaks-invariant", "refused")
+            broken = exc.detail["invariants"][0]
+            cx = broken["counterexample"]
+            who = cx["principal"]
+            out.print(f"    pat's change → [red]{exc.status} {exc.kind}[/]: {broken['id']}")
+            out.print(
+                f"    counterexample: {who['role']} of {who['employer'] or '-'}, clearance "
+                f"{who['clearance']}, mfa={who['mfa']} → {cx['action']} "
+                f"{cx['resource']['category']} field with context.break_glass, "
+                f"allowed by {', '.join(cx['allowed_by'])}; denied without it"
+            )
+        junior = GatewayClient(
+            srv.url,
+            token=rt.issuer.issue(
+                "junior", {**PRINCIPALS["alice"], "clearance": "internal"}, ttl=timedelta(minutes=5)
+            ),
+        )
+        try:
+            junior.break_glass(
+                "users",
+                fields=["location"],
+                subjects=[SUBJECTS[1]],
+                justification=Justification(type="break_glass", detail="payments outage INC-78"),
+                purpose="incident INC-78",
+                ticket="INC-78",
+            )
+            raise DemoFailed("break-glass below clearance 2 was granted")
+        except GatewayError as exc:
+            _expect(exc.status == 403, "junior refused")
+            out.print(f"    junior (clearance internal) breaks the glass → [red]{exc.status}[/]")
+        finally:
+            junior.close()
+        return {"refused": broken["id"]}
+
     def subject_view() -> dict[str, Any]:
         me = GatewayClient(
             srv.url, token=rt.issuer.issue(subject, {"role": "subject"}, ttl=timedelta(minutes=5))
@@ -289,5 +338,6 @@ def _story(
     step("A covered person is denied", covered_denied)
     step("Two-person approval → a time-boxed grant, which expires", two_person)
     step("Break-glass, then its review", break_glass)
+    step("A policy change that breaks an invariant is refused", invariant_refusal)
     step("The subject sees who touched their data, with proofs", subject_view)
     step("An auditor verifies the log over HTTP", auditor)
