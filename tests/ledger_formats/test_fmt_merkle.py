@@ -27,7 +27,9 @@ from bastion.ledger.merkle import (
     verify_inclusion,
 )
 
-VECTORS = Path("/work/shared/testvectors/merkle")
+# Vendored from transparency-dev/merkle (see vectors/README.md): the suite reads nothing
+# outside the repository.
+VECTORS = Path(__file__).parent / "vectors" / "merkle"
 
 
 def _b64(value: str | None) -> bytes:
