@@ -8,7 +8,7 @@ from typing import Any
 
 from bastion.catalog import Catalog, default_catalog, load_catalog
 from bastion.clock import Clock, SystemClock
-from bastion.errors import NotInitialized
+from bastion.errors import NotInitialized, StoreUnavailable
 from bastion.home import Home
 from bastion.keys.factory import create_key_provider, open_key_provider
 from bastion.store import Database
@@ -37,12 +37,40 @@ def initialize_vault(home: Home, db: Database) -> dict[str, Any]:
         provider.close()
 
 
-def open_vault(home: Home, db: Database, clock: Clock, *, catalog: Catalog | None = None) -> Vault:
-    """Open the vault; a home or database that was never initialized says so (NotInitialized)."""
+# Whether the vault's table exists, asked of the catalog so that a missing table is an answer
+# (0) rather than an error: any error then means the database itself could not be read.
+_TABLE_EXISTS = {
+    "sqlite": "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'vault_secrets'",
+    "postgresql": "SELECT COUNT(*) FROM (SELECT to_regclass('vault_secrets') AS t) s "
+    "WHERE t IS NOT NULL",
+}
+
+
+def _unreachable(db: Database, exc: Exception) -> StoreUnavailable:
+    # A StoreUnavailable already says what failed (and holds no credentials); a driver error
+    # is named by its type only, since its text may quote the statement.
+    cause = str(exc) if isinstance(exc, StoreUnavailable) else type(exc).__name__
+    return StoreUnavailable(
+        f"the database is unreachable ({db.description}): {cause}; the vault cannot be opened"
+    )
+
+
+def _query(db: Database, sql: str, params: tuple[str, ...] = ()) -> list[tuple[Any, ...]]:
     try:
-        rows = db.query("SELECT COUNT(*) FROM vault_secrets WHERE name = ?", (IDENTITY_SECRET,))
-    except Exception:
-        rows = [(0,)]
+        return db.query(sql, params)
+    except Exception as exc:
+        raise _unreachable(db, exc) from None
+
+
+def open_vault(home: Home, db: Database, clock: Clock, *, catalog: Catalog | None = None) -> Vault:
+    """Open the vault. A database that was never initialized says so (NotInitialized); one that
+    cannot be reached or read says that (StoreUnavailable), never "not initialized"."""
+    exists = _TABLE_EXISTS.get(db.dialect)
+    if exists is not None and int(_query(db, exists)[0][0]) == 0:
+        raise NotInitialized(
+            f"the vault is not initialized in {db.description}; run `bastion init`"
+        )
+    rows = _query(db, "SELECT COUNT(*) FROM vault_secrets WHERE name = ?", (IDENTITY_SECRET,))
     if not rows or int(rows[0][0]) == 0:
         raise NotInitialized(
             f"the vault is not initialized in {db.description}; run `bastion init`"
