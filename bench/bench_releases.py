@@ -200,7 +200,9 @@ def measure(
     def verify() -> None:
         state = MemoryState()
         state.heads[ORIGIN] = old_head
-        result = verify_release(artifact, evidence, bundle, state, now=NOW)
+        result = verify_release(
+            artifact, evidence, bundle, state, app="com.example.app", channel="stable", now=NOW
+        )
         if not result.ok:
             raise SystemExit(f"verification failed: {result.to_json()}")
 

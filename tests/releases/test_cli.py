@@ -155,7 +155,12 @@ def test_cli_review_build_approve_verify(home: Path, tmp_path: Path) -> None:
 
     tampered = tmp_path / "tampered.tar.gz"
     tampered.write_bytes(artifact.read_bytes() + b"\0")
-    assert run(*verify, str(tampered), code=6)["code"] == "artifact.digest_mismatch"
+    target = ("--app", "com.example.social", "--channel", "stable")
+    assert run(*verify, str(tampered), *target, code=6)["code"] == "artifact.digest_mismatch"
+    # The update checker must name its app and channel.
+    assert (
+        runner.invoke(app, [*verify, str(artifact), "--app", "com.example.social"]).exit_code == 2
+    )
 
     # An unreviewed commit builds, but the custodian will not approve it.
     commit_files(repo, {"app/x.txt": "x\n"}, author=dana, when=T0, message="x")
@@ -185,6 +190,7 @@ def test_cli_review_build_approve_verify(home: Path, tmp_path: Path) -> None:
             str(bundle),
             "--evidence",
             str(junk),
+            *target,
             code=2,
         )["error"]
         == "InputError"
@@ -195,7 +201,15 @@ def test_cli_review_build_approve_verify(home: Path, tmp_path: Path) -> None:
     old.write_text(json.dumps(doc))
     assert (
         run(
-            "releases", "verify", str(artifact), "--bundle", str(old), "--evidence", str(ev), code=6
+            "releases",
+            "verify",
+            str(artifact),
+            "--bundle",
+            str(old),
+            "--evidence",
+            str(ev),
+            *target,
+            code=6,
         )["code"]
         == "bundle.expired"
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 from bastion.clock import FixedClock
 from bastion.home import Home, Settings
 from bastion.ledger.log import Log
-from bastion.releases.demo import run_demo
+from bastion.releases.demo import APP, CHANNEL, run_demo
 from bastion.releases.files import read_json
 from bastion.releases.verify import verify_release
 from bastion.store import Database
@@ -46,6 +46,8 @@ def test_demo_passes_and_rejects_the_three_attempts(
         work / "app.tar.gz",
         read_json(work / "evidence.json", "evidence"),
         read_json(work / "trust-bundle.json", "bundle"),
+        app=APP,
+        channel=CHANNEL,
         now=clock.now(),
     )
     assert result.ok, result.to_json()

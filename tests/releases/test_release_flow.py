@@ -169,17 +169,27 @@ def test_release_flow_verifies_offline_and_state_tracks_the_log(flow: Flow, tmp_
     flow.log.publish()
     # Evidence carries a consistency proof from the size served before, so the phone advances.
     second = flow.evidence(build2.sha256)
-    result2 = verify_release(build2.artifact, second, bundle, state, now=flow.clock.now())
+    result2 = verify_release(
+        build2.artifact, second, bundle, state, app=APP, channel="stable", now=flow.clock.now()
+    )
     assert result2.ok, result2.to_json()
     assert result2.reviewers == [BOB.email, CAROL.email]
     assert state.load(flow.log.origin).size == result2.checkpoint["size"]  # type: ignore[union-attr,index]
 
     # Rollback: the old evidence (smaller tree) is now refused by this phone.
-    rolled = verify_release(build.artifact, first, bundle, state, now=flow.clock.now())
+    rolled = verify_release(
+        build.artifact, first, bundle, state, app=APP, channel="stable", now=flow.clock.now()
+    )
     assert not rolled.ok and rolled.code == "log.rollback"
     # Fresh evidence for the first release is fine.
     again = verify_release(
-        build.artifact, flow.evidence(build.sha256), bundle, state, now=flow.clock.now()
+        build.artifact,
+        flow.evidence(build.sha256),
+        bundle,
+        state,
+        app=APP,
+        channel="stable",
+        now=flow.clock.now(),
     )
     assert again.ok, again.to_json()
 
@@ -192,10 +202,17 @@ def test_tampered_artifact_and_expired_bundle(flow: Flow) -> None:
     ev = flow.evidence(build.sha256)
     tampered = bytearray(build.artifact)
     tampered[100] ^= 1
-    bad = verify_release(bytes(tampered), ev, flow.bundle(), now=flow.clock.now())
+    bad = verify_release(
+        bytes(tampered), ev, flow.bundle(), app=APP, channel="stable", now=flow.clock.now()
+    )
     assert bad.code == "artifact.digest_mismatch"
     expired = verify_release(
-        build.artifact, ev, flow.bundle(), now=flow.clock.now() + timedelta(days=31)
+        build.artifact,
+        ev,
+        flow.bundle(),
+        app=APP,
+        channel="stable",
+        now=flow.clock.now() + timedelta(days=31),
     )
     assert expired.code == "bundle.expired"
 

@@ -345,20 +345,25 @@ def verify_cmd(
     state: Path | None = typer.Option(
         None, "--state", help="Directory remembering the last checkpoint seen."
     ),
-    app: str | None = typer.Option(None, "--app", help="Require this app id."),
-    channel: str | None = typer.Option(None, "--channel", help="Require this channel."),
+    app: str = typer.Option(..., "--app", help="The app id the release must be approved for."),
+    channel: str = typer.Option(
+        ..., "--channel", help="The channel the release must be approved for."
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Offline: is ARTIFACT an approved, logged, reviewed release? Non-zero exit if not."""
     with reported_errors(as_json):
-        from bastion.releases.verify import DirectoryState, verify_release
+        from bastion.releases.bundle import MAX_BUNDLE_BYTES
+        from bastion.releases.verify import MAX_EVIDENCE_BYTES, DirectoryState, verify_release
 
         if not artifact.is_file():
             raise InputError("artifact not found", file=str(artifact))
+        # Parsed with the verifier's own bounds (size, nesting, no duplicate keys): a hostile
+        # file is a clear InputError, never a traceback.
         result = verify_release(
             artifact,
-            files.read_json(evidence, "evidence"),
-            files.read_json(bundle, "trust bundle"),
+            files.read_json(evidence, "evidence", max_bytes=MAX_EVIDENCE_BYTES),
+            files.read_json(bundle, "trust bundle", max_bytes=MAX_BUNDLE_BYTES),
             DirectoryState(state) if state is not None else None,
             app=app,
             channel=channel,

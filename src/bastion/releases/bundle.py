@@ -9,7 +9,6 @@ forever by an app that stopped updating. Pure, no I/O.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -20,8 +19,11 @@ from bastion.releases.dsse import TrustedKey
 from bastion.releases.errors import ReleaseRejected
 from bastion.releases.intoto import describe_validation_error
 from bastion.releases.policy import KeyHolder, ReleasePolicy, StrictModel
+from bastion.releases.strictjson import JsonRefused
+from bastion.releases.strictjson import loads as strict_loads
 
 BUNDLE_FORMAT = "bastion-trust-bundle/v1"
+MAX_BUNDLE_BYTES = 1 << 20
 
 
 def parse_time(text: str, field: str) -> datetime:
@@ -100,9 +102,9 @@ def load_trust_bundle(obj: object) -> TrustBundle:
         return obj
     if isinstance(obj, str | bytes):
         try:
-            obj = json.loads(obj)
-        except ValueError:
-            raise ReleaseRejected("bundle.malformed", "trust bundle is not JSON") from None
+            obj = strict_loads(obj, max_bytes=MAX_BUNDLE_BYTES)
+        except JsonRefused as exc:
+            raise ReleaseRejected("bundle.malformed", f"trust bundle is refused: {exc}") from None
     if not isinstance(obj, Mapping):
         raise ReleaseRejected("bundle.malformed", "trust bundle must be a JSON object")
     try:

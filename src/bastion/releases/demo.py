@@ -228,7 +228,9 @@ def run_demo(
     tampered[len(tampered) // 2] ^= 0x01
     expect_rejection(
         "tampered artifact",
-        lambda: verify_release(bytes(tampered), evidence, bundle, state, now=clock.now()),
+        lambda: verify_release(
+            bytes(tampered), evidence, bundle, state, app=APP, channel=CHANNEL, now=clock.now()
+        ),
     )
 
     # Rejected attempt 2: a build from a commit nobody reviewed.

@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,12 +28,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from bastion.events import canonical
 from bastion.releases.errors import ReleaseRejected
+from bastion.releases.strictjson import JsonRefused
+from bastion.releases.strictjson import loads as strict_loads
 
 # Bounds keep a hostile envelope from costing unbounded work: verification tries every
 # trusted key against every signature.
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_SIGNATURES = 32
 MAX_PAYLOAD_TYPE_BYTES = 256
+MAX_ENVELOPE_BYTES = 1 << 20  # the payload in base64 plus the signatures, with room to spare
 
 _B64_CHARS = re.compile(r"^[A-Za-z0-9+/_-]*$")
 
@@ -126,9 +128,9 @@ def parse_envelope(obj: object) -> Envelope:
     """Validate an envelope's shape. Raises ``envelope.malformed`` naming the bad field."""
     if isinstance(obj, str | bytes):
         try:
-            obj = json.loads(obj)
-        except ValueError:
-            raise ReleaseRejected("envelope.malformed", "envelope is not JSON") from None
+            obj = strict_loads(obj, max_bytes=MAX_ENVELOPE_BYTES)
+        except JsonRefused as exc:
+            raise ReleaseRejected("envelope.malformed", f"envelope is refused: {exc}") from None
     if not isinstance(obj, Mapping):
         raise ReleaseRejected("envelope.malformed", "envelope must be a JSON object")
     unknown = set(obj) - {"payloadType", "payload", "signatures"}

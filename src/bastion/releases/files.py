@@ -19,6 +19,8 @@ from bastion.errors import ConfigError, InputError
 from bastion.keys.signing import read_key_pem, write_new_key_pem
 from bastion.releases.intoto import describe_validation_error
 from bastion.releases.policy import ReleasePolicy
+from bastion.releases.strictjson import JsonRefused
+from bastion.releases.strictjson import loads as strict_loads
 
 
 def policy_path(home_path: Path) -> Path:
@@ -58,12 +60,19 @@ def save_policy(home_path: Path, policy: ReleasePolicy) -> Path:
     return path
 
 
-def read_json(path: Path, what: str) -> Any:
+def read_json(path: Path, what: str, *, max_bytes: int | None = None) -> Any:
+    """A JSON document named on the command line, parsed strictly (at most ``max_bytes``,
+    bounded nesting, no key given twice; see ``strictjson``); else InputError naming ``what``
+    and the file, never a traceback."""
     try:
-        return json.loads(path.read_bytes())
+        return strict_loads(path.read_bytes(), max_bytes=max_bytes)
     except FileNotFoundError:
         raise InputError(f"{what} not found", file=str(path)) from None
-    except ValueError as exc:
+    except IsADirectoryError:
+        raise InputError(f"{what} is a directory", file=str(path)) from None
+    except OSError as exc:
+        raise InputError(f"{what} unreadable ({exc.strerror})", file=str(path)) from None
+    except JsonRefused as exc:
         raise InputError(f"{what} is not valid JSON ({exc})", file=str(path)) from None
 
 

@@ -2,11 +2,17 @@
 
 Validated with pydantic; serialized as RFC 8785 canonical JSON so that a payload's bytes are
 reproducible. Pure, no I/O.
+
+Parsing follows the framework's rules: consumers MUST ignore unrecognized fields (so a
+Statement or ResourceDescriptor from a newer minor version is accepted and its extra fields
+dropped), while the required fields are still required: ``_type`` (present, exactly v1),
+``subject`` (non-empty, and every subject carries a non-empty ``digest``) and
+``predicateType``. The payload is parsed strictly (``strictjson``): bounded, and an object
+that names a key twice is refused rather than read one way here and another way elsewhere.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, Literal
 
@@ -14,10 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from bastion.events import canonical
 from bastion.releases.errors import ReleaseRejected
+from bastion.releases.strictjson import JsonRefused
+from bastion.releases.strictjson import loads as strict_loads
 
 STATEMENT_TYPE: Literal["https://in-toto.io/Statement/v1"] = "https://in-toto.io/Statement/v1"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 
+MAX_STATEMENT_BYTES = 256 * 1024  # the DSSE payload limit
 _HEX = re.compile(r"^[0-9a-f]+$")
 # Lengths for the digest algorithms we check; others are carried but never trusted.
 _DIGEST_HEX_LENGTHS = {"sha256": (64,), "sha512": (128,), "gitCommit": (40, 64), "sha1": (40,)}
@@ -26,7 +35,7 @@ _DIGEST_HEX_LENGTHS = {"sha256": (64,), "sha512": (128,), "gitCommit": (40, 64),
 class ResourceDescriptor(BaseModel):
     """in-toto ResourceDescriptor v1: at least one of uri, digest or content."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
     name: str | None = None
     uri: str | None = None
@@ -58,12 +67,21 @@ class ResourceDescriptor(BaseModel):
 
 
 class Statement(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
     type_: Literal["https://in-toto.io/Statement/v1"] = Field(default=STATEMENT_TYPE, alias="_type")
     subject: list[ResourceDescriptor] = Field(min_length=1)
     predicateType: str = Field(min_length=1)
     predicate: dict[str, Any]
+
+    @field_validator("subject")
+    @classmethod
+    def _subjects_have_digests(cls, value: list[ResourceDescriptor]) -> list[ResourceDescriptor]:
+        # Statement v1: "subject ... digest: REQUIRED"; a name or uri alone identifies nothing.
+        for i, subject in enumerate(value):
+            if not subject.digest:
+                raise ValueError(f"subject[{i}] has no digest (in-toto v1 requires one)")
+        return value
 
     def to_payload(self) -> bytes:
         return canonical(self.model_dump(mode="json", by_alias=True, exclude_none=True))
@@ -82,9 +100,13 @@ def describe_validation_error(exc: ValidationError) -> str:
 def parse_statement(payload: bytes, predicate_type: str, what: str) -> Statement:
     """Parse a DSSE payload as a Statement v1 with the expected predicate type."""
     try:
-        data = json.loads(payload)
-    except ValueError:
-        raise ReleaseRejected("statement.malformed", f"{what}: payload is not JSON") from None
+        data = strict_loads(payload, max_bytes=MAX_STATEMENT_BYTES)
+    except JsonRefused as exc:
+        raise ReleaseRejected("statement.malformed", f"{what}: payload refused: {exc}") from None
+    if not isinstance(data, dict):
+        raise ReleaseRejected("statement.malformed", f"{what}: payload must be a JSON object")
+    if "_type" not in data:  # the model defaults it for producers; a consumer requires it
+        raise ReleaseRejected("statement.malformed", f"{what}: field '_type' is required")
     try:
         statement = Statement.model_validate(data)
     except ValidationError as exc:

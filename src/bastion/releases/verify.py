@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bastion.errors import BastionError
-from bastion.events import ReleaseApproval, decode_event
+from bastion.events import MAX_ENTRY_BYTES, ReleaseApproval, canonical, decode_event
 from bastion.ledger.checkpoint import Checkpoint, CheckpointError
 from bastion.ledger.cosignature import CosignatureVerifier, QuorumError
 from bastion.ledger.merkle import verify_consistency
@@ -45,11 +45,17 @@ from bastion.releases.dsse import b64decode_any, parse_envelope
 from bastion.releases.errors import ReleaseRejected
 from bastion.releases.provenance import check_provenance
 from bastion.releases.review import check_review
+from bastion.releases.strictjson import JsonRefused
+from bastion.releases.strictjson import loads as strict_loads
 from bastion.releases.vsa import check_vsa
 
 EVIDENCE_FORMAT = "bastion-release-evidence/v1"
 MAX_CONSISTENCY_PROOFS = 64
 MAX_PROOF_HASHES = 64
+# The largest honest evidence: a 64 KiB entry in base64 (~88 KB), a tlog-proof, and 64
+# consistency proofs of 64 hashes (~190 KB). Anything past 1 MiB is refused unparsed.
+MAX_EVIDENCE_BYTES = 1 << 20
+MAX_STATE_BYTES = 64 * 1024
 
 
 # --- evidence ----------------------------------------------------------------------------
@@ -96,9 +102,9 @@ def parse_evidence(obj: object) -> Evidence:
         return obj
     if isinstance(obj, str | bytes):
         try:
-            obj = json.loads(obj)
-        except ValueError:
-            raise _malformed("evidence is not JSON") from None
+            obj = strict_loads(obj, max_bytes=MAX_EVIDENCE_BYTES)
+        except JsonRefused as exc:
+            raise _malformed(f"evidence is refused: {exc}") from None
     if not isinstance(obj, Mapping):
         raise _malformed("evidence must be a JSON object")
     if obj.get("format") != EVIDENCE_FORMAT:
@@ -107,6 +113,8 @@ def parse_evidence(obj: object) -> Evidence:
         entry = b64decode_any(obj.get("entry"), "entry")
     except ReleaseRejected as exc:
         raise _malformed(exc.detail) from None
+    if len(entry) > MAX_ENTRY_BYTES:
+        raise _malformed(f"the log entry exceeds {MAX_ENTRY_BYTES} bytes")
     proof = obj.get("tlog_proof")
     if not isinstance(proof, str):
         raise _malformed("field 'tlog_proof' must be a string")
@@ -174,11 +182,11 @@ class DirectoryState:
     def load(self, origin: str) -> TrustedHead | None:
         file = self._file(origin)
         try:
-            data = json.loads(file.read_text())
+            data = strict_loads(file.read_bytes(), max_bytes=MAX_STATE_BYTES)
             head = TrustedHead(int(data["size"]), bytes.fromhex(data["root_hash"]))
         except FileNotFoundError:
             return None
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, OSError):
             # A corrupt state must not silently reset trust to "first use".
             raise ReleaseRejected("state.corrupt", f"verifier state {file} is unreadable") from None
         if data.get("origin") != origin:
@@ -314,6 +322,36 @@ def _check_consistency(
     return f"consistent with size {previous.size}"
 
 
+def _decode_entry(entry: bytes) -> ReleaseApproval:
+    """The logged approval, accepted only as the exact bytes RFC 8785 gives for what they say.
+
+    The log commits to bytes; a phone and an auditor must read one meaning from them. A key
+    given twice (parsers differ on which wins), other whitespace, key order or number and
+    string spellings would let the same logged bytes be read two ways, so the entry is parsed
+    strictly (no duplicate keys, bounded), re-encoded, and refused unless that is identical.
+    """
+    try:
+        doc = strict_loads(entry, max_bytes=MAX_ENTRY_BYTES)
+    except JsonRefused as exc:
+        raise ReleaseRejected("evidence.malformed", f"log entry is refused: {exc}") from None
+    try:
+        again = canonical(doc)
+    except ValueError:  # rfc8785 refuses what JCS cannot encode (unsafe integers, surrogates)
+        again = b""
+    if again != entry:
+        raise ReleaseRejected(
+            "evidence.noncanonical",
+            "log entry is not RFC 8785 canonical JSON (re-encoding it gives other bytes)",
+        )
+    try:
+        event = decode_event(entry)
+    except ValueError:
+        raise ReleaseRejected("evidence.malformed", "log entry is not an event") from None
+    if not isinstance(event, ReleaseApproval):
+        raise ReleaseRejected("evidence.malformed", "log entry is not a release approval")
+    return event
+
+
 def _read_artifact(artifact: bytes | Path) -> str:
     if isinstance(artifact, bytes | bytearray | memoryview):
         return hashlib.sha256(artifact).hexdigest()
@@ -333,12 +371,13 @@ def verify_release(
     trust_bundle: TrustBundle | Mapping[str, Any] | str | bytes,
     state: VerifierState | None = None,
     *,
-    app: str | None = None,
-    channel: str | None = None,
+    app: str,
+    channel: str,
     now: datetime | None = None,
 ) -> VerificationResult:
     """Verify ``artifact`` offline. Never raises for a bad release: returns ``ok=False`` with a
-    stable ``code``. ``app``/``channel``, when given, must be what the approval names."""
+    stable ``code``. ``app`` and ``channel`` are required: the update checker names what it
+    is, and an approval for any other app or channel is refused (``release.wrong_target``)."""
     result = VerificationResult(ok=False, artifact_sha256="")
     step = "bundle"
 
@@ -351,14 +390,14 @@ def verify_release(
         passed(f"valid until {bundle.expires_at}")
 
         step = "artifact"
+        for wanted, label in ((app, "app"), (channel, "channel")):
+            if not isinstance(wanted, str) or not wanted:
+                raise ReleaseRejected(
+                    "release.target_missing", f"the update checker must name its {label}"
+                )
         result.artifact_sha256 = _read_artifact(artifact)
         ev = parse_evidence(evidence)
-        try:
-            event = decode_event(ev.entry)
-        except ValueError:
-            raise ReleaseRejected("evidence.malformed", "log entry is not an event") from None
-        if not isinstance(event, ReleaseApproval):
-            raise ReleaseRejected("evidence.malformed", "log entry is not a release approval")
+        event = _decode_entry(ev.entry)
         if event.artifact_sha256 != result.artifact_sha256:
             raise ReleaseRejected(
                 "artifact.digest_mismatch",
@@ -367,7 +406,7 @@ def verify_release(
             )
         result.app, result.channel = event.app, event.channel
         for wanted, got, label in ((app, event.app, "app"), (channel, event.channel, "channel")):
-            if wanted is not None and wanted != got:
+            if wanted != got:
                 raise ReleaseRejected(
                     "release.wrong_target", f"approval is for {label} {got!r}, not {wanted!r}"
                 )
@@ -449,4 +488,10 @@ def verify_release(
     except BastionError as exc:  # any other integrity/input failure still fails closed
         result.checks.append(Check(step, False, str(exc)))
         result.code, result.message = f"{step}.error", str(exc)
+    except Exception as exc:  # the promise: a bad release never raises
+        # The inputs are parsed bounded and strictly, so this is not expected; if some part
+        # still fails on hostile input (RecursionError, MemoryError, ...) it fails closed.
+        detail = f"verification stopped: {type(exc).__name__}"
+        result.checks.append(Check(step, False, detail))
+        result.code, result.message = f"{step}.error", detail
     return result
