@@ -19,9 +19,10 @@ from .conftest import Connect
 
 def test_moderator_sees_identifiers_masked(runtime: Runtime, connect: Connect) -> None:
     mod = connect("mod")
+    # A moderator follows accounts by pseudonym, so it names the record by its token.
     out = mod.read(
         "users",
-        "u00007",
+        runtime.vault.pseudonym_of("u00007") or "",
         fields=["email", "phone", "name", "user_id", "language"],
         context=Context(purpose="abuse report R-1"),
     )
@@ -66,17 +67,21 @@ def test_bulk_threshold_refuses_and_records(runtime: Runtime, connect: Connect) 
     )
     kenji = connect("kenji")
     ctx = Context(purpose="dedupe accounts")
-    kenji.batch_read("users", ["u00001", "u00002"], fields=["user_id"], context=ctx)
-    kenji.read("users", "u00001", fields=["user_id"], context=ctx)  # already counted
-    kenji.read("users", "u00003", fields=["user_id"], context=ctx)
+
+    def tok(user: str) -> str:  # kenji names accounts by their pseudonyms
+        return runtime.vault.pseudonym_of(user) or ""
+
+    kenji.batch_read("users", [tok("u00001"), tok("u00002")], fields=["user_id"], context=ctx)
+    kenji.read("users", tok("u00001"), fields=["user_id"], context=ctx)  # already counted
+    kenji.read("users", tok("u00003"), fields=["user_id"], context=ctx)
     with pytest.raises(GatewayError) as err:
-        kenji.read("users", "u00004", fields=["user_id"], context=ctx)
+        kenji.read("users", tok("u00004"), fields=["user_id"], context=ctx)
     assert err.value.status == 429 and err.value.kind == "bulk-threshold"
     event = decode_event(runtime.ledger.entry(err.value.receipt.index))  # type: ignore[union-attr]
     assert isinstance(event, AccessDecision) and event.decision == "deny"
     assert "202.205" in (event.denied_reason or "")
     # Fields of no sensitive category are not counted.
-    out = kenji.read("users", "u00004", fields=["language"], context=ctx)
+    out = kenji.read("users", tok("u00004"), fields=["language"], context=ctx)
     assert out.records[0].values == {"language": "en-US"}
 
 

@@ -62,14 +62,17 @@ def test_ticket_row_filter_drops_other_subjects(runtime: Runtime, connect: Conne
 
 def test_engineer_abroad_gets_pseudonyms(runtime: Runtime, connect: Connect) -> None:
     kenji = connect("kenji")
+    # kenji sees account ids only as pseudonyms, so he names a record by its token.
+    token = runtime.vault.pseudonym_of("u00003")
+    assert token is not None
     out = kenji.read(
         "users",
-        "u00003",
+        token,
         fields=["user_id", "device_ids", "country", "language"],
         context=Context(purpose="debugging recommendations"),
     )
     values = out.records[0].values
-    assert values["user_id"].startswith("ps_") and values["user_id"] != "u00003"
+    assert values["user_id"] == token and values["user_id"] != "u00003"
     assert all(d.startswith("ps_") for d in values["device_ids"])
     assert values["country"] == "US" and values["language"] == "en-US"
     # Protected fields are denied outright.
@@ -78,6 +81,44 @@ def test_engineer_abroad_gets_pseudonyms(runtime: Runtime, connect: Connect) -> 
     with pytest.raises(GatewayError) as err:
         kenji.read("users", "u00003", fields=["email"], context=Context(purpose="x"))
     assert err.value.status == 403
+
+
+def test_pseudonym_only_principal_cannot_address_raw_ids(
+    runtime: Runtime, connect: Connect
+) -> None:
+    # The review's attack: batch-read u00000..u00009 by raw id and get each record's
+    # pseudonym in request order, and learn from `missing` which accounts exist.
+    kenji = connect("kenji")
+    ids = [f"u{n:05d}" for n in range(0, 12)]
+    ctx = Context(purpose="debugging recommendations")
+    out = kenji.batch_read("users", ids, fields=["user_id", "country"], context=ctx)
+    assert out.records == [] and out.missing == []
+    # search with subject=<raw id> gives nothing either.
+    from bastion.gateway.client import Filter
+
+    found = kenji.search(
+        "users", filters=[Filter(field="subject", value="u00003")], fields=["user_id"], context=ctx
+    )
+    assert found.records == [] and found.missing == []
+    found = kenji.search(
+        "users",
+        filters=[Filter(field="record_id", value="u00003")],
+        fields=["user_id"],
+        context=ctx,
+    )
+    assert found.records == []
+    # By the tokens he was given, he follows the same accounts.
+    token = runtime.vault.pseudonym_of("u00003")
+    assert token is not None
+    by_token = kenji.search(
+        "users", filters=[Filter(field="subject", value=token)], fields=["user_id"], context=ctx
+    )
+    assert [r.values["user_id"] for r in by_token.records] == [token]
+    # A principal who sees the ids in clear still addresses them directly.
+    alice = connect("alice")
+    staff = alice.batch_read("users", ["u00001", "u99999"], fields=["user_id"], context=SUPPORT)
+    assert [r.values["user_id"] for r in staff.records] == ["u00001"]
+    assert staff.missing == ["u99999"]
 
 
 def test_covered_person_is_denied_everything_protected(runtime: Runtime, connect: Connect) -> None:
@@ -111,9 +152,10 @@ def test_search_pages_by_subject_and_lists(runtime: Runtime, connect: Connect) -
         if token is None:
             break
     assert len(seen) == 40 and len(set(seen)) == 40
+    # kenji sees user ids as pseudonyms: he names the subject by its token.
     by_subject = kenji.search(
         "events",
-        filters=[Filter(field="subject", value="u00002")],
+        filters=[Filter(field="subject", value=runtime.vault.pseudonym_of("u00002") or "")],
         fields=["event_id"],
         context=ctx,
     )

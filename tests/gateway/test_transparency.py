@@ -25,7 +25,8 @@ SUPPORT = Context(
 def test_subject_sees_accesses_with_offline_proofs(runtime: Runtime, connect: Connect) -> None:
     alice, kenji = connect("alice"), connect("kenji")
     alice.read("users", "u00004", fields=["email", "phone"], context=SUPPORT)
-    kenji.read("users", "u00004", fields=["user_id"], context=Context(purpose="dedupe"))
+    token = runtime.vault.pseudonym_of("u00004") or ""  # kenji names accounts by pseudonym
+    kenji.read("users", token, fields=["user_id"], context=Context(purpose="dedupe"))
     alice.read("users", "u00005", fields=["email"], context=SUPPORT)  # filtered: not in ticket
     me = connect(
         token=runtime.issuer.issue("u00004", {"role": "subject"}, ttl=timedelta(minutes=5))

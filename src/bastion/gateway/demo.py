@@ -135,11 +135,20 @@ def _story(
         return {"receipt": r.receipt.index}
 
     def abroad_read() -> dict[str, Any]:
+        ctx = Context(purpose="recommendation debugging")
+        # kenji sees account ids only as pseudonyms: a raw id names nothing for him (else a
+        # batch of raw ids would map each account to its pseudonym), and says nothing about
+        # whether the account exists.
+        raw = gw["kenji"].batch_read("users", [subject, "u99999"], fields=["user_id"], context=ctx)
+        _expect(raw.records == [] and raw.missing == [], "raw ids name nothing for kenji")
+        out.print("    kenji names accounts by raw id → no record, no `missing` (no oracle)")
+        token = rt.vault.pseudonym_of(subject)
+        _expect(token is not None, "the subject has a pseudonym")
         r = gw["kenji"].read(
             "users",
-            subject,
+            str(token),
             fields=["user_id", "device_ids", "country", "language"],
-            context=Context(purpose="recommendation debugging"),
+            context=ctx,
         )
         v = r.records[0].values
         out.print(

@@ -337,6 +337,17 @@ def decode_page_token(token: str) -> str:
 
 
 @dataclass(frozen=True)
+class Addressing:
+    """Whether a request may name records by raw identifiers (else by pseudonym tokens)."""
+
+    raw_record_ids: bool
+    raw_subject_ids: bool
+
+
+RAW_IDS = Addressing(raw_record_ids=True, raw_subject_ids=True)
+
+
+@dataclass(frozen=True)
 class Resolved:
     """Records resolved to vault keys, with each one's subject token; ``missing`` are the
     requested ids that do not exist (or belong to a shredded subject)."""
@@ -369,10 +380,17 @@ class Gate:
 
     # -- records ---------------------------------------------------------------------------
 
-    def resolve(self, spec: DatasetSpec, selection: Selection) -> Resolved:
+    def resolve(
+        self, spec: DatasetSpec, selection: Selection, addressing: Addressing = RAW_IDS
+    ) -> Resolved:
         vault, lookup = self.rt.vault, self.rt.lookup
         if selection.record_ids:
             ids = list(dict.fromkeys(selection.record_ids))
+            if not addressing.raw_record_ids:
+                # Pseudonym tokens only: a token names a record key, and nothing says whether
+                # a raw id (an account) exists, so there is no `missing` to report.
+                live = lookup.live_subjects(spec.name, ids)
+                return Resolved([k for k in ids if k in live], live, [])
             # One read transaction in the vault: ids -> keys -> live subjects.
             by_id = lookup.resolve(spec.name, ids)
             keys = [by_id[rid][0] for rid in ids if rid in by_id]
@@ -382,12 +400,16 @@ class Gate:
         candidates: list[str] | None = None
         for f in selection.filters:
             values = _filter_values(f)
-            if f.field == "subject":
-                found: list[str] = []
+            if f.field == "subject" and not addressing.raw_subject_ids:
+                found = vault.records_of_subject_tokens(values, spec.name, limit=100_000)
+            elif f.field == "subject":
+                found = []
                 for subject in values:
                     found += [
                         r.record for r in vault.subject_records(subject, spec.name, limit=100_000)
                     ]
+            elif not addressing.raw_record_ids:
+                found = list(values)  # record keys (tokens); unknown ones match nothing
             else:
                 found = [k for v in values if (k := vault.record_key(spec.name, v)) is not None]
             found = sorted(set(found))
@@ -403,6 +425,37 @@ class Gate:
         subjects = lookup.live_subjects(spec.name, page)
         token = encode_page_token(page[-1]) if more and page else None
         return Resolved([k for k in page if k in subjects], subjects, [], token)
+
+    def addressing(
+        self, principal: Principal, spec: DatasetSpec, action: Action, request: PlanRequest
+    ) -> Addressing:
+        """How this principal may name records: by raw record and subject ids only if policy
+        lets it see those identifiers in clear. A principal that sees them as pseudonyms (or not
+        at all) names records by the tokens it was given; otherwise a batch of raw ids would
+        map each account to its pseudonym, and `missing` would say which accounts exist."""
+        names = tuple(dict.fromkeys((spec.record_id, spec.subject_key)))
+        plan = self.rt.engine().plan(
+            principal,
+            PlanRequest(
+                dataset=spec.name,
+                action=action,
+                fields=names,
+                purpose=request.purpose,
+                justification=request.justification,
+                ticket=request.ticket,
+                ticket_subjects=request.ticket_subjects,
+                subject_count=request.subject_count,
+            ),
+        )
+
+        def raw_ok(name: str) -> bool:
+            if not spec.field(name).pseudonymize:
+                return True  # not an identifier of a person
+            return plan.field(name).transform is Transform.CLEAR
+
+        return Addressing(
+            raw_record_ids=raw_ok(spec.record_id), raw_subject_ids=raw_ok(spec.subject_key)
+        )
 
     # -- the path --------------------------------------------------------------------------
 
@@ -530,21 +583,18 @@ class Gate:
         except GrantRejected as exc:
             status = 409 if exc.kind == "replayed" else 403
             raise deny(status, f"grant-{exc.kind}", str(exc), grant_id=context.grant_id) from None
+        plan_request = PlanRequest(
+            dataset=spec.name,
+            action=action,
+            fields=tuple(fields) if fields is not None else None,
+            purpose=context.purpose,
+            justification=justification,
+            ticket=context.ticket or "",
+            ticket_subjects=tuple(context.ticket_subjects),
+            subject_count=len(selection.record_ids),
+        )
         try:
-            plan = engine.plan(
-                principal,
-                PlanRequest(
-                    dataset=spec.name,
-                    action=action,
-                    fields=tuple(fields) if fields is not None else None,
-                    purpose=context.purpose,
-                    justification=justification,
-                    ticket=context.ticket or "",
-                    ticket_subjects=tuple(context.ticket_subjects),
-                    subject_count=len(selection.record_ids),
-                ),
-                grant=grant,
-            )
+            plan = engine.plan(principal, plan_request, grant=grant)
         except InputError as exc:
             status, kind = input_error_kind(exc)
             raise refuse(status, kind, str(exc), dataset=dataset, field=exc.field) from None
@@ -575,7 +625,8 @@ class Gate:
 
         # Select the records, keep those the row filter allows.
         try:
-            resolved = self.resolve(spec, selection)
+            addressing = self.addressing(principal, spec, action, plan_request)
+            resolved = self.resolve(spec, selection, addressing)
         except InputError as exc:
             raise refuse(
                 422, "invalid-filter", str(exc), dataset=dataset, field=exc.field

@@ -424,6 +424,23 @@ class Vault:
         rows = self.db.query(sql + " ORDER BY dataset, record_key LIMIT ?", [*params, limit])
         return [RecordRef(d, r) for d, r in rows]
 
+    def records_of_subject_tokens(
+        self, tokens: Sequence[str], dataset: str, *, limit: int = 1000
+    ) -> list[str]:
+        """Record keys of the subjects with these pseudonym tokens (unknown tokens match
+        nothing), found without decrypting anything."""
+        self.catalog.dataset(dataset)
+        unique = list(dict.fromkeys(tokens))
+        if not unique:
+            return []
+        marks = ", ".join("?" for _ in unique)
+        rows = self.db.query(
+            f"SELECT record_key FROM vault_records WHERE dataset = ? AND subject IN ({marks}) "
+            "ORDER BY record_key LIMIT ?",
+            [dataset, *unique, limit],
+        )
+        return [r for (r,) in rows]
+
     def list_records(
         self, dataset: str, *, after: str | None = None, limit: int = 100
     ) -> list[str]:
