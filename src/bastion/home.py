@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
@@ -23,6 +23,8 @@ ENV_PKCS11_LIB = "BASTION_PKCS11_LIB"
 ENV_PKCS11_TOKEN = "BASTION_PKCS11_TOKEN"
 ENV_PKCS11_PIN = "BASTION_PKCS11_PIN"
 ENV_FREE_TEXT = "BASTION_FREE_TEXT"
+# BASTION_BOUNDS_<NAME> overrides [bounds] <name>, e.g. BASTION_BOUNDS_STATEMENT_TIMEOUT_S=5.
+ENV_BOUNDS_PREFIX = "BASTION_BOUNDS_"
 # What the public log carries for text a principal types (justification details, reasons,
 # review notes, purposes): "commit" a keyed commitment, the text kept in the database; or
 # "publish" the text itself (see bastion/policy/freetext.py).
@@ -38,10 +40,84 @@ class Pkcs11Settings:
 
 
 @dataclass(frozen=True)
+class Bounds:
+    """How long anything may wait, in seconds: ``[bounds]`` in the config file.
+
+    Nothing on a request's path waits without one of these bounds, so a database that stops
+    answering (or a key holder who revokes) is a 503 within a stated time, never a hang.
+    ``docs/ARCHITECTURE.md`` ("Bounds") says what each one limits and what a request's
+    worst case adds up to.
+    """
+
+    # PostgreSQL, per connection (libpq parameters and server settings).
+    connect_timeout_s: float = 5.0  # libpq connect_timeout (whole seconds, at least 2)
+    statement_timeout_s: float = 10.0  # the server cancels a statement that runs longer
+    lock_timeout_s: float = 8.0  # ... and one that waits longer for a lock
+    # The server ends a session left this long inside a transaction without a word: the
+    # locks a partitioned gateway held (the ledger's, a bulk counter's) are then released.
+    idle_in_transaction_s: float = 5.0
+    # The client drops a connection that does not answer a round trip within
+    # statement_timeout_s + network_grace_s (a path that stopped forwarding but stays open).
+    network_grace_s: float = 2.0
+    tcp_user_timeout_s: float = 10.0  # unacknowledged data: the kernel declares the link dead
+    keepalives_idle_s: int = 5  # TCP keepalives on an idle connection: first probe after
+    keepalives_interval_s: int = 2  # ... then one every
+    keepalives_count: int = 3  # ... and dead after this many unanswered
+    # SQLite: how long a writer waits for the file's write lock (was 60 s).
+    sqlite_busy_timeout_s: float = 10.0
+    # How long a request waits for work another thread does for it: the ledger's group
+    # commit and the bulk counter's group reservation.
+    commit_wait_s: float = 20.0
+    # Key material held in memory (KEKs, data keys, erasure secrets, keys derived from them)
+    # is re-validated against its provider at least this often: revocation takes effect
+    # within this bound.
+    revocation_check_s: float = 10.0
+
+    @property
+    def round_trip_s(self) -> float:
+        """The longest the client waits for one answer from PostgreSQL before it gives up."""
+        return self.statement_timeout_s + self.network_grace_s
+
+    @property
+    def request_s(self) -> float:
+        """The longest any single wait of a request lasts: its 503 comes within this."""
+        return max(self.connect_timeout_s, self.round_trip_s, self.commit_wait_s)
+
+    @staticmethod
+    def from_config(data: object, env: os._Environ[str] | dict[str, str]) -> Bounds:
+        """``[bounds]`` with ``BASTION_BOUNDS_<NAME>`` overrides; every value positive."""
+        if not isinstance(data, dict):
+            raise ConfigError("config section [bounds] must be a table")
+        names = {f.name: f for f in fields(Bounds)}
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ConfigError(f"bounds.{unknown[0]} is not a known bound")
+        values: dict[str, Any] = {}
+        for name, f in names.items():
+            raw = env.get(ENV_BOUNDS_PREFIX + name.upper(), data.get(name))
+            if raw is None:
+                continue
+            kind = int if f.type == "int" else float
+            try:
+                if isinstance(raw, bool):
+                    raise ValueError
+                value = kind(raw)
+            except (TypeError, ValueError):
+                raise ConfigError(
+                    f"bounds.{name} must be a number of seconds, not {raw!r}"
+                ) from None
+            if not value > 0:
+                raise ConfigError(f"bounds.{name} must be positive, not {raw!r}")
+            values[name] = value
+        return replace(Bounds(), **values)
+
+
+@dataclass(frozen=True)
 class Settings:
     database_url: str | None = None
     key_provider: str = "local"
     pkcs11: Pkcs11Settings = field(default_factory=Pkcs11Settings)
+    bounds: Bounds = field(default_factory=Bounds)
     log_origin: str = "bastion.example/log"
     witnesses: tuple[str, ...] = ()
     witness_quorum: int = 0
@@ -124,6 +200,7 @@ def settings_from(data: dict[str, Any], env: os._Environ[str] | dict[str, str]) 
         witnesses=tuple(witnesses),
         witness_quorum=int(ledger.get("witness_quorum", 0)),
         free_text=cast(FreeTextMode, free_text),
+        bounds=Bounds.from_config(data.get("bounds", {}), env),
         raw=data,
     )
 
@@ -131,7 +208,8 @@ def settings_from(data: dict[str, Any], env: os._Environ[str] | dict[str, str]) 
 DEFAULT_CONFIG = """\
 # Bastion configuration. Environment variables override these values:
 #   BASTION_DATABASE_URL, BASTION_KEY_PROVIDER, BASTION_PKCS11_LIB,
-#   BASTION_PKCS11_TOKEN, BASTION_PKCS11_PIN, BASTION_FREE_TEXT.
+#   BASTION_PKCS11_TOKEN, BASTION_PKCS11_PIN, BASTION_FREE_TEXT,
+#   BASTION_BOUNDS_<NAME> (e.g. BASTION_BOUNDS_STATEMENT_TIMEOUT_S).
 
 [database]
 # Empty means the embedded SQLite file bastion.db in this home.
@@ -155,4 +233,20 @@ witness_quorum = 0
 # a person, and the log is public: "commit" (default) records a keyed commitment
 # hmac-sha256:<hex> and keeps the text in the database; "publish" records the text itself.
 free_text = "commit"
+
+[bounds]
+# How long anything may wait, in seconds (docs/ARCHITECTURE.md, "Bounds"). A request whose
+# database stops answering gets its 503 within the largest of connect_timeout_s,
+# statement_timeout_s + network_grace_s and commit_wait_s.
+# connect_timeout_s = 5
+# statement_timeout_s = 10
+# lock_timeout_s = 8
+# idle_in_transaction_s = 5
+# network_grace_s = 2
+# tcp_user_timeout_s = 10
+# sqlite_busy_timeout_s = 10
+# commit_wait_s = 20
+# Revoking keys (removing the local key files, destroying the HSM key) stops all releases
+# within this many seconds.
+# revocation_check_s = 10
 """

@@ -12,7 +12,7 @@ from bastion.store import Database, open_database
 
 
 def open_store(home: Home) -> Database:
-    return open_database(home.database_url)
+    return open_database(home.database_url, bounds=home.settings.bounds)
 
 
 def initialize(home: Home, *, policy_pack: bool = True) -> dict[str, Any]:

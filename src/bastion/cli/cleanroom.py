@@ -55,7 +55,7 @@ def opened_cleanroom(
     if engine:
         eng.open()
     try:
-        db = open_database(home.database_url)
+        db = open_database(home.database_url, bounds=home.settings.bounds)
         try:
             clock = SystemClock()
             log = open_log(home, db, clock, background=False)

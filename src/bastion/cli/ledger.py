@@ -34,7 +34,7 @@ from bastion.store import open_database
 def opened_log(home_path: Path | None, clock: Clock | None = None) -> Iterator[Log]:
     """The home's log, without background threads: commands publish explicitly."""
     home = Home.load(home_path)
-    db = open_database(home.database_url)
+    db = open_database(home.database_url, bounds=home.settings.bounds)
     try:
         log = open_log(home, db, clock or SystemClock(), background=False)
         try:

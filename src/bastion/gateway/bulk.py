@@ -16,6 +16,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from bastion.catalog import SensitiveCategory
+from bastion.errors import StoreUnavailable
 from bastion.policy import BulkCounter, BulkThresholdExceeded
 
 Usage = Mapping[SensitiveCategory, Iterable[str]]
@@ -30,7 +31,11 @@ class _Item:
 
 
 class BulkBatcher:
-    """``reserve`` blocks until the reservation is durable, or raises BulkThresholdExceeded."""
+    """``reserve`` blocks until the reservation is durable, or raises BulkThresholdExceeded.
+
+    It waits at most the database's ``commit_wait_s``: a reservation stuck behind a database
+    that stopped answering is StoreUnavailable (a 503, nothing released), not a hang.
+    """
 
     def __init__(self, counter: Callable[[], BulkCounter]) -> None:
         self._counter = counter
@@ -47,7 +52,15 @@ class BulkBatcher:
                 raise RuntimeError("the bulk batcher is closed")
             self._queue.append(item)
             self._cond.notify()
-        item.done.result()
+        wait_s = self._counter().db.bounds.commit_wait_s
+        try:
+            item.done.result(timeout=wait_s)
+        except TimeoutError:  # concurrent.futures' is this one since 3.11
+            # Counted later perhaps (counting more is the safe side), but released: never.
+            raise StoreUnavailable(
+                f"the bulk-threshold counter was not updated within {wait_s:g}s; "
+                "nothing was released"
+            ) from None
 
     def close(self) -> None:
         with self._cond:

@@ -136,7 +136,7 @@ class Runtime:
     @classmethod
     def open(cls, home: Home, *, clock: Clock | None = None) -> Runtime:
         """Open the home's database (``BASTION_DATABASE_URL`` wins) and wire every part."""
-        db = open_database(home.database_url)
+        db = open_database(home.database_url, bounds=home.settings.bounds)
         try:
             rt = cls.build(home, db, clock or SystemClock())
         except BaseException:

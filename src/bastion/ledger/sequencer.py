@@ -257,14 +257,15 @@ class Sequencer:
         on_commit: CommitListener | None = None,
         max_batch_entries: int = 16384,
         max_batch_bytes: int = 32 << 20,
-        commit_timeout: float = 120.0,
+        commit_timeout: float | None = None,
         gather_delay: float = 0.005,
     ) -> None:
         self.db = db
         self._on_commit = on_commit
         self._max_entries = max_batch_entries
         self._max_bytes = max_batch_bytes
-        self._timeout = commit_timeout
+        # How long an appender waits for its commit (default: the database's commit_wait_s).
+        self._timeout = db.bounds.commit_wait_s if commit_timeout is None else commit_timeout
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
         self._queue: deque[_Batch] = deque()

@@ -20,7 +20,6 @@ Every function takes an open cursor so callers decide the transaction boundaries
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -390,8 +389,6 @@ WITH cas AS (
 SELECT count(*) FROM cas
 """
 
-_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]*")
-
 
 class PgAppender:
     """The sequencer's own autocommit PostgreSQL connection, for `append`.
@@ -406,22 +403,13 @@ class PgAppender:
 
     @classmethod
     def open(cls, db: Database) -> PgAppender:
-        import psycopg
+        """The database's own kind of connection: on its schema, every wait bounded (a
+        partition ends the commit with StoreUnavailable, not a hang)."""
+        from bastion.store.postgres import PostgresDatabase
 
-        dsn, schema = getattr(db, "dsn", None), getattr(db, "schema", None)
-        if db.dialect != "postgresql" or not isinstance(dsn, str):
+        if not isinstance(db, PostgresDatabase):
             raise StoreUnavailable(f"{db.description} is not a PostgreSQL database")
-        if schema is not None and not (isinstance(schema, str) and _SCHEMA_NAME.fullmatch(schema)):
-            raise StoreUnavailable(f"invalid schema name {schema!r}")
-        try:
-            conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
-            if schema:
-                conn.execute(f"SET search_path TO {schema}")
-        except psycopg.Error as exc:
-            raise StoreUnavailable(
-                f"cannot connect to {db.description}: {type(exc).__name__}"
-            ) from None
-        return cls(conn)
+        return cls(db.connect(autocommit=True))
 
     def append(self, old: int, new: int, writes: Writes) -> bool:
         """Durably write a batch if the stored size is still `old`; False (nothing written) if

@@ -9,6 +9,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from bastion.errors import BastionError, ConfigError
+from bastion.home import Bounds
 
 Params = Sequence[Any]
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
@@ -49,6 +50,9 @@ class Database(ABC):
     # run it in a worker thread and keep working. SQLite writes in this process, holding the
     # GIL, so there it would only get in the way.
     bulk_load_in_background: bool = False
+    # How long its waits may last (connect, statements, locks, SQLite's busy wait) and how long
+    # callers wait for commits made on their behalf (see home.Bounds).
+    bounds: Bounds = Bounds()
 
     @abstractmethod
     def transaction(self, lock: str | None = None) -> AbstractContextManager[Cursor]:
@@ -108,14 +112,15 @@ class Database(ABC):
         """Where the data lives, without credentials."""
 
 
-def open_database(url: str, *, schema: str | None = None) -> Database:
-    """Open ``sqlite:///path`` or ``postgresql://...``. ``schema`` isolates PostgreSQL tests."""
+def open_database(url: str, *, schema: str | None = None, bounds: Bounds | None = None) -> Database:
+    """Open ``sqlite:///path`` or ``postgresql://...``. ``schema`` isolates PostgreSQL tests;
+    ``bounds`` (default: ``Bounds()``) limits every wait on the database."""
     if url.startswith("sqlite:///"):
         from bastion.store.sqlite import SqliteDatabase
 
-        return SqliteDatabase(url.removeprefix("sqlite:///"))
+        return SqliteDatabase(url.removeprefix("sqlite:///"), bounds=bounds)
     if url.startswith(("postgresql://", "postgres://")):
         from bastion.store.postgres import PostgresDatabase
 
-        return PostgresDatabase(url, schema=schema)
+        return PostgresDatabase(url, schema=schema, bounds=bounds)
     raise ConfigError(f"unsupported database URL scheme in {url.split(':', 1)[0]!r}")
