@@ -100,7 +100,7 @@ def reference(plan: QueryPlan, events: list[dict[str, Any]], salt: str) -> Bound
         v = 0
         if plan.measure is not None:
             x = e[plan.measure.column]
-            if x is None or math.isnan(x):
+            if x is None or not math.isfinite(x):
                 continue
             lo, hi = plan.clamp_units
             v = min(max(math.floor(float(x) / plan.measure.unit + 0.5), lo), hi)

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from bastion.cleanroom.config import DEFAULT_MEASURES
 from bastion.cleanroom.sql import Dialect, build_sql
 from bastion.cleanroom.templates import QueryPlan
-from bastion.errors import ConfigError
+from bastion.errors import ConfigError, InputError
 
 GroupKey = tuple[str, ...]
 
@@ -67,6 +69,47 @@ def events_path(data_dir: Path) -> Path:
     if not path.is_file():
         raise ConfigError(f"no events.parquet in the clean room's data directory {data_dir}")
     return path
+
+
+# The numeric columns templates may aggregate (the declared measures of the events dataset).
+MEASURE_COLUMNS: tuple[str, ...] = tuple(DEFAULT_MEASURES["events"])
+_CHECK_BATCH = 1 << 16
+
+
+def check_measures(path: Path, columns: Sequence[str] = MEASURE_COLUMNS) -> None:
+    """Refuse a data file in which a measure is NaN or infinite, naming its file, row and field.
+
+    The way in: ``open_engine`` runs this once, before the engine answers anything. A measure
+    that is not a number is a broken export, not a value to release. (The bounding SQL still
+    drops such rows and clamps every value before converting it, so a file replaced under a
+    running engine cannot make a query fail either.) Finite values outside a measure's bounds
+    are legitimate: queries clamp them.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+        present = [c for c in columns if c in pf.schema_arrow.names]
+        floats = [c for c in present if pa.types.is_floating(pf.schema_arrow.field(c).type)]
+        if not floats:
+            return
+        row = 0
+        for batch in pf.iter_batches(columns=floats, batch_size=_CHECK_BATCH):
+            for col in floats:
+                bad = pc.fill_null(pc.invert(pc.is_finite(batch.column(col))), False)
+                first = pc.index(bad, True).as_py()
+                if first >= 0:
+                    raise InputError(
+                        "a measure must be a finite number (NaN and infinities are refused)",
+                        file=str(path),
+                        row=row + first + 1,
+                        field=col,
+                    )
+            row += batch.num_rows
+    except (pa.ArrowException, OSError):
+        raise InputError("not a readable Parquet file", file=str(path)) from None
 
 
 class DuckDBEngine:
@@ -170,11 +213,13 @@ class LazyEngine:
 
 
 def open_engine(name: str, data_dir: Path) -> Engine:
+    """The named engine over ``data_dir``, once its measures pass ``check_measures``."""
+    if name not in ("duckdb", "spark"):
+        raise ConfigError(f"unknown clean-room engine {name!r} (duckdb or spark)")
+    check_measures(events_path(data_dir))
     if name == "duckdb":
         return DuckDBEngine(data_dir)
-    if name == "spark":
-        return SparkEngine(data_dir)
-    raise ConfigError(f"unknown clean-room engine {name!r} (duckdb or spark)")
+    return SparkEngine(data_dir)
 
 
 __all__ = [
@@ -184,5 +229,6 @@ __all__ = [
     "GroupAggregate",
     "LazyEngine",
     "SparkEngine",
+    "check_measures",
     "open_engine",
 ]

@@ -3,8 +3,9 @@
 The query never returns a row of the input: only per-group integer aggregates, already bounded
 per user. Bounding, in order:
 
-1. **Rows.** Filters, then each value is clamped to the template's range and rounded to the
-   measure's fixed-point unit (integers from here on).
+1. **Rows.** Filters (a measure that is NULL, NaN or infinite drops its row), then each value
+   is clamped to the template's range and rounded to the measure's fixed-point unit (integers
+   from here on; the clamp comes first, so no value can overflow the conversion).
 2. **Rows per user and group (R).** Rows are first summed per (user, group). A user with
    ``n > R`` rows in a group contributes every aggregate scaled by ``R / n`` (integer floor,
    in fixed point for counts): the expectation of keeping R random rows, with less variance,
@@ -20,6 +21,7 @@ layer calibrates its noise to.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -88,10 +90,16 @@ def build_sql(plan: QueryPlan, dialect: Dialect, salt: str, *, table: str = TABL
         m = plan.measure
         lo_u, hi_u = plan.clamp_units
         x = f"CAST({q(m.column)} AS DOUBLE)"
-        units = f"CAST(FLOOR({x} / {_double(m.unit)} + {_double(0.5)}) AS BIGINT)"
-        select.append(f"LEAST(GREATEST({units}, {lo_u}), {hi_u}) AS v")
+        # Clamped while still a DOUBLE, then floored: the same integer as clamping the rounded
+        # value (lo_u and hi_u are integers), but no value, however large, reaches the BIGINT
+        # cast out of range. Non-finite values (NaN, +-inf) are not measurements: dropped,
+        # like NULL.
+        in_units = f"{x} / {_double(m.unit)} + {_double(0.5)}"
+        clamped = f"LEAST(GREATEST({in_units}, {_double(lo_u)}), {_double(hi_u)})"
+        select.append(f"CAST(FLOOR({clamped}) AS BIGINT) AS v")
         conds.append(f"{q(m.column)} IS NOT NULL")
         conds.append(f"NOT isnan({x})")
+        conds.append(f"ABS({x}) < {_double(math.inf)}")
     if plan.template is Template.CTR:
         select.append(f"CASE WHEN {q(EVENT_TYPE)} = {_lit(CTR_CLICK)} THEN 1 ELSE 0 END AS clk")
     if plan.template is Template.QUANTILES:

@@ -8,12 +8,14 @@ errors to responses, and mounts the ledger's C2SP tlog-tiles router at ``/log/``
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+import psycopg
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
@@ -22,9 +24,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bastion import __version__
 from bastion.errors import BastionError
-from bastion.gateway.errors import ApiError, ErrorOut, status_for
+from bastion.gateway.errors import (
+    ApiError,
+    ErrorOut,
+    error_response,
+    is_store_failure,
+    status_for,
+    store_unavailable,
+)
 from bastion.gateway.metrics import MetricsMiddleware
 from bastion.gateway.runtime import Runtime
+from bastion.gateway.surrogates import refuse_non_unicode
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +100,8 @@ def create_app(
         openapi_url="/openapi.json",
         docs_url="/docs",
         redoc_url=None,
+        # Before anything else on every route: text that is not Unicode is a recorded 422.
+        dependencies=[Depends(refuse_non_unicode)],
     )
     app.state.runtime = runtime
     # Starlette wraps the last-added middleware outermost: metrics see SafeErrors' 500s.
@@ -98,14 +110,7 @@ def create_app(
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        body = ErrorOut(
-            error=exc.kind,
-            message=exc.message,
-            request_id=exc.request_id or getattr(request.state, "request_id", None),
-            receipt=exc.receipt,
-            detail=exc.detail,
-        )
-        return _error_response(body, exc.status, exc.headers)
+        return error_response(exc, getattr(request.state, "request_id", None))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -126,10 +131,24 @@ def create_app(
     @app.exception_handler(BastionError)
     async def _bastion_error(request: Request, exc: BastionError) -> JSONResponse:
         status, kind = status_for(exc)
+        if kind == "store-unavailable":
+            runtime.metrics.store_failures.inc()
         # BastionError messages are operator-safe by contract (no protected values).
         return _error_response(
             ErrorOut(error=kind, message=str(exc), request_id=_rid(request)), status, None
         )
+
+    async def _store_error(request: Request, exc: Exception) -> JSONResponse:
+        if not is_store_failure(exc):
+            raise exc  # a bug, not an outage: SafeErrorsMiddleware answers a generic 500
+        runtime.metrics.store_failures.inc()
+        log.error("store failure: %s on %s", type(exc).__name__, request.url.path)
+        return error_response(store_unavailable(exc), _rid(request))
+
+    # Driver errors that mean the database is down, full or its connection broken (the bulk
+    # counter, vault lookups, approvals, a rollback on a dead connection): a 503, not a 500.
+    app.add_exception_handler(sqlite3.DatabaseError, _store_error)
+    app.add_exception_handler(psycopg.Error, _store_error)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:

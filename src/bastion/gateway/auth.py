@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from bastion.clock import Clock, to_unix
 from bastion.errors import ConfigError, InputError
 from bastion.events import Actor
+from bastion.gateway.surrogates import find_surrogate
 
 ALGORITHM = "EdDSA"
 DEFAULT_ISSUER = "bastion"
@@ -432,6 +433,14 @@ class TokenVerifier:
         return self._principal(payload, trusted)
 
     def _principal(self, payload: dict[str, Any], trusted: TrustedIssuer) -> Principal:
+        if find_surrogate(payload) is not None:
+            # Signed, but a claim is not Unicode text (a lone surrogate): no entry could name
+            # this principal, so the token is refused (the refusal records only the issuer).
+            raise AuthError(
+                "malformed",
+                "a claim holds text that is not valid Unicode",
+                claimed={"iss": trusted.issuer},
+            )
         self._check_time(payload, payload)
         exp = payload["exp"]
         mapped = {

@@ -11,9 +11,12 @@ ledger itself is down, which is then a 503).
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
+import psycopg
 from pydantic import BaseModel, Field
+from starlette.responses import JSONResponse
 
 from bastion.errors import (
     BastionError,
@@ -62,6 +65,43 @@ class ApiError(Exception):
         self.headers = headers
         self.receipt: ReceiptOut | None = None
         self.request_id: str | None = None
+
+
+def error_response(exc: ApiError, request_id: str | None = None) -> JSONResponse:
+    """The JSON response for an ApiError (its own request id wins over ``request_id``)."""
+    body = ErrorOut(
+        error=exc.kind,
+        message=exc.message,
+        request_id=exc.request_id or request_id,
+        receipt=exc.receipt,
+        detail=exc.detail,
+    )
+    return JSONResponse(
+        body.model_dump(exclude_none=True), status_code=exc.status, headers=exc.headers
+    )
+
+
+STORE_UNAVAILABLE_MESSAGE = (
+    "the database could not be read or written ({}), so nothing was released; retry later"
+)
+
+
+def is_store_failure(exc: BaseException) -> bool:
+    """Whether a driver error means the database is unreachable, full, locked, corrupt or
+    its connection broken (also when that surfaced from a rollback): the store is down, the
+    request did nothing wrong. A constraint violation or a bad statement is not one (a bug:
+    500)."""
+    if isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError:
+        return True  # full disk, locked or busy, I/O error, read-only; corrupt, not a database
+    # OperationalError: connection lost or terminated, timeouts, lock_timeout. InterfaceError:
+    # the connection is closed (a rollback or commit on a broken one).
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+
+
+def store_unavailable(exc: BaseException) -> ApiError:
+    """The 503 for a store failure. Names only the driver error's type: a driver message may
+    quote a statement's parameters."""
+    return ApiError(503, "store-unavailable", STORE_UNAVAILABLE_MESSAGE.format(type(exc).__name__))
 
 
 def status_for(exc: BastionError) -> tuple[int, str]:

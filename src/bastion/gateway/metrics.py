@@ -79,6 +79,11 @@ class GatewayMetrics:
             "Appends that failed; nothing was released for them.",
             registry=r,
         )
+        self.store_failures = Counter(
+            "bastion_store_failures",
+            "Requests answered 503 because the database failed (down, full, connection lost).",
+            registry=r,
+        )
         self.auth_failures = Counter(
             "bastion_auth_failures",
             "Refused bearer tokens by failure kind.",

@@ -6,12 +6,14 @@ database they already hold with ``Runtime.build``.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from bastion.catalog import Catalog, SensitiveCategory
 from bastion.clock import Clock, SystemClock
+from bastion.errors import ConfigError, InputError
 from bastion.gateway.auth import TokenIssuer, TokenVerifier, TrustedIssuer
 from bastion.gateway.bulk import BulkBatcher
 from bastion.gateway.config import GatewayConfig, load_external_issuers
@@ -38,6 +40,8 @@ from bastion.policy.invariants import invariants_for
 from bastion.store import Database, open_database
 from bastion.vault import Vault
 from bastion.vault.lookup import VaultLookup
+
+log = logging.getLogger(__name__)
 
 ISSUER_KEY_NAME = "issuer"
 
@@ -120,16 +124,31 @@ class Runtime:
         return self.policy.engine()
 
     def cleanroom(self) -> Any:
-        """The clean room (DuckDB over the home's events), opened on first use."""
+        """The clean room (DuckDB over the home's events), opened on first use, with the
+        home's ``[cleanroom]`` settings (per-query ε cap, δ, selection share, confidence,
+        response padding): the same limits ``bastion cleanroom query`` applies."""
         with self._lock:
             if self._cleanroom is None:
-                from bastion.cleanroom import CleanRoom, default_data_dir, open_engine
-
-                engine = open_engine(
-                    "duckdb", default_data_dir(self.home.path, self.home.settings.raw)
+                from bastion.cleanroom import (
+                    CleanRoom,
+                    CleanRoomConfig,
+                    default_data_dir,
+                    open_engine,
                 )
+
+                raw = self.home.settings.raw
+                config = CleanRoomConfig.from_settings(raw)
+                try:
+                    engine = open_engine("duckdb", default_data_dir(self.home.path, raw))
+                except InputError as exc:
+                    # The data file itself is refused (e.g. a measure that is not a number):
+                    # the operator's to fix. Where it is goes to the log, not to the partner.
+                    log.error("clean-room data refused: %s", exc)
+                    raise ConfigError(
+                        "the clean room's data did not pass validation (see the gateway log)"
+                    ) from None
                 self._cleanroom = CleanRoom(
-                    self.db, self.ledger, self.clock, engine, catalog=self.catalog
+                    self.db, self.ledger, self.clock, engine, catalog=self.catalog, config=config
                 )
             return self._cleanroom
 
