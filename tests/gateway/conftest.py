@@ -15,6 +15,7 @@ from bastion.gateway.bootstrap import PRINCIPALS, bootstrap, ingest, sample_even
 from bastion.gateway.client import GatewayClient
 from bastion.gateway.runtime import Runtime
 from bastion.gateway.server import ThreadedServer
+from bastion.policy.registry import PrincipalEntry
 from bastion.store import Database
 
 USERS = 20
@@ -44,9 +45,27 @@ def connect(runtime: Runtime, server: ThreadedServer) -> Iterator[Connect]:
     """``connect("alice")`` -> a client with a fresh token for a named test principal."""
     clients: list[GatewayClient] = []
 
-    def make(name: str | None = None, *, token: str | None = None, **over: object) -> GatewayClient:
+    def make(
+        name: str | None = None,
+        *,
+        token: str | None = None,
+        register: bool = True,
+        **over: object,
+    ) -> GatewayClient:
         if token is None and name is not None:
             attrs = {**PRINCIPALS.get(name, {}), **over}
+            if name not in PRINCIPALS and register:
+                # A test that describes a new principal registers it, as an operator would.
+                runtime.registry.register(
+                    PrincipalEntry(
+                        issuer=runtime.issuer.issuer,
+                        sub=name,
+                        roles=(str(attrs["role"]),),
+                        employer=attrs.get("employer"),  # type: ignore[arg-type]
+                        employer_country=attrs.get("employer_country"),  # type: ignore[arg-type]
+                        max_clearance=str(attrs.get("clearance", "none")),
+                    )
+                )
             token = runtime.issuer.issue(name, attrs, ttl=timedelta(hours=1))
         client = GatewayClient(server.url, token=token)
         clients.append(client)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
@@ -34,7 +35,7 @@ ATTRS = {
 
 def _setup(clock: FixedClock) -> tuple[TokenIssuer, TokenVerifier]:
     issuer = TokenIssuer(Ed25519PrivateKey.generate(), clock=clock)
-    trusted = TrustedIssuer(issuer.issuer, {issuer.jwk["kid"]: issuer.public_key})
+    trusted = TrustedIssuer(issuer.issuer, {issuer.jwk["kid"]: issuer.public_key}, source="own")
     return issuer, TokenVerifier([trusted], clock=clock)
 
 
@@ -183,12 +184,72 @@ def test_external_issuer_from_jwks_file(tmp_path: Path, clock: FixedClock) -> No
         headers={"kid": jwks["keys"][0]["kid"]},
     )
     p = verifier.verify(token)
-    assert (p.id, p.issuer, p.employer, p.role) == (
+    # Identity is issuer + sub: another issuer's "partner-analyst" is another principal.
+    assert (p.id, p.sub, p.issuer, p.employer, p.role) == (
+        "https://idp.partner.example#partner-analyst",
         "partner-analyst",
         "https://idp.partner.example",
         "adpartner",
         "analyst",
     )
+
+
+def _external(tmp_path: Path, allow: dict[str, list[str]] | None = None) -> tuple[Any, Any]:
+    idp_key = Ed25519PrivateKey.generate()
+    jwks = {"keys": [public_jwk(idp_key.public_key())]}
+    entry: dict[str, Any] = {"issuer": "https://idp.example", "jwks": jwks}
+    if allow is not None:
+        entry["allow"] = allow
+    return idp_key, issuer_from_config(entry, base=tmp_path, source="test")
+
+
+def _external_token(key: Ed25519PrivateKey, clock: FixedClock, **claims: Any) -> str:
+    now = to_unix(clock.now())
+    body = {"iss": "https://idp.example", "aud": "bastion-gateway", "iat": now, "exp": now + 600}
+    return jwt.encode({**body, **claims}, key, algorithm="EdDSA")
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"role": "engineer", "employer": "custodian"},  # posing as the custodian's staff
+        {"role": "security_officer", "employer": "globalco"},  # an approver role
+        {"role": "policy_admin", "employer": "globalco"},
+        {"role": "auditor", "employer": "globalco"},
+        {"role": "subject"},  # a data subject: only Bastion's own issuer names subjects
+        {"role": "engineer", "employer": "globalco", "clearance": "restricted"},
+    ],
+)
+def test_an_external_issuer_cannot_claim_privileged_attributes(
+    tmp_path: Path, clock: FixedClock, claims: dict[str, str]
+) -> None:
+    key, trusted = _external(tmp_path)
+    verifier = TokenVerifier([trusted], clock=clock)
+    with pytest.raises(AuthError) as err:
+        verifier.verify(_external_token(key, clock, sub="mallory", **claims))
+    assert err.value.kind == "claim-not-allowed"
+
+
+def test_an_external_issuer_may_claim_what_it_is_configured_for(
+    tmp_path: Path, clock: FixedClock
+) -> None:
+    key, trusted = _external(
+        tmp_path, allow={"role": ["security_officer"], "employer": ["custodian"]}
+    )
+    verifier = TokenVerifier([trusted], clock=clock)
+    p = verifier.verify(
+        _external_token(key, clock, sub="sam", role="security_officer", employer="custodian")
+    )
+    assert p.role == "security_officer" and p.id == "https://idp.example#sam"
+    with pytest.raises(AuthError) as err:
+        verifier.verify(_external_token(key, clock, sub="eve", role="policy_admin"))
+    assert err.value.kind == "claim-not-allowed"
+
+
+def test_the_own_issuer_refuses_a_sub_with_the_separator(clock: FixedClock) -> None:
+    issuer, _ = _setup(clock)
+    with pytest.raises(InputError):
+        issuer.issue("https://idp.example#sam", ATTRS)
 
 
 def test_external_issuer_config_errors(tmp_path: Path) -> None:
@@ -211,7 +272,7 @@ def test_bearer_header_parsing() -> None:
 
 def test_a_subject_is_never_named_by_their_id_in_entries(clock: FixedClock) -> None:
     issuer = TokenIssuer(Ed25519PrivateKey.generate(), clock=clock)
-    trusted = TrustedIssuer(issuer.issuer, {issuer.jwk["kid"]: issuer.public_key})
+    trusted = TrustedIssuer(issuer.issuer, {issuer.jwk["kid"]: issuer.public_key}, source="own")
     ref = "hmac-sha256:" + "ab" * 16
     verifier = TokenVerifier([trusted], clock=clock, subject_ref=lambda _sid: ref)
     subject = verifier.verify(issuer.issue("u00001", {"role": "subject"}))

@@ -118,6 +118,19 @@ def served_home(
     vault = open_vault(home, db, clock)
     vault.ingest_rows("users", enumerate((sample_user(n) for n in range(1, USERS + 1)), 1))
     vault.provider.close()
+    from bastion.policy.registry import PrincipalEntry, PrincipalRegistry
+
+    k = PRINCIPALS["kenji"]
+    PrincipalRegistry(db, clock).register(
+        PrincipalEntry(
+            issuer="bastion",
+            sub="kenji",
+            roles=(k["role"],),
+            employer=k["employer"],
+            employer_country=k["employer_country"],
+            max_clearance=k["clearance"],
+        )
+    )
     yield home, db, env
     db.close()
 

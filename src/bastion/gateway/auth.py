@@ -51,12 +51,26 @@ AuthFailureKind = Literal[
     "unknown-key",
     "bad-signature",
     "missing-claim",
+    "claim-not-allowed",
+    "unregistered",
+    "disabled",
+    "attribute-not-allowed",
 ]
 
 _ATTRIBUTE_CLAIMS = ("employer", "employer_country", "location_country", "role", "clearance")
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 _NAME = re.compile(r"^[A-Za-z0-9_.:@/+-]{1,128}$")
 CLEARANCES = ("none", "internal", "confidential", "restricted")
+
+# What an external issuer may assert when its entry names no ``allow`` for an attribute:
+# never an approver, administrator, auditor or data-subject role, never the custodian as
+# employer, and no clearance above internal. The custodian widens this per issuer.
+PRIVILEGED_ROLES = frozenset(
+    {"security_officer", "privacy_officer", "policy_admin", "auditor", "subject"}
+)
+CUSTODIAN_EMPLOYERS = frozenset({"custodian"})
+EXTERNAL_MAX_CLEARANCE = "internal"
+ALLOWABLE = ("role", "employer", "employer_country", "clearance")
 
 
 ANONYMOUS_SUBJECT = "subject"
@@ -78,6 +92,7 @@ class AuthError(Exception):
 class Principal:
     """An authenticated caller and the attributes its issuer vouched for."""
 
+    # Issuer-qualified: ``sub`` for Bastion's own issuer, ``<issuer>#<sub>`` for any other.
     id: str
     issuer: str
     role: str
@@ -92,6 +107,8 @@ class Principal:
     # How ledger entries name this caller when the id itself must not be published: a data
     # subject's token names them by their subject id, so entries carry its keyed ref instead.
     public_id: str | None = None
+    # The token's own ``sub`` (``id`` qualifies it with the issuer where needed).
+    sub: str = ""
 
     @property
     def mfa(self) -> bool:
@@ -218,6 +235,9 @@ class TokenIssuer:
         """Sign a token for ``subject`` with validated attribute claims."""
         if not subject or len(subject) > 256:
             raise InputError("subject must be 1 to 256 characters", field="sub")
+        if "#" in subject:
+            # '#' separates issuer and sub in principal ids: the own issuer's subs never hold it.
+            raise InputError("subject must not contain '#'", field="sub")
         if ttl <= timedelta(0) or ttl > MAX_TTL:
             raise InputError(f"ttl must be positive and at most {MAX_TTL}", field="ttl")
         claims = validate_attributes(attributes)
@@ -245,6 +265,32 @@ class TrustedIssuer:
     # Claim names of an external IdP mapped to Bastion's attribute names.
     claim_map: Mapping[str, str] = field(default_factory=dict)
     source: str = "local"
+    # Values this issuer may assert, per attribute (role, employer, employer_country,
+    # clearance); an attribute not named gets the external default (see PRIVILEGED_ROLES).
+    allow: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    @property
+    def own(self) -> bool:
+        return self.source == "own"
+
+    def check_claims(self, attrs: Mapping[str, Any]) -> None:
+        """Raise ValueError naming the first attribute this issuer may not assert."""
+        if self.own:
+            return
+        for name in ALLOWABLE:
+            value = attrs.get(name)
+            if name in self.allow:
+                if value is not None and str(value) not in self.allow[name]:
+                    raise ValueError(f"issuer may not assert {name}={value!r}")
+                continue
+            if name == "role" and value in PRIVILEGED_ROLES:
+                raise ValueError(f"issuer may not assert role {value!r}")
+            if name == "employer" and value in CUSTODIAN_EMPLOYERS:
+                raise ValueError("issuer may not assert the custodian as employer")
+            if name == "clearance" and CLEARANCES.index(str(value or "none")) > CLEARANCES.index(
+                EXTERNAL_MAX_CLEARANCE
+            ):
+                raise ValueError(f"issuer may not assert clearance {value!r}")
 
 
 def keys_from_jwks(jwks: Mapping[str, Any], *, source: str) -> dict[str, Ed25519PublicKey]:
@@ -286,6 +332,14 @@ def issuer_from_config(entry: Mapping[str, Any], *, base: Path, source: str) -> 
     audience = entry.get("audience")
     if audience is not None and not isinstance(audience, str):
         raise ConfigError(f"{source}: 'audience' must be a string")
+    allow_raw = entry.get("allow", {})
+    if not isinstance(allow_raw, dict) or not all(
+        k in ALLOWABLE and isinstance(v, list) and all(isinstance(x, str) for x in v)
+        for k, v in allow_raw.items()
+    ):
+        raise ConfigError(
+            f"{source}: 'allow' must map {', '.join(ALLOWABLE)} to lists of allowed values"
+        )
     if "jwks_file" in entry:
         path = Path(str(entry["jwks_file"]))
         path = path if path.is_absolute() else base / path
@@ -318,6 +372,7 @@ def issuer_from_config(entry: Mapping[str, Any], *, base: Path, source: str) -> 
         audience=audience,
         claim_map=dict(claim_map),
         source=where,
+        allow={k: frozenset(v) for k, v in allow_raw.items()},
     )
 
 
@@ -456,12 +511,19 @@ class TokenVerifier:
         sub = payload.get("sub")
         if not isinstance(sub, str) or not sub or len(sub) > 256:
             raise AuthError("missing-claim", "sub must be a non-empty string", claimed=payload)
+        try:
+            trusted.check_claims(attrs)
+        except ValueError as exc:
+            raise AuthError("claim-not-allowed", str(exc), claimed=payload) from None
+        if trusted.own and "#" in sub:
+            raise AuthError("malformed", "sub must not contain '#'", claimed=payload)
         extra = {k: v for k, v in payload.items() if k not in {*_ATTRIBUTE_CLAIMS, "amr"}}
         public_id = None
         if attrs["role"] == "subject" and self._subject_ref is not None:
             public_id = self._subject_ref(sub)
         return Principal(
-            id=sub,
+            id=sub if trusted.own else f"{trusted.issuer}#{sub}",
+            sub=sub,
             issuer=trusted.issuer,
             role=attrs["role"],
             employer=attrs.get("employer"),

@@ -93,6 +93,25 @@ PRINCIPALS: dict[str, dict[str, Any]] = {
 }
 
 
+def register_principals(rt: Runtime, names: Iterable[str] | None = None) -> None:
+    """Register the demo's principals (``PRINCIPALS``) with Bastion's own issuer, each allowed
+    exactly its role, employer, employer country and clearance."""
+    from bastion.policy.registry import PrincipalEntry
+
+    for name in names if names is not None else PRINCIPALS:
+        attrs = PRINCIPALS[name]
+        rt.registry.register(
+            PrincipalEntry(
+                issuer=rt.issuer.issuer,
+                sub=name,
+                roles=(attrs["role"],),
+                employer=attrs.get("employer"),
+                employer_country=attrs.get("employer_country"),
+                max_clearance=attrs.get("clearance", "none"),
+            )
+        )
+
+
 def initialize_all(home: Home, db: Database, clock: Clock) -> dict[str, Any]:
     """Create every part's tables and keys, and install the shipped policy pack."""
     from bastion.ledger.log import initialize_log, open_log
@@ -119,6 +138,7 @@ def bootstrap(home: Home, db: Database, clock: Clock, *, publish_interval: float
     try:
         rt = Runtime.build(home, db, clock, ledger=log)
         rt.owns_ledger = True
+        register_principals(rt)
         return rt
     except BaseException:
         log.close()

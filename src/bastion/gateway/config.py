@@ -44,6 +44,9 @@ class GatewayConfig:
     # category -> limit of distinct subjects per 12 months, for each employer and principal;
     # empty: the legal thresholds of 28 CFR 202.205.
     bulk_thresholds: tuple[tuple[str, int], ...] = ()
+    # "registered": only principals in the registry, within their registered attributes
+    # (policy/registry.py); "any": any signed sub (the behaviour before the registry).
+    principals: str = "registered"
 
     @staticmethod
     def from_settings(raw: dict[str, Any]) -> GatewayConfig:
@@ -75,7 +78,11 @@ class GatewayConfig:
                     f"gateway.bulk_thresholds: unknown category {name!r} "
                     f"(known: {', '.join(sorted(known))})"
                 )
+        principals = table.get("principals", "registered")
+        if principals not in ("registered", "any"):
+            raise ConfigError("gateway.principals must be 'registered' or 'any'")
         return GatewayConfig(
+            principals=str(principals),
             issuer=str(table.get("issuer", DEFAULT_ISSUER)),
             audience=str(table.get("audience", DEFAULT_AUDIENCE)),
             max_page_size=_int("max_page_size", 500, HARD_MAX_PAGE),

@@ -27,7 +27,7 @@ from rich.table import Table
 
 from bastion.clock import Clock
 from bastion.gateway.app import create_app
-from bastion.gateway.bootstrap import PRINCIPALS, sample_user
+from bastion.gateway.bootstrap import PRINCIPALS, register_principals, sample_user
 from bastion.gateway.client import Context, GatewayClient, GatewayError, Justification
 from bastion.gateway.runtime import Runtime
 from bastion.gateway.server import ThreadedServer
@@ -67,6 +67,7 @@ def run_demo(
     steps: list[dict[str, Any]] = []
     initialize_policy(db, ledger, clock=clock)
     rt = Runtime.build(home, db, clock, ledger=ledger)
+    register_principals(rt)
     rows = [sample_user(9_0000 + n) for n in range(1, len(SUBJECTS) + 1)]
     for row, subject in zip(rows, SUBJECTS, strict=True):
         row["user_id"] = subject
@@ -269,8 +270,9 @@ def _story(
             )
         junior = GatewayClient(
             srv.url,
+            # alice's own registered identity, with a token that only says clearance internal.
             token=rt.issuer.issue(
-                "junior", {**PRINCIPALS["alice"], "clearance": "internal"}, ttl=timedelta(minutes=5)
+                "alice", {**PRINCIPALS["alice"], "clearance": "internal"}, ttl=timedelta(minutes=5)
             ),
         )
         try:

@@ -17,6 +17,7 @@ from bastion.gateway.auth import AuthError, Principal
 from bastion.gateway.errors import ApiError
 from bastion.gateway.pipeline import endpoint_of, new_request_id, receipt_out, record
 from bastion.gateway.runtime import Runtime
+from bastion.policy.registry import Claimed, PrincipalRefused, check_entry
 
 # auto_error=False: a missing header must reach our handler, which records the attempt.
 _bearer = HTTPBearer(auto_error=False, description="An EdDSA JWT from a trusted issuer.")
@@ -83,11 +84,40 @@ async def authenticate(
     token = credentials.credentials if credentials is not None else None
     try:
         principal = rt.verifier.verify(token)
+        if rt.config.principals == "registered":
+            await _admit(rt, principal)
     except AuthError as exc:
         endpoint = endpoint_of(request)
         raise await run_in_threadpool(record_auth_failure, rt, request, exc, endpoint) from None
     request.state.principal = principal
     return principal
+
+
+async def _admit(rt: Runtime, principal: Principal) -> None:
+    """A signed token is not enough: its (issuer, sub) must be registered and allowed every
+    attribute it claims. Data subjects are not registered one by one; the issuer's claim
+    allowances decide who may assert the role (only Bastion's own issuer by default)."""
+    if principal.is_subject:
+        return
+    claimed = Claimed(
+        issuer=principal.issuer,
+        sub=principal.sub or principal.id,
+        role=principal.role,
+        employer=principal.employer,
+        employer_country=principal.employer_country,
+        location_country=principal.location_country,
+        clearance=principal.clearance,
+    )
+    try:
+        fresh, entry = rt.registry.peek(claimed.issuer, claimed.sub)
+        if fresh:
+            check_entry(entry, claimed)  # a dictionary lookup: no hop to the thread pool
+        else:
+            await run_in_threadpool(rt.registry.admit, claimed)
+    except PrincipalRefused as exc:
+        raise AuthError(
+            exc.kind, exc.detail, claimed={"sub": claimed.sub, "iss": claimed.issuer}
+        ) from None
 
 
 CurrentPrincipal = Annotated[Principal, Depends(authenticate)]

@@ -37,6 +37,7 @@ from bastion.policy import (
     text_key,
 )
 from bastion.policy.invariants import invariants_for
+from bastion.policy.registry import PrincipalRegistry
 from bastion.store import Database, open_database
 from bastion.vault import Vault
 from bastion.vault.lookup import VaultLookup
@@ -92,6 +93,8 @@ class Runtime:
     verifier: TokenVerifier
     config: GatewayConfig
     subject_index: SubjectIndex
+    # Who may call, and which attributes each may hold (policy/registry.py).
+    registry: PrincipalRegistry
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     owns_db: bool = False
     owns_ledger: bool = True
@@ -203,6 +206,8 @@ class Runtime:
             public_text=public_text,
         )
         bulk = BulkCounter(db, clock, bulk_thresholds(config))
+        registry = PrincipalRegistry(db, clock)
+        registry.migrate()
         issuer = own_issuer(home, clock)
         trusted = [
             TrustedIssuer(issuer.issuer, {issuer.jwk["kid"]: issuer.public_key}, source="own"),
@@ -235,6 +240,7 @@ class Runtime:
             verifier=verifier,
             config=config,
             subject_index=SubjectIndex(db, log, lambda _subject: None),
+            registry=registry,
         )
         rt.subject_index.subject_ref = rt.subject_ref_for_id
         return rt

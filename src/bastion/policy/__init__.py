@@ -66,6 +66,7 @@ from bastion.policy.principal import (
     PrincipalSpec,
     derive_attributes,
 )
+from bastion.policy.registry import PrincipalRegistry
 from bastion.policy.store import (
     PolicyLoadResult,
     PolicyRuntime,
@@ -99,6 +100,7 @@ def initialize_policy(
     migrate_policy_store(db)
     migrate_approvals(db)
     migrate_thresholds(db)
+    PrincipalRegistry(db, clock or SystemClock()).migrate()
     summary: dict[str, Any] = {}
     if ledger is not None:
         # No PublicText: the one reason this store loads with is Bastion's own ("install the
