@@ -24,8 +24,19 @@ def _home(tmp_path: Path) -> Home:
     return init_home(tmp_path / "home")
 
 
+def _register(home: Home, sub: str, *args: str) -> None:
+    out = runner.invoke(
+        app, ["principals", "register", sub, *args, "--home", str(home.path), "--json"]
+    )
+    assert out.exit_code == 0, out.output
+
+
 def test_issue_and_jwks(tmp_path: Path) -> None:
     home = _home(tmp_path)
+    _register(
+        home, "alice", "--role", "engineer", "--employer", "custodian", "--employer-country", "US"
+    )
+    _register(home, "bob", "--role", "auditor")
     result = runner.invoke(
         app,
         [
@@ -83,6 +94,80 @@ def test_issue_bad_input(tmp_path: Path) -> None:
         app, ["principals", "issue", "x", "--role", "r", "--home", str(tmp_path / "nope")]
     )
     assert missing.exit_code != 0 and "bastion init" in missing.output
+
+
+def test_register_list_disable_and_issue_refusals(tmp_path: Path) -> None:
+    home = _home(tmp_path)
+
+    def issue(sub: str, *args: str) -> tuple[int, dict[str, object]]:
+        out = runner.invoke(
+            app, ["principals", "issue", sub, *args, "--home", str(home.path), "--json"]
+        )
+        return out.exit_code, json.loads(out.output)
+
+    code, doc = issue("carol", "--role", "engineer")
+    assert code == 2 and "not registered" in str(doc["message"])
+    _register(
+        home,
+        "carol",
+        "--role",
+        "engineer",
+        "--employer",
+        "custodian",
+        "--employer-country",
+        "US",
+        "--max-clearance",
+        "internal",
+    )
+    code, doc = issue(
+        "carol",
+        "--role",
+        "engineer",
+        "--employer",
+        "custodian",
+        "--employer-country",
+        "US",
+        "--clearance",
+        "restricted",
+    )
+    assert code == 2 and "clearance" in str(doc["message"])
+    code, doc = issue(
+        "carol",
+        "--role",
+        "engineer",
+        "--employer",
+        "custodian",
+        "--employer-country",
+        "US",
+        "--clearance",
+        "internal",
+    )
+    assert code == 0 and doc["token"]
+    listed = runner.invoke(app, ["principals", "list", "--home", str(home.path), "--json"])
+    entries = json.loads(listed.output)["principals"]
+    assert [e["sub"] for e in entries] == ["carol"] and entries[0]["max_clearance"] == "internal"
+    off = runner.invoke(app, ["principals", "disable", "carol", "--home", str(home.path), "--json"])
+    assert off.exit_code == 0 and json.loads(off.output)["status"] == "disabled"
+    code, doc = issue(
+        "carol", "--role", "engineer", "--employer", "custodian", "--employer-country", "US"
+    )
+    assert code == 2 and "disabled" in str(doc["message"])
+    bad = runner.invoke(
+        app,
+        [
+            "principals",
+            "register",
+            "dan",
+            "--role",
+            "engineer",
+            "--max-clearance",
+            "cosmic",
+            "--home",
+            str(home.path),
+            "--json",
+        ],
+    )
+    assert bad.exit_code == 2 and "max_clearance" in json.loads(bad.output)["message"]
 
 
 def test_add_issuer_from_a_jwks_file(tmp_path: Path) -> None:

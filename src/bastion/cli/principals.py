@@ -1,22 +1,35 @@
-"""``bastion principals``: issue bearer tokens, publish the issuer JWKS, trust other issuers."""
+"""``bastion principals``: register who may call, issue bearer tokens, publish the issuer JWKS,
+trust other issuers."""
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
 import typer
+from pydantic import ValidationError
+from rich.table import Table
 
 from bastion.cli.common import HOME_OPTION, JSON_OPTION, console, emit_json, reported_errors
 from bastion.cli.groups import principals_app
 from bastion.clock import SystemClock, iso
 from bastion.errors import ConfigError, InputError
-from bastion.gateway.auth import issuer_from_config
+from bastion.gateway.auth import issuer_from_config, validate_attributes
 from bastion.gateway.config import GatewayConfig, issuers_dir
 from bastion.gateway.runtime import own_issuer
 from bastion.home import Home
+from bastion.policy.registry import (
+    Claimed,
+    PrincipalEntry,
+    PrincipalRefused,
+    PrincipalRegistry,
+    check_entry,
+)
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -28,6 +41,142 @@ def parse_duration(text: str) -> timedelta:
     if not match:
         raise InputError("use a number and a unit: 90s, 30m, 8h or 2d", field="ttl")
     return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+@contextmanager
+def _registry(h: Home) -> Iterator[PrincipalRegistry]:
+    from bastion.wiring import open_store
+
+    db = open_store(h)
+    try:
+        registry = PrincipalRegistry(db, SystemClock())
+        registry.migrate()
+        yield registry
+    finally:
+        db.close()
+
+
+def _check_registered(h: Home, issuer: str, subject: str, attrs: Mapping[str, object]) -> None:
+    """A token for a principal the gateway would refuse is refused here already."""
+    if attrs.get("role") == "subject":
+        return
+    if GatewayConfig.from_settings(h.settings.raw).principals != "registered":
+        return
+    with _registry(h) as registry:
+        entry = registry.get(issuer, subject)
+    claimed = Claimed(
+        issuer=issuer,
+        sub=subject,
+        role=str(attrs["role"]),
+        employer=_opt(attrs.get("employer")),
+        employer_country=_opt(attrs.get("employer_country")),
+        location_country=_opt(attrs.get("location_country")),
+        clearance=str(attrs.get("clearance", "none")),
+    )
+    try:
+        check_entry(entry, claimed)
+    except PrincipalRefused as exc:
+        raise InputError(
+            f"{exc.detail}; register it first: bastion principals register", field="sub"
+        ) from None
+
+
+def _opt(value: object) -> str | None:
+    return (
+        str(value).upper()
+        if isinstance(value, str) and len(value) == 2
+        else (str(value) if value else None)
+    )
+
+
+@principals_app.command("register")
+def register(
+    subject: str = typer.Argument(..., help="The principal's sub at its issuer."),
+    role: list[str] = typer.Option(..., "--role", help="A role it may act in (repeatable)."),
+    employer: str | None = typer.Option(None, help="Its employing entity (fixed)."),
+    employer_country: str | None = typer.Option(
+        None, "--employer-country", help="ISO country of the employing entity (fixed)."
+    ),
+    max_clearance: str = typer.Option(
+        "none", "--max-clearance", help="Highest clearance its tokens may claim."
+    ),
+    location: list[str] = typer.Option(
+        [], "--location", help="A country it may work from (repeatable; default any)."
+    ),
+    issuer: str | None = typer.Option(None, help="Its issuer (default Bastion's own)."),
+    home: Path | None = HOME_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Admit a principal, with the attributes its tokens may carry."""
+    with reported_errors(as_json):
+        h = Home.load(home)
+        iss = issuer or own_issuer(h, SystemClock()).issuer
+        try:
+            entry = PrincipalEntry(
+                issuer=iss,
+                sub=subject,
+                roles=tuple(role),
+                employer=employer,
+                employer_country=employer_country,
+                max_clearance=max_clearance,
+                locations=tuple(location) if location else None,
+            )
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise InputError(first["msg"], field=".".join(map(str, first["loc"]))) from None
+        with _registry(h) as registry:
+            registry.register(entry)
+        if as_json:
+            emit_json({"ok": True, **entry.to_json()})
+        else:
+            console.print(f"Registered [bold]{subject}[/] of {iss}: roles {', '.join(role)}")
+
+
+@principals_app.command("list")
+def list_cmd(home: Path | None = HOME_OPTION, as_json: bool = JSON_OPTION) -> None:
+    """The registered principals."""
+    with reported_errors(as_json):
+        h = Home.load(home)
+        with _registry(h) as registry:
+            entries = registry.list()
+        if as_json:
+            emit_json({"ok": True, "principals": [e.to_json() for e in entries]})
+            return
+        table = Table(title="Registered principals")
+        for col in ("issuer", "sub", "roles", "employer", "country", "max clearance", "status"):
+            table.add_column(col, overflow="fold")
+        for e in entries:
+            table.add_row(
+                e.issuer,
+                e.sub,
+                ", ".join(e.roles),
+                e.employer or "-",
+                e.employer_country or "-",
+                e.max_clearance,
+                e.status,
+            )
+        console.print(table)
+
+
+@principals_app.command("disable")
+def disable(
+    subject: str = typer.Argument(..., help="The principal's sub."),
+    issuer: str | None = typer.Option(None, help="Its issuer (default Bastion's own)."),
+    enable: bool = typer.Option(False, "--enable", help="Re-enable instead."),
+    home: Path | None = HOME_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Refuse a principal's tokens from now on (every gateway within seconds)."""
+    with reported_errors(as_json):
+        h = Home.load(home)
+        iss = issuer or own_issuer(h, SystemClock()).issuer
+        status: Literal["active", "disabled"] = "active" if enable else "disabled"
+        with _registry(h) as registry:
+            registry.set_status(iss, subject, status)
+        if as_json:
+            emit_json({"ok": True, "issuer": iss, "sub": subject, "status": status})
+        else:
+            console.print(f"{subject} of {iss}: {status}")
 
 
 @principals_app.command("issue")
@@ -61,6 +210,7 @@ def issue(
             "clearance": clearance,
             "amr": [a.strip() for a in amr.split(",") if a.strip()],
         }
+        _check_registered(h, issuer.issuer, subject, validate_attributes(attrs))
         token = issuer.issue(subject, attrs, ttl=lifetime, audience=audience)
         expires = iso(SystemClock().now() + lifetime)
         if as_json:
