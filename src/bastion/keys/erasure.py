@@ -27,11 +27,12 @@ expired as the custodian's key policy says.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol
 
@@ -73,39 +74,99 @@ def ensure_store_file(keys_dir: Path) -> None:
 
 
 class SqliteErasureStore:
-    def __init__(self, path: Path, sealer: SecretSealer) -> None:
+    """The store file, opened on first use. ``guard`` (the provider's ``revalidate``) runs
+    before every use, so a revoked keyring releases no secret from a connection that is
+    still open on a file someone removed; ``file_problem`` is what it checks here."""
+
+    def __init__(
+        self,
+        path: Path,
+        sealer: SecretSealer,
+        *,
+        guard: Callable[[], object] | None = None,
+        busy_timeout_s: float = 10.0,
+    ) -> None:
         if not path.is_file():
             raise KeyUnavailable(f"erasure store {path} is missing; the keyring is incomplete")
         self.path = path
         self._sealer = sealer
+        self._guard = guard
+        self._busy_timeout_s = busy_timeout_s
         self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the open file
+        with self._lock:
+            self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        """The connection, opened if it is not (holds the lock)."""
+        if self._conn is not None:
+            return self._conn
+        path = self.path
+        if not path.is_file():
+            raise KeyUnavailable(f"erasure store {path} is missing; the keyring is incomplete")
         try:
-            self._conn = sqlite3.connect(
-                path, isolation_level=None, timeout=60, check_same_thread=False
+            conn = sqlite3.connect(
+                path, isolation_level=None, timeout=self._busy_timeout_s, check_same_thread=False
             )
-            self._conn.execute("PRAGMA secure_delete=ON")
-            self._conn.execute("PRAGMA journal_mode=DELETE")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.execute(
+            conn.execute("PRAGMA secure_delete=ON")
+            conn.execute("PRAGMA journal_mode=DELETE")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(
                 "CREATE TABLE IF NOT EXISTS erasure_secrets (ref TEXT PRIMARY KEY, secret BLOB)"
             )
-        except sqlite3.Error as exc:
+            st = path.stat()
+        except (sqlite3.Error, OSError) as exc:
             raise KeyUnavailable(f"cannot open erasure store {path}: {exc}") from None
+        self._conn, self._identity = conn, (st.st_dev, st.st_ino)
+        return conn
+
+    def _guarded(self) -> None:
+        if self._guard is not None:
+            self._guard()
+
+    def file_problem(self) -> str | None:
+        """Why the store file can no longer be used (removed, unreadable), or None. A file
+        replaced by another (a restore) is reopened on next use rather than refused."""
+        path = self.path
+        try:
+            st = path.stat()
+        except OSError:
+            return f"erasure store {path} was removed"
+        if not os.access(path, os.R_OK | os.W_OK):
+            return f"erasure store {path} is no longer readable"
+        with self._lock:
+            if self._identity is not None and self._identity != (st.st_dev, st.st_ino):
+                self._drop()
+        return None
+
+    def drop(self) -> None:
+        """Close the connection (the provider's keys were revoked); reopened on next use."""
+        with self._lock:
+            self._drop()
+
+    def _drop(self) -> None:
+        conn, self._conn, self._identity = self._conn, None, None
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
 
     def create_many(self, refs: Iterable[str]) -> dict[str, bytes]:
         made = {ref: secrets.token_bytes(ERASURE_SECRET_BYTES) for ref in refs}
         if not made:
             return made
         rows = [(ref, self._sealer.seal(secret, ref)) for ref, secret in made.items()]
+        self._guarded()
         with self._lock:
+            conn = self._open()
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
+                conn.execute("BEGIN IMMEDIATE")
                 try:
-                    self._conn.executemany("INSERT INTO erasure_secrets VALUES (?, ?)", rows)
+                    conn.executemany("INSERT INTO erasure_secrets VALUES (?, ?)", rows)
                 except BaseException:
-                    self._conn.execute("ROLLBACK")
+                    conn.execute("ROLLBACK")
                     raise
-                self._conn.execute("COMMIT")
+                conn.execute("COMMIT")
             except sqlite3.IntegrityError:
                 raise IntegrityError("an erasure secret already exists for a new subject") from None
             except sqlite3.Error as exc:
@@ -115,12 +176,14 @@ class SqliteErasureStore:
     def get_many(self, refs: Iterable[str]) -> dict[str, bytes]:
         wanted = list(dict.fromkeys(refs))
         found: dict[str, bytes] = {}
+        self._guarded()
         with self._lock:
+            conn = self._open()
             try:
                 for i in range(0, len(wanted), _CHUNK):
                     chunk = wanted[i : i + _CHUNK]
                     marks = ",".join("?" * len(chunk))
-                    for ref, blob in self._conn.execute(
+                    for ref, blob in conn.execute(
                         f"SELECT ref, secret FROM erasure_secrets WHERE ref IN ({marks})", chunk
                     ):
                         found[ref] = blob
@@ -129,22 +192,22 @@ class SqliteErasureStore:
         return {ref: self._sealer.open(bytes(blob), ref) for ref, blob in found.items()}
 
     def destroy(self, ref: str) -> bool:
+        # Not guarded: destroying a secret must work even while the keys are revoked.
         with self._lock:
             try:
-                cur = self._conn.execute("DELETE FROM erasure_secrets WHERE ref = ?", (ref,))
+                cur = self._open().execute("DELETE FROM erasure_secrets WHERE ref = ?", (ref,))
             except sqlite3.Error as exc:
                 raise KeyUnavailable(f"erasure store {self.path}: {exc}") from None
             return cur.rowcount > 0
 
     def refs(self) -> list[str]:
         with self._lock:
-            return [r for (r,) in self._conn.execute("SELECT ref FROM erasure_secrets")]
+            return [r for (r,) in self._open().execute("SELECT ref FROM erasure_secrets")]
 
     def count(self) -> int:
         with self._lock:
-            row = self._conn.execute("SELECT COUNT(*) FROM erasure_secrets").fetchone()
+            row = self._open().execute("SELECT COUNT(*) FROM erasure_secrets").fetchone()
         return int(row[0]) if row else 0
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self.drop()

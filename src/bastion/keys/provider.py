@@ -12,10 +12,14 @@ Two kinds of secret sit outside the database, in the provider's custody:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import itertools
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
+from bastion.clock import Clock, SystemClock
 from bastion.errors import KeyUnavailable
 
 KeyState = Literal["current", "active", "retired"]
@@ -98,6 +102,17 @@ class KeyProvider(Protocol):
         """Re-read which versions exist (another process may have rotated)."""
         ...
 
+    def revalidate(self) -> int:
+        """Check the key material held in memory against the provider, at most every
+        ``revocation_check_s`` (a timestamp compare otherwise): if the keys were revoked
+        (key files removed or unreadable, HSM key destroyed or token gone), every cache is
+        dropped and this and every later use raise ``KeyUnavailable`` until they are back.
+
+        Returns the key epoch: it changes whenever caches were dropped, so that holders of
+        keys derived from the provider's (the vault's identity keys) drop theirs too.
+        """
+        ...
+
     def close(self) -> None: ...
 
 
@@ -133,3 +148,50 @@ def version_states(active: Sequence[int], retired: Sequence[int]) -> list[KeyVer
     out = [KeyVersion(v, "current" if v == current else "active") for v in active]
     out += [KeyVersion(v, "retired") for v in retired if v not in active]
     return sorted(out, key=lambda k: k.version)
+
+
+class Revalidation:
+    """When a provider's in-memory key material is next checked against the provider itself.
+
+    ``check`` is the hot path: one clock read and two comparisons while the last check is
+    younger than ``every_s``. Past that one thread runs the provider's ``validate`` (the
+    others wait for it); ``validate`` returns None if the keys are there, else why not. A
+    clock that went back counts as due.
+    """
+
+    def __init__(
+        self, validate: Callable[[], str | None], clock: Clock | None, every_s: float
+    ) -> None:
+        if not every_s > 0:
+            raise ValueError("revocation_check_s must be positive")
+        self._validate = validate
+        self._clock: Clock = clock or SystemClock()
+        self._every = timedelta(seconds=every_s)
+        self._checked: datetime | None = None
+        self._due: datetime | None = None
+        self._lock = threading.Lock()
+        self._epochs = itertools.count(1)
+        self.revoked: str | None = None
+        self.epoch = 0
+
+    def check(self) -> int:
+        now = self._clock.now()
+        due, checked = self._due, self._checked
+        if due is None or checked is None or now >= due or now < checked:
+            with self._lock:
+                due, checked = self._due, self._checked
+                if due is None or checked is None or now >= due or now < checked:
+                    self.revoked = self._validate()
+                    self._checked, self._due = now, now + self._every
+        revoked = self.revoked
+        if revoked is not None:
+            raise KeyUnavailable(revoked)
+        return self.epoch
+
+    def dropped(self) -> None:
+        """The provider dropped its caches: holders of derived keys must drop theirs."""
+        self.epoch = next(self._epochs)
+
+    def force(self) -> None:
+        """Check at the next use, whatever the time (after a failure that hints at revocation)."""
+        self._due = None

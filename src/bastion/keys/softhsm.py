@@ -80,6 +80,26 @@ def make_token(label: str | None = None, library: str = DEFAULT_LIBRARY) -> Soft
     return token
 
 
+def token_dir(token: SoftHsmToken) -> Path:
+    """The directory that holds ``token``'s objects (tests move it away and back to make a
+    token vanish and return), read from the ``SOFTHSM2_CONF`` in force."""
+    if "SOFTHSM2_CONF" not in os.environ:
+        raise RuntimeError("call configure() first: SOFTHSM2_CONF is not set")
+    tokens: Path | None = None
+    for line in Path(os.environ["SOFTHSM2_CONF"]).read_text().splitlines():
+        name, _, value = line.partition("=")
+        if name.strip() == "directories.tokendir":
+            tokens = Path(value.strip())
+    if tokens is None:
+        raise RuntimeError("SOFTHSM2_CONF names no directories.tokendir")
+    label = token.label.encode()
+    for candidate in sorted(tokens.iterdir()):
+        info = candidate / "token.object"
+        if info.is_file() and label in info.read_bytes():
+            return candidate
+    raise FileNotFoundError(f"no directory of token {token.label!r} in {tokens}")
+
+
 def delete_token(token: SoftHsmToken) -> None:
     subprocess.run(
         ["softhsm2-util", "--delete-token", "--token", token.label],

@@ -38,34 +38,64 @@ def ensure_identity(cur: Cursor, provider: KeyProvider) -> None:
 
 
 class VaultIdentity:
-    """Loads the identity secret once (outside any open transaction) and hashes with it."""
+    """Loads the identity secret (outside any open transaction) and hashes with it.
+
+    The keys derived from it are held while the provider's key epoch stays the same: every
+    use re-validates the provider (a timestamp compare, mostly), and a revocation, which
+    drops the provider's caches, drops these too. They are then derived again from the
+    wrapped secret read the first time, which needs the provider (and fails while the keys
+    are revoked) but not the database: a use inside a transaction stays possible.
+    """
 
     def __init__(self, db: Database, provider: KeyProvider) -> None:
         self._db = db
         self._provider = provider
         self._lock = threading.Lock()
         self._keys: tuple[hmac.HMAC, bytes] | None = None
+        self._epoch = -1
+        self._wrapped: WrappedKey | None = None  # as stored: no secret without the KEK
 
     def load(self) -> tuple[hmac.HMAC, bytes]:
+        try:
+            epoch = self._provider.revalidate()
+        except KeyUnavailable:
+            with self._lock:
+                self._keys = None
+            raise
         with self._lock:
-            if self._keys is not None:
+            if self._keys is not None and self._epoch == epoch:
                 return self._keys
+            self._keys = None
+            wrapped = self._wrapped
+        secret: bytes | None = None
+        if wrapped is not None:
+            try:
+                secret = self._provider.unwrap(wrapped, secret_aad(IDENTITY_SECRET))
+            except KeyUnavailable:
+                # Its KEK was retired since (after a rotation rewrapped it): read it again.
+                # Any other reason (revoked, the HSM away) is the answer.
+                live = [v.version for v in self._provider.versions() if v.state != "retired"]
+                if wrapped.version in live:
+                    raise
+        if secret is None:
+            wrapped = self._read()
+            secret = self._provider.unwrap(wrapped, secret_aad(IDENTITY_SECRET))
+        keys = (
+            hmac.HMAC(codec.derive_vault_key(secret, "pseudonym-index"), hashes.SHA256()),
+            codec.derive_vault_key(secret, "receipt-subject-hash"),
+        )
+        with self._lock:
+            self._keys, self._epoch, self._wrapped = keys, epoch, wrapped
+        return keys
+
+    def _read(self) -> WrappedKey:
         rows = self._db.query(
             "SELECT kek_version, wrapped FROM vault_secrets WHERE name = ?", (IDENTITY_SECRET,)
         )
         if not rows:
             raise KeyUnavailable("the vault's identity secret is missing; run `bastion init`")
         version, blob = rows[0]
-        secret = self._provider.unwrap(
-            WrappedKey(int(version), bytes(blob)), secret_aad(IDENTITY_SECRET)
-        )
-        keys = (
-            hmac.HMAC(codec.derive_vault_key(secret, "pseudonym-index"), hashes.SHA256()),
-            codec.derive_vault_key(secret, "receipt-subject-hash"),
-        )
-        with self._lock:
-            self._keys = keys
-        return keys
+        return WrappedKey(int(version), bytes(blob))
 
     def index(self, value: str) -> str:
         """HMAC-SHA256 index of an identifying value: finds its token without storing it."""

@@ -75,7 +75,7 @@ def open_vault(home: Home, db: Database, clock: Clock, *, catalog: Catalog | Non
         raise NotInitialized(
             f"the vault is not initialized in {db.description}; run `bastion init`"
         )
-    provider = open_key_provider(home)
+    provider = open_key_provider(home, clock=clock)  # re-validates its keys by this clock
     return Vault(db, provider, catalog or home_catalog(home), clock)
 
 
