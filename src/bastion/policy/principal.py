@@ -181,8 +181,11 @@ def _subject_id(p: PrincipalLike) -> str:
         claimed = extra.get("subject_id")
         if isinstance(claimed, str) and claimed:
             return claimed
-    # A subject's token names the subject in ``sub``.
-    return p.id if p.role == "subject" else ""
+    # A subject's token names the subject in ``sub`` (the id may qualify it with the issuer).
+    sub = getattr(p, "sub", None)
+    if p.role == "subject":
+        return sub if isinstance(sub, str) and sub else p.id
+    return ""
 
 
 def derive_attributes(
