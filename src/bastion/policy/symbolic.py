@@ -512,10 +512,12 @@ def _evaluate(
     datasets: dict[str, dict[str, Any]] = {}
     variants: dict[str, int] = defaultdict(int)
     batches: dict[int, list[tuple[tuple[int, ...], dict[str, Any]]]] = defaultdict(list)
+    contexts: dict[tuple[int, ...], tuple[dict[str, Any], dict[str, str]]] = {}
     for combo in itertools.product(*(range(n) for n in (len(domain.values[v]) for v in order))):
         values = dict(base)
         values.update({v: domain.values[v][i] for v, i in zip(order, combo, strict=True)})
         pkey = tuple(i for i, w in zip(combo, where, strict=True) if w == "principal")
+        ckey = tuple(i for i, w in zip(combo, where, strict=True) if w in ("context", "action"))
         if pkey not in principals:
             principals[pkey] = {
                 "uid": {"type": f"{NAMESPACE}::Principal", "id": f"p{len(principals)}"},
@@ -546,11 +548,17 @@ def _evaluate(
                 variant,
             )
         field_entity, variant = fields[rkey]
-        context = {a: cedar_value(("context", a), values[("context", a)]) for a in CONTEXT_ATTRS}
-        context["now"] = CHECK_INSTANT
+        if ckey not in contexts:
+            # Shared by every combination with the same context and action (read-only).
+            context = {
+                a: cedar_value(("context", a), values[("context", a)]) for a in CONTEXT_ATTRS
+            }
+            context["now"] = CHECK_INSTANT
+            contexts[ckey] = (context, {"type": f"{NAMESPACE}::Action", "id": str(values[ACTION])})
+        context, action = contexts[ckey]
         request = {
             "principal": principals[pkey]["uid"],
-            "action": {"type": f"{NAMESPACE}::Action", "id": str(values[ACTION])},
+            "action": action,
             "resource": field_entity["uid"],
             "context": context,
         }
@@ -577,6 +585,30 @@ class PolicyModel:
     compiled: CompiledPolicies
     domain: Domain
     tables: tuple[PolicyTable, ...]
+    # Derived once per model and shared by every search over it.
+    _derived: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def principal_rows(self, keys: tuple[str, ...]) -> list[list[int]]:
+        """The realizable principals projected onto ``keys``, as value indices."""
+        cache_key = ("principals", keys)
+        if cache_key not in self._derived:
+            index = {
+                a: {v: i for i, v in enumerate(self.domain.values[("principal", a)])} for a in keys
+            }
+            rows = sorted({tuple(index[a][p[a]] for a in keys) for p in self.domain.principals})
+            self._derived[cache_key] = [list(r) for r in rows]
+        rows_out: list[list[int]] = self._derived[cache_key]
+        return rows_out
+
+    def table_rows(self, table: PolicyTable) -> list[list[int]]:
+        """A truth table as CP-SAT allowed assignments: the values, then matched, errored."""
+        cache_key = ("table", table.cedar_id)
+        if cache_key not in self._derived:
+            self._derived[cache_key] = [
+                [*combo, int(hit), int(err)] for combo, (hit, err) in table.rows.items()
+            ]
+        rows_out: list[list[int]] = self._derived[cache_key]
+        return rows_out
 
 
 def read_policies(
@@ -635,13 +667,6 @@ class Search:
         # the realizable principals are projected onto them, which keeps the table small.
         read = {v[1] for t in model.tables for v in t.reads if v[0] == "principal"}
         self.principal_keys = sorted(read | set(principal_attrs))
-        domain = model.domain
-        self._principal_rows = sorted(
-            {
-                tuple(domain.index(("principal", a), p[a]) for a in self.principal_keys)
-                for p in domain.principals
-            }
-        )
 
     def request(
         self, fixed: Mapping[VarName, int] | None = None, share: Copy | None = None
@@ -665,7 +690,7 @@ class Search:
         ):
             self.cp.add_allowed_assignments(
                 [variables[("principal", a)] for a in self.principal_keys],
-                [list(row) for row in self._principal_rows],
+                self.model.principal_rows(tuple(self.principal_keys)),
             )
         matched: dict[str, cp_model.IntVar] = {}
         errored: dict[str, cp_model.IntVar] = {}
@@ -678,7 +703,7 @@ class Search:
             e = self.cp.new_bool_var(f"e:{table.id}#{self._n}")
             self.cp.add_allowed_assignments(
                 [variables[v] for v in table.reads] + [m, e],
-                [[*combo, int(hit), int(err)] for combo, (hit, err) in table.rows.items()],
+                self.model.table_rows(table),
             )
             matched[table.cedar_id], errored[table.cedar_id] = m, e
         allowed = self.cp.new_bool_var(f"allowed#{self._n}")
