@@ -30,7 +30,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from bastion.errors import InputError
 from bastion.policy.compiler import PACK_PACKAGE, CompiledPolicies, PolicyRejected
@@ -92,20 +99,20 @@ class Scope(BaseModel):
                 )
         return v
 
-    @field_validator("resource")
+    @field_validator("resource", "context")
     @classmethod
-    def _resource(cls, v: dict[str, Condition]) -> dict[str, Condition]:
+    def _attributes(cls, v: dict[str, Condition], info: ValidationInfo) -> dict[str, Condition]:
+        known, what = (
+            (FIELD_ATTRS, "field")
+            if info.field_name == "resource"
+            else (
+                CONTEXT_ATTRS,
+                "context",
+            )
+        )
         for name in v:
-            if name not in FIELD_ATTRS:
-                raise ValueError(f"unknown field attribute {name!r}")
-        return v
-
-    @field_validator("context")
-    @classmethod
-    def _context(cls, v: dict[str, Condition]) -> dict[str, Condition]:
-        for name in v:
-            if name not in CONTEXT_ATTRS:
-                raise ValueError(f"unknown context attribute {name!r}")
+            if name not in known:
+                raise ValueError(f"unknown {what} attribute {name!r}")
         return v
 
     @field_validator("principal")

@@ -30,6 +30,22 @@ _COUNTRY = re.compile(r"^[A-Z]{2}$")
 _NAME = re.compile(r"^[A-Za-z0-9_.:@/+-]{1,128}$")
 
 
+def country_code(v: str | None) -> str | None:
+    """An ISO 3166-1 alpha-2 code, upper-cased; ValueError otherwise (pydantic validators)."""
+    if v is None:
+        return None
+    if not _COUNTRY.match(v.upper()):
+        raise ValueError("must be an ISO 3166-1 alpha-2 country code")
+    return v.upper()
+
+
+def clearance_name(v: str) -> str:
+    """One of the clearance names; ValueError otherwise (pydantic validators)."""
+    if v not in CLEARANCE_LEVELS:
+        raise ValueError(f"must be one of {', '.join(CLEARANCE_LEVELS)}")
+    return v
+
+
 class PrincipalLike(Protocol):
     """What the policy layer reads from an authenticated caller (the gateway's Principal)."""
 
@@ -79,18 +95,12 @@ class PrincipalSpec(BaseModel):
     @field_validator("employer_country", "location_country")
     @classmethod
     def _country(cls, v: str | None) -> str | None:
-        if v is None:
-            return None
-        if not _COUNTRY.match(v.upper()):
-            raise ValueError("must be an ISO 3166-1 alpha-2 country code")
-        return v.upper()
+        return country_code(v)
 
     @field_validator("clearance")
     @classmethod
     def _clearance(cls, v: str) -> str:
-        if v not in CLEARANCE_LEVELS:
-            raise ValueError(f"must be one of {', '.join(CLEARANCE_LEVELS)}")
-        return v
+        return clearance_name(v)
 
     @classmethod
     def parse(cls, data: Mapping[str, Any], *, source: str = "principal") -> PrincipalSpec:

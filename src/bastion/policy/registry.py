@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bastion.clock import Clock, iso
 from bastion.errors import BastionError, InputError
-from bastion.policy.principal import CLEARANCE_LEVELS
+from bastion.policy.principal import CLEARANCE_LEVELS, clearance_name, country_code
 from bastion.store import Database
 
 REGISTRY_DDL = [
@@ -78,19 +78,17 @@ class PrincipalEntry(BaseModel):
     @field_validator("max_clearance")
     @classmethod
     def _clearance(cls, v: str) -> str:
-        if v not in CLEARANCE_LEVELS:
-            raise ValueError(f"must be one of {', '.join(CLEARANCE_LEVELS)}")
-        return v
+        return clearance_name(v)
 
     @field_validator("employer_country")
     @classmethod
     def _country(cls, v: str | None) -> str | None:
-        return v.upper() if v else None
+        return country_code(v) if v else None
 
     @field_validator("locations")
     @classmethod
     def _countries(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        return tuple(c.upper() for c in v) if v is not None else None
+        return tuple(str(country_code(c)) for c in v) if v is not None else None
 
     def to_json(self) -> dict[str, object]:
         return self.model_dump(mode="json")

@@ -718,11 +718,19 @@ class Search:
         return Copy(variables, allowed, matched, errored)
 
     def _any(self, items: Sequence[cp_model.IntVar]) -> cp_model.IntVar:
+        return self._fold(items, empty=0, any_of=True)
+
+    def _fold(
+        self, items: Sequence[cp_model.IntVar], *, empty: int, any_of: bool
+    ) -> cp_model.IntVar:
+        """A boolean equal to the OR (``any_of``) or the AND of ``items``; ``empty`` if none."""
         out = self.cp.new_bool_var("")
         if not items:
-            self.cp.add(out == 0)
-        else:
+            self.cp.add(out == empty)
+        elif any_of:
             self.cp.add_max_equality(out, list(items))
+        else:
+            self.cp.add_min_equality(out, list(items))
         return out
 
     def member(self, copy: Copy, var: VarName, allowed_values: Iterable[Value]) -> cp_model.IntVar:
@@ -736,12 +744,7 @@ class Search:
         return b
 
     def all_of(self, items: Sequence[cp_model.IntVar]) -> cp_model.IntVar:
-        out = self.cp.new_bool_var("")
-        if not items:
-            self.cp.add(out == 1)
-        else:
-            self.cp.add_min_equality(out, list(items))
-        return out
+        return self._fold(items, empty=1, any_of=False)
 
     def revealing_more_than(self, copy: Copy, limit: Transform) -> cp_model.IntVar:
         """True when no matched permit caps the field at ``limit`` or less (the least revealing
