@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import threading
 from datetime import timedelta
+from importlib import resources
 
 import pytest
 
-from bastion.catalog import SensitiveCategory
+from bastion.catalog import SensitiveCategory, parse_catalog
 from bastion.clock import FixedClock
 from bastion.policy import (
     LEGAL_THRESHOLDS,
@@ -17,6 +18,8 @@ from bastion.policy import (
     BulkThresholds,
     PlanRequest,
     PolicyEngine,
+    Transform,
+    default_policies,
     usage_for,
 )
 from bastion.policy.thresholds import migrate_thresholds
@@ -147,3 +150,30 @@ def test_usage_follows_the_released_categories_of_a_plan(engine: PolicyEngine) -
     usage = usage_for(plan, ["u1", "u2", "u1"], devices=["d1"])
     # location is pending approval, so precise geolocation is not released and not counted.
     assert usage == {CPI: ["u1", "u2"]}
+
+
+def test_usage_counts_every_transform_and_uncategorized_pseudonyms(
+    engine: PolicyEngine, clock: FixedClock
+) -> None:
+    """28 CFR 202 counts pseudonymized data too: a masked or pseudonymized identifier counts,
+    and so does a field the catalog pseudonymizes without naming a category for it."""
+    masked = engine.plan(
+        PEOPLE["moderator"], PlanRequest(dataset="users", fields=("email",), purpose="p")
+    )
+    assert masked.field("email").transform is Transform.MASK
+    assert usage_for(masked, ["u1"]) == {CPI: ["u1"]}
+    text = resources.files("bastion.catalog").joinpath("platform.yaml").read_text("utf-8")
+    stripped = text.replace(
+        "    category: covered_personal_identifiers\n        pseudonymize: true\n",
+        "    pseudonymize: true\n",
+    )
+    catalog = parse_catalog(stripped, "no-categories.yaml")
+    assert catalog.dataset("users").field("device_ids").category is None
+    bare = PolicyEngine(default_policies(), catalog, clock=clock)
+    plan = bare.plan(
+        PEOPLE["engineer_abroad"],
+        PlanRequest(dataset="users", fields=("user_id", "device_ids"), purpose="p"),
+    )
+    assert set(plan.released.values()) == {Transform.PSEUDONYM}
+    assert plan.released_categories == {CPI}
+    assert usage_for(plan, ["u1", "u2"]) == {CPI: ["u1", "u2"]}

@@ -555,6 +555,7 @@ class PolicyEngine:
             "kind": kind_of(spec),
             "classification": spec.classification,
             "category": spec.category,
+            "pseudonymize": spec.pseudonymize,
             "policies": decision.policy_ids,
         }
         if decision.allowed:

@@ -100,10 +100,26 @@ class FieldPlan:
     transform_if_approved: Transform | None = None
     via_grant: bool = False
     row_filters: tuple[RowFilterKind, ...] = ()
+    # The catalog keeps the field's values as pseudonym tokens (an identifier of a person).
+    pseudonymize: bool = False
 
     @property
     def released(self) -> bool:
         return self.transform is not Transform.DENY
+
+    @property
+    def counted_categories(self) -> frozenset[SensitiveCategory]:
+        """What releasing this field counts towards 28 CFR 202.205's thresholds, whatever
+        its transform: its category, and covered personal identifiers for a pseudonymized
+        identifier (one the catalog pseudonymizes, or one released as a pseudonym), since
+        28 CFR 202 counts data "regardless of whether it is anonymized, pseudonymized,
+        de-identified or encrypted", also when the catalog gives the field no category."""
+        if not self.released:
+            return frozenset()
+        out = {self.category} if self.category else set()
+        if self.pseudonymize or self.transform is Transform.PSEUDONYM:
+            out.add(SensitiveCategory.COVERED_PERSONAL_IDENTIFIERS)
+        return frozenset(out)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -200,8 +216,10 @@ class AccessPlan:
 
     @property
     def released_categories(self) -> frozenset[SensitiveCategory]:
-        """Sensitive categories of released fields: what the bulk counters must count."""
-        return frozenset(f.category for f in self.fields if f.released and f.category)
+        """Sensitive categories of released fields, in any form (clear, generalized, masked,
+        pseudonym), pseudonymized identifiers counting as covered personal identifiers: what
+        the bulk counters must count (see :attr:`FieldPlan.counted_categories`)."""
+        return frozenset(c for f in self.fields for c in f.counted_categories)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -147,7 +147,11 @@ def usage_for(
     subjects: Iterable[str],
     devices: Iterable[str] = (),
 ) -> dict[SensitiveCategory, list[str]]:
-    """What a release counts: subjects per released category, devices for geolocation."""
+    """What a release counts: subjects per released category, devices for geolocation.
+
+    Every released field counts, whatever its transform (clear, generalized, masked or
+    pseudonym), and a pseudonymized identifier counts as covered personal identifiers even
+    where the catalog gives it no category (``AccessPlan.released_categories``)."""
     subject_list = list(dict.fromkeys(subjects))
     device_list = list(dict.fromkeys(devices))
     out: dict[SensitiveCategory, list[str]] = {}
