@@ -50,7 +50,9 @@ def test_export_is_recorded_twice_over(runtime: Runtime, connect: Connect) -> No
     export = decode_event(runtime.ledger.entry(out.receipt.index + 1))
     assert isinstance(decision, AccessDecision) and decision.action == "export"
     assert isinstance(export, Export) and export.records == 2
-    assert export.destination == "s3-custodian-bucket"
+    # Where the caller said it goes is typed text: a keyed commitment in the public log.
+    assert runtime.public_text.matches("s3-custodian-bucket", export.destination)
+    assert runtime.public_text.stored(export.destination) == "s3-custodian-bucket"
     with pytest.raises(GatewayError) as err:
         alice.export("events", destination="x", limit=10**6, context=Context(purpose="all"))
     assert err.value.status == 422 and err.value.receipt is not None

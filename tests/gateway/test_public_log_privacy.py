@@ -14,6 +14,11 @@ reasons, review notes, an administrator's reason for loading a policy set, also 
 names a person in this scenario; by default (``free_text = "commit"``)
 no entry carries it, only keyed commitments that the database's texts reproduce, and with
 ``free_text = "publish"`` the entries carry it verbatim.
+
+So do the names, references and ids a caller types: an email or a name as a dataset in the
+path (404), as a field or a body key (422), as an export destination, as a ticket (a raw
+subject id too), as a grant id and as ``X-Request-Id``. By default the log carries commitments
+of them (a client request id is replaced unless it is a UUID or hex); published, as sent.
 """
 
 from __future__ import annotations
@@ -31,7 +36,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bastion.cli.home_cmd import init_home
 from bastion.clock import FixedClock
-from bastion.events import AccessDecision, Approval, AuthFailure, PolicyChange, decode_event
+from bastion.events import (
+    AccessDecision,
+    Approval,
+    AuthFailure,
+    Export,
+    PolicyChange,
+    RequestRejected,
+    decode_event,
+)
 from bastion.gateway.auth import TokenIssuer
 from bastion.gateway.bootstrap import bootstrap, ingest, sample_event, sample_user
 from bastion.gateway.client import Context, Filter, GatewayError, Justification
@@ -44,8 +57,25 @@ from bastion.store import Database
 from .conftest import USERS, Connect
 
 # A person the typed text names (not a data subject of the vault): it must never reach the
-# public log unless the custodian publishes free text.
-PLANTED = ("jane.doe@example.com", "Jane Doe")
+# public log unless the custodian publishes free text. "Jane_Doe" is the name where a pattern
+# forbids spaces (a ticket, a request id, a dataset in a path).
+EMAIL = "jane.doe@example.com"
+NAME_ID = "Jane_Doe"
+PLANTED = (EMAIL, "Jane Doe", NAME_ID)
+RAW_TICKET = "u00015"  # a raw subject id given as a ticket
+RAW_REQUEST_ID = "u00016-u00017"  # raw subject ids given as a request id
+CLIENT_UUID = "0b9f6c1e-3d2a-4f5b-8c7d-6e5f4a3b2c1d"  # a request id that is only an id
+# What the scenario types as names, destinations, tickets and ids: each is in the log only as
+# a commitment (the text kept in the database), unless the custodian publishes free text.
+TYPED_NAMES = (
+    EMAIL,
+    NAME_ID,
+    "Jane Doe",
+    "jane.doe.example.com",
+    f"context.{EMAIL}",
+    f"s3://exports/{NAME_ID}",
+    RAW_TICKET,
+)
 WHY = Justification(
     type="customer_initiated_support",
     detail="the user asked for help, see jane.doe@example.com",
@@ -86,13 +116,13 @@ def runtime(
 
 
 def _ctx(*subjects: str, **over: Any) -> Context:
-    return Context(
-        purpose=PURPOSE,
-        ticket="SUP-31",
-        ticket_subjects=list(subjects),
-        justification=WHY,
-        **over,
-    )
+    fields: dict[str, Any] = {
+        "purpose": PURPOSE,
+        "ticket": "SUP-31",
+        "ticket_subjects": list(subjects),
+        "justification": WHY,
+    }
+    return Context(**{**fields, **over})
 
 
 def _raw_values() -> dict[str, list[bytes]]:
@@ -168,6 +198,8 @@ def _scenario(
             context=_ctx("u00006"),
         )
     )
+
+    _typed_names(runtime, connect)
 
     # Two-person approval: opened by a read, refused self-approval and non-approver, granted,
     # used, replayed, revoked.
@@ -275,6 +307,69 @@ def _scenario(
     )
     assert r.status_code == 400
     assert runtime.approvals.expire_due()
+
+
+def _typed_names(runtime: Runtime, connect: Connect) -> None:
+    """Names, references and ids a caller types, each planted with a person in it."""
+    alice, kenji = connect("alice"), connect("kenji")
+    publish = runtime.public_text.mode == "publish"
+    # An email or a name as a dataset in the path (404), also with a body that fails
+    # validation, and as the dataset of an explanation and of an access request.
+    for dataset in (EMAIL, NAME_ID):
+        _refused(lambda d=dataset: alice.read(d, "u00001", fields=["email"], context=_ctx()))
+        _refused(lambda d=dataset: alice.request("POST", f"/datasets/{d}/read", json={}))
+    _refused(lambda: alice.request("POST", "/policy/explain", json={"dataset": "Jane Doe"}))
+    _refused(
+        lambda: alice.request_access(
+            "jane.doe.example.com", fields=["email"], justification=WHY, ticket="SUP-31"
+        )
+    )
+    # An email or a name as a field name (422): read, access request, and a body key the
+    # schema does not know.
+    for name in (EMAIL, "Jane Doe"):
+        _refused(lambda n=name: alice.read("users", "u00001", fields=[n], context=_ctx()))
+    _refused(lambda: alice.request_access("users", fields=["Jane Doe"], justification=WHY))
+    _refused(
+        lambda: alice.request(
+            "POST",
+            "/datasets/users/read",
+            json={"record_id": "u00001", "context": {"purpose": "x", EMAIL: 1}},
+        )
+    )
+    # An email or a name as an export destination.
+    for destination in (EMAIL, f"s3://exports/{NAME_ID}"):
+        alice.export(
+            "events",
+            destination=destination,
+            filters=[Filter(field="subject", value="u00004")],
+            fields=["event_id"],
+            context=_ctx("u00004"),
+        )
+    # A name and a raw subject id as a ticket, on an allowed read and on a denial.
+    for ticket in (NAME_ID, RAW_TICKET):
+        alice.read("users", "u00001", fields=["language"], context=_ctx("u00001", ticket=ticket))
+        _refused(
+            lambda t=ticket: kenji.read(
+                "users", "u00002", fields=["email"], context=Context(purpose="x", ticket=t)
+            )
+        )
+    # An email as a grant id.
+    _refused(
+        lambda: alice.read(
+            "users", "u00001", fields=["location"], context=_ctx("u00001", grant_id=EMAIL)
+        )
+    )
+    # A name, an email-like and a subject-id-like X-Request-Id; and one that is only an id.
+    # (Publishing free text keeps the looser pattern of old: these are kept then.)
+    for rid in (NAME_ID, "jane.doe.example.com", RAW_REQUEST_ID):
+        out = alice.read("users", "u00001", fields=["language"], context=_ctx(), request_id=rid)
+        assert (out.request_id == rid) is publish
+        err = _refused(
+            lambda r=rid: alice.read("nowhere", "u1", fields=["x"], context=_ctx(), request_id=r)
+        )
+        assert (err.request_id == rid) is publish
+    out = alice.read("users", "u00001", fields=["language"], context=_ctx(), request_id=CLIENT_UUID)
+    assert out.request_id == CLIENT_UUID
 
 
 def test_no_entry_carries_a_raw_subject_id_or_protected_value(
@@ -389,10 +484,56 @@ def test_the_commitments_match_the_texts_the_database_keeps(
     texts |= {str(n) for (n,) in db.query("SELECT notes FROM break_glass_reviews") if n}
     texts |= {str(r) for (r,) in db.query("SELECT reason FROM policy_versions WHERE version > 1")}
     assert {WHY.detail, OUTAGE, APPROVAL, NOTES, POLICY_REASON} <= texts
-    for text in [*texts, PURPOSE, DENIAL, REVOCATION]:
+    for text in [*texts, PURPOSE, DENIAL, REVOCATION, *TYPED_NAMES]:
         assert text_commitment(key, text) in in_log, text
         assert runtime.public_text.matches(text, text_commitment(key, text))
     assert not runtime.public_text.matches("someone else", text_commitment(key, NOTES))
+
+
+def test_typed_names_are_committed_and_references_kept_only_when_strict(
+    runtime: Runtime, connect: Connect, server: ThreadedServer, clock: FixedClock
+) -> None:
+    """A dataset or field name the catalog does not know, an export destination, a ticket
+    that is not a ticket id and a grant id Bastion never issued reach the log as commitments;
+    a client's request id only when it is a UUID or hex, else the gateway's own."""
+    start = int(runtime.ledger.size())
+    _scenario(runtime, connect, server, clock)
+    events = [decode_event(e) for e in _entries(runtime, start)]
+    c = runtime.public_text.commitment
+    known = set(runtime.catalog.names) | {"@policy", "@access-history"}
+
+    def committed_or(value: str | None, clear: set[str] | re.Pattern[str]) -> bool:
+        if value is None or COMMITMENT.fullmatch(value.encode()):
+            return True
+        return value in clear if isinstance(clear, set) else bool(clear.fullmatch(value))
+
+    rejected = [e for e in events if isinstance(e, RequestRejected)]
+    assert {c(EMAIL), c(NAME_ID), c("Jane Doe"), c("jane.doe.example.com")} <= {
+        e.dataset for e in rejected if e.error == "unknown-dataset"
+    }
+    assert all(committed_or(e.dataset, known) for e in rejected)
+    assert {c(EMAIL), c("Jane Doe"), c(f"context.{EMAIL}"), c("shoe_size")} <= {
+        e.field for e in rejected
+    }
+    # Names the catalog or the API schema declares stay readable.
+    assert {"filters.subject", "fields"} & {e.field for e in rejected}
+    unknown = next(e for e in rejected if e.field == c(EMAIL))
+    assert unknown.reason == f"dataset 'users', field {c(EMAIL)!r}: no such field in the catalog"
+    destinations = {e.destination for e in events if isinstance(e, Export)}
+    assert destinations == {
+        c("s3://custodian-exports/sup-31"),
+        c(EMAIL),
+        c(f"s3://exports/{NAME_ID}"),
+    }
+    decisions = [e for e in events if isinstance(e, AccessDecision)]
+    tickets = {e.ticket for e in decisions}
+    assert {"SUP-31", c(NAME_ID), c(RAW_TICKET)} <= tickets
+    assert all(committed_or(t, re.compile(r"[A-Z][A-Z0-9]{1,15}-[0-9]{1,10}")) for t in tickets)
+    assert c(EMAIL) in {e.grant_id for e in decisions}
+    assert all(committed_or(e.grant_id, re.compile(r"[a-z]{2}_[0-9a-f]{32}")) for e in decisions)
+    request_ids = {e.request_id for e in [*decisions, *rejected]}
+    assert CLIENT_UUID in request_ids
+    assert all(r == CLIENT_UUID or re.fullmatch(r"[0-9a-f]{32}", r) for r in request_ids)
 
 
 @pytest.mark.parametrize("free_text", ["publish"])
@@ -422,5 +563,43 @@ def test_publish_puts_typed_text_in_the_log(
     assert [e.reason for e in events if isinstance(e, PolicyChange)] == [POLICY_REASON]
     assert [e.reason for e in events if getattr(e, "dataset", None) == "@policy"] == [POLICY_REASON]
     assert not any(COMMITMENT.search(e) for e in entries)
-    # Still no raw subject id or protected value.
-    assert not [v for e in entries for vs in _raw_values().values() for v in vs if v in e]
+    # Names, destinations, tickets and request ids as sent, as before.
+    rejected = [e for e in events if isinstance(e, RequestRejected)]
+    assert {EMAIL, NAME_ID, "Jane Doe"} <= {e.dataset for e in rejected}
+    assert {EMAIL, "Jane Doe", f"context.{EMAIL}"} <= {e.field for e in rejected}
+    assert {EMAIL, f"s3://exports/{NAME_ID}"} <= {
+        e.destination for e in events if isinstance(e, Export)
+    }
+    decisions = [e for e in events if isinstance(e, AccessDecision)]
+    assert {NAME_ID, RAW_TICKET} <= {e.ticket for e in decisions}
+    assert EMAIL in {e.grant_id for e in decisions}
+    assert {NAME_ID, RAW_REQUEST_ID} <= {e.request_id for e in [*decisions, *rejected]}
+    # Still no raw subject id or protected value, but for the ids given as a ticket and as a
+    # request id, published as sent.
+    typed = (f'"ticket":"{RAW_TICKET}"'.encode(), f'"request_id":"{RAW_REQUEST_ID}"'.encode())
+    for entry in entries:
+        for sent in typed:
+            entry = entry.replace(sent, b"")
+        assert not [v for vs in _raw_values().values() for v in vs if v in entry]
+
+
+def test_an_unknown_clean_room_column_is_committed(runtime: Runtime, connect: Connect) -> None:
+    """A clean-room query grouping by a column the catalog does not know: the refusal names
+    it by its commitment, in the field and in the reason."""
+    from bastion.synth import SynthSpec, generate
+
+    generate(
+        SynthSpec(seed=3, users=50, videos=5, events=300, campaigns=2),
+        runtime.home.path / "cleanroom",
+        "parquet",
+    )
+    with pytest.raises(GatewayError) as err:
+        connect("adco").cleanroom_query({"template": "count", "epsilon": 0.1, "group_by": [EMAIL]})
+    assert err.value.kind == "invalid-query" and EMAIL in err.value.message  # to the caller
+    assert err.value.receipt is not None
+    entry = bytes(runtime.ledger.entry(err.value.receipt.index))
+    assert EMAIL.encode() not in entry
+    event = decode_event(entry)
+    assert isinstance(event, RequestRejected)
+    assert event.field == runtime.public_text.commitment(EMAIL)
+    assert repr(event.field) in event.reason

@@ -30,8 +30,6 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import re
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +46,16 @@ from bastion.events import AccessDecision, Actor, Export, RequestRejected, encod
 from bastion.gateway.auth import AuthError, Principal, bearer_token
 from bastion.gateway.errors import ApiError, ReceiptOut
 from bastion.gateway.models import AccessContext, Filter
+from bastion.gateway.public_names import (
+    client_request_id,
+    public_dataset,
+    public_field,
+    public_id,
+    public_ticket,
+    scrub,
+)
 from bastion.gateway.runtime import Runtime
+from bastion.home import FreeTextMode
 from bastion.ledger.api import Receipt
 from bastion.policy import (
     AccessPlan,
@@ -69,18 +76,19 @@ from bastion.vault import ReadPlan, RecordedPlan
 
 log = logging.getLogger(__name__)
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:-]{8,128}$")
 MAX_FILTER_VALUES = 100
 
 
 def new_request_id(request: Request) -> str:
-    """The caller's ``X-Request-Id`` when well-formed (it makes grant uses single-shot),
-    else a fresh one."""
+    """The caller's ``X-Request-Id`` when it is an id that cannot carry text (a UUID or hex
+    digits; it makes grant uses single-shot), else a fresh one: the log is public, and a
+    header can hold anything (see ``public_names``)."""
     rid: str | None = getattr(request.state, "request_id", None)
     if rid is not None:
         return rid
-    given = request.headers.get("x-request-id")
-    rid = given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex
+    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+    mode: FreeTextMode = runtime.public_text.mode if runtime is not None else "commit"
+    rid = client_request_id(request.headers.get("x-request-id"), mode)
     request.state.request_id = rid
     return rid
 
@@ -146,18 +154,29 @@ def reject(
     field: str | None = None,
     detail: dict[str, Any] | None = None,
 ) -> ApiError:
-    """Record a refused request (nothing released) and return the error to raise."""
+    """Record a refused request (nothing released) and return the error to raise.
+
+    The caller gets ``message`` as it is; the log is public, so a dataset or field name the
+    catalog (or the API schema) does not declare is typed text there: a keyed commitment by
+    default, also where the message quotes it."""
     rt.metrics.input_errors.labels(kind).inc()
+    shown_dataset = public_dataset(rt, dataset[:128] if dataset else None)
+    shown_field = public_field(rt, field[:128] if field else None)
+    typed = {
+        raw: shown
+        for raw, shown in ((dataset, shown_dataset), (field, shown_field))
+        if raw and shown and raw[:128] != shown
+    }
     event = RequestRejected(
         actor=actor,
-        reason=message[:4096],
+        reason=scrub(message, typed)[:4096],
         at=iso(rt.clock.now()),
         request_id=request_id,
         endpoint=endpoint[:256],
         status=status,
         error=kind,
-        dataset=dataset[:128] if dataset else None,
-        field=field[:128] if field else None,
+        dataset=shown_dataset,
+        field=shown_field,
     )
     (receipt,) = record(rt, [event])
     err = ApiError(status, kind, message, detail=detail)
@@ -240,7 +259,10 @@ async def reject_invalid_request(
                 record_auth_failure, rt, request, auth_exc, endpoint_of(request)
             )
     first = errors[0] if errors else {}
-    msg = str(first.get("msg", "invalid request"))
+    # Bounded here, not after: the path may be typed text (a key the schema does not know),
+    # which reject() must find whole in the message to keep it out of the log.
+    path = path[:128] if path else None
+    msg = str(first.get("msg", "invalid request"))[:300]
     where = f" at {path}" if path else ""
     message = "the request body is not valid JSON" if kind == "malformed-json" else f"{msg}{where}"
     dataset = request.path_params.get("dataset")
@@ -264,8 +286,8 @@ async def reject_model_error(rt: Runtime, request: Request, exc: ValidationError
     """A value refused by a part's model after the API schema accepted it: a recorded 422."""
     errors = exc.errors()
     first: Mapping[str, Any] = errors[0] if errors else {}
-    path = ".".join(str(p) for p in first.get("loc", ())) or None
-    message = f"{first.get('msg', 'invalid value')}" + (f" at {path}" if path else "")
+    path = ".".join(str(p) for p in first.get("loc", ()))[:128] or None
+    message = f"{first.get('msg', 'invalid value')}"[:300] + (f" at {path}" if path else "")
     principal: Principal | None = getattr(request.state, "principal", None)
     actor = principal.actor() if principal is not None else Actor(id="anonymous")
     rid = new_request_id(request)
@@ -534,8 +556,9 @@ class Gate:
         )
         # The log is public: the purpose and the justification detail are typed text, so they
         # go in as keyed commitments by default (rt.public_text; the text kept in the
-        # database). The justification type and the ticket id (a pattern-checked reference)
-        # are structured: clear.
+        # database). The justification type is enumerated: clear. A ticket is in clear only
+        # when it is a ticket id (SUP-1042); anything else given as one (a name, a subject id)
+        # is typed text too.
         public = rt.public_text
         purpose = public.publish(context.purpose) if context.purpose else None
         detail = public.publish(context.justification.detail) if context.justification else None
@@ -547,7 +570,7 @@ class Gate:
             "purpose": purpose,
             "justification_type": justification.value if justification else None,
             "justification_detail": detail,
-            "ticket": context.ticket,
+            "ticket": public_ticket(rt, context.ticket),
             "policy_sha256": engine.sha256,
         }
 
@@ -582,7 +605,11 @@ class Gate:
             grant = self._grant(principal, action, spec.name, context, request_id)
         except GrantRejected as exc:
             status = 409 if exc.kind == "replayed" else 403
-            raise deny(status, f"grant-{exc.kind}", str(exc), grant_id=context.grant_id) from None
+            # The grant id as presented: one Bastion issued in clear, anything else as text.
+            grant_id = public_id(rt, context.grant_id)
+            typed = {context.grant_id: grant_id} if context.grant_id and grant_id else {}
+            reason = scrub(str(exc), typed)
+            raise deny(status, f"grant-{exc.kind}", reason, grant_id=grant_id) from None
         plan_request = PlanRequest(
             dataset=spec.name,
             action=action,
@@ -681,7 +708,8 @@ class Gate:
                     reason=(purpose or "export")[:4096],
                     at=at,
                     dataset=spec.name,
-                    destination=destination,
+                    # Where the caller said it goes: typed text (a commitment by default).
+                    destination=public.publish(destination),
                     records=len(keys),
                     fields=list(released),
                 )

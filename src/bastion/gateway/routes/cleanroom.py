@@ -75,6 +75,8 @@ def cleanroom_query(
             kind="invalid-query",
             message=str(exc),
             dataset=CLEANROOM_DATASET,
+            # A column the catalog does not know is typed text in the log (and in the reason).
+            field=exc.field,
         ) from None
     except QueryRefused as exc:
         raise ApiError(403, "query-refused", str(exc)) from None
