@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,7 @@ from bastion.gateway.bootstrap import PRINCIPALS, bootstrap, ingest, sample_even
 from bastion.gateway.client import GatewayClient
 from bastion.gateway.runtime import Runtime
 from bastion.gateway.server import ThreadedServer
+from bastion.policy import PrincipalSpec, TicketSpec
 from bastion.policy.registry import PrincipalEntry
 from bastion.store import Database
 
@@ -74,3 +76,37 @@ def connect(runtime: Runtime, server: ThreadedServer) -> Iterator[Connect]:
     yield make
     for c in clients:
         c.close()
+
+
+OpenTicket = Callable[..., dict[str, Any]]
+
+
+@pytest.fixture
+def open_ticket(connect: Connect, clock: FixedClock) -> OpenTicket:
+    """``open_ticket("SUP-1", ["u00001"])``: the ticketing service (``helpdesk``) registers a
+    ticket through the API, as in production; a read naming it may touch only its subjects."""
+    helpdesk = connect("helpdesk")
+
+    def make(
+        ticket_id: str,
+        subjects: Sequence[str],
+        *,
+        assignees: Sequence[str] = (),
+        ttl: timedelta = timedelta(days=1),
+    ) -> dict[str, Any]:
+        return helpdesk.open_ticket(
+            ticket_id, subjects=subjects, assignees=assignees, expires_at=clock.now() + ttl
+        ).ticket
+
+    return make
+
+
+def register_ticket(
+    rt: Runtime, ticket_id: str, subjects: Sequence[str], *, ttl: timedelta = timedelta(days=1)
+) -> None:
+    """The same, through the runtime's service (for tests that hold a runtime, no server)."""
+    helpdesk = PrincipalSpec(id="helpdesk", **PRINCIPALS["helpdesk"])
+    rt.tickets.open(
+        helpdesk,
+        TicketSpec(id=ticket_id, subjects=tuple(subjects), expires_at=rt.clock.now() + ttl),
+    )

@@ -12,15 +12,16 @@ from bastion.events import AccessDecision, Approval, decode_event
 from bastion.gateway.client import Context, GatewayError, Justification
 from bastion.gateway.runtime import Runtime
 
-from .conftest import Connect
+from .conftest import Connect, OpenTicket
 
 WHY = Justification(type="customer_initiated_support", detail="user reported account takeover")
-TICKET = Context(
-    purpose="account takeover investigation",
-    ticket="SUP-77",
-    ticket_subjects=["u00001"],
-    justification=WHY,
-)
+# A ticket the ticketing service registers (below): its subject comes from the ticket.
+TICKET = Context(purpose="account takeover investigation", ticket="SUP-77", justification=WHY)
+
+
+@pytest.fixture(autouse=True)
+def _ticket(open_ticket: OpenTicket) -> None:
+    open_ticket("SUP-77", ["u00001"])
 
 
 def _event(rt: Runtime, index: int) -> object:

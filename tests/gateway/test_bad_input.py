@@ -17,9 +17,15 @@ from bastion.gateway.client import Context, GatewayError
 from bastion.gateway.runtime import Runtime
 from bastion.gateway.server import ThreadedServer
 
-from .conftest import Connect
+from .conftest import Connect, register_ticket
 
-SUPPORT = {"purpose": "support", "ticket": "SUP-1", "ticket_subjects": ["u00001"]}
+SUPPORT = {"purpose": "support", "ticket": "SUP-1"}  # SUP-1 names u00001 (below)
+
+
+@pytest.fixture(autouse=True)
+def _ticket(runtime: Runtime) -> None:
+    """SUP-1, as the ticketing service registered it."""
+    register_ticket(runtime, "SUP-1", ["u00001"])
 
 
 def _token(rt: Runtime, name: str = "alice") -> str:

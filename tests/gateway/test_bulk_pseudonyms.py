@@ -20,7 +20,7 @@ from bastion.gateway.client import Context, Filter, GatewayError, Justification
 from bastion.gateway.runtime import Runtime
 from bastion.policy import BulkCounter, BulkThresholds, PolicyRuntime
 
-from .conftest import Connect
+from .conftest import Connect, register_ticket
 
 CPI = SensitiveCategory.COVERED_PERSONAL_IDENTIFIERS
 GEO = SensitiveCategory.PRECISE_GEOLOCATION
@@ -127,7 +127,8 @@ def test_masked_identifiers_count(runtime: Runtime, connect: Connect) -> None:
 
 def test_releases_under_a_grant_or_break_glass_count(runtime: Runtime, connect: Connect) -> None:
     alice, sofia, omar = connect("alice"), connect("sofia"), connect("omar")
-    ctx = Context(purpose="support", ticket="SUP-5", ticket_subjects=["u00007"], justification=WHY)
+    register_ticket(runtime, "SUP-5", ["u00007"])
+    ctx = Context(purpose="support", ticket="SUP-5", justification=WHY)
     with pytest.raises(GatewayError) as err:
         alice.read("users", "u00007", fields=["location"], context=ctx)
     rid = str(err.value.detail["access_request_id"])

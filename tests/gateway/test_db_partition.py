@@ -32,6 +32,8 @@ from bastion.ledger.log import initialize_log, open_log
 from bastion.store import Database, open_database
 from freezing_proxy import FreezingProxy
 
+from .conftest import register_ticket
+
 # Short bounds so the test takes seconds. statement_timeout above lock_timeout above
 # idle_in_transaction: a healthy writer's lock wait outlasts the partitioned session.
 BOUNDS = Bounds(
@@ -42,7 +44,7 @@ BOUNDS = Bounds(
     network_grace_s=0.5,
     commit_wait_s=6,
 )
-SUPPORT = Context(purpose="customer support", ticket="SUP-1", ticket_subjects=["u00001"])
+SUPPORT = Context(purpose="customer support", ticket="SUP-1")  # registered: names u00001
 
 UrlFactory = Callable[[], tuple[str, str | None]]
 
@@ -87,6 +89,7 @@ def test_a_request_through_a_frozen_path_answers_503(
     rt = bootstrap(home, db, clock, publish_interval=0.05)
     try:
         ingest(rt, "users", [sample_user(n) for n in range(1, 6)])
+        register_ticket(rt, "SUP-1", ["u00001"])
         with ThreadedServer(create_app(rt)) as server:
             token = rt.issuer.issue("alice", PRINCIPALS["alice"], ttl=timedelta(hours=1))
             with GatewayClient(server.url, token=token, timeout=90) as alice:

@@ -34,7 +34,9 @@ from bastion.home import CONFIG_NAME, Home
 from bastion.keys import softhsm
 from bastion.store import Database
 
-SUPPORT = Context(purpose="customer support", ticket="SUP-1", ticket_subjects=["u00001"])
+from .conftest import register_ticket
+
+SUPPORT = Context(purpose="customer support", ticket="SUP-1")  # registered: names u00001
 THREADS = 4
 
 
@@ -141,6 +143,7 @@ def _remove_local_keys(keys_dir: Path, keep: Path) -> Callable[[], None]:
 def test_revoking_the_local_keys_stops_releases_within_the_bound(
     runtime: Runtime, clock: FixedClock, tmp_path: Path
 ) -> None:
+    register_ticket(runtime, "SUP-1", ["u00001"])
     restore: list[Callable[[], None]] = []
     _revoke_while_serving(
         runtime,
@@ -181,6 +184,7 @@ def hsm_runtime(
 ) -> Iterator[Runtime]:
     rt = bootstrap(_pkcs11_home(tmp_path / "home", hsm_token), db, clock, publish_interval=0.05)
     ingest(rt, "users", [sample_user(n) for n in range(1, 6)])
+    register_ticket(rt, "SUP-1", ["u00001"])
     yield rt
     rt.close()
 

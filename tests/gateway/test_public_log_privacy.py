@@ -54,7 +54,7 @@ from bastion.home import ENV_FREE_TEXT
 from bastion.policy import text_commitment, text_key
 from bastion.store import Database
 
-from .conftest import USERS, Connect
+from .conftest import USERS, Connect, register_ticket
 
 # A person the typed text names (not a data subject of the vault): it must never reach the
 # public log unless the custodian publishes free text. "Jane_Doe" is the name where a pattern
@@ -146,6 +146,8 @@ def _refused(call: Any) -> GatewayError:
 def _scenario(
     runtime: Runtime, connect: Connect, server: ThreadedServer, clock: FixedClock
 ) -> None:
+    # SUP-31, as the ticketing service registered it: the subjects the reads name.
+    register_ticket(runtime, "SUP-31", [f"u{n:05d}" for n in range(1, USERS + 1)])
     alice, kenji, wei = connect("alice"), connect("kenji"), connect("wei")
     sofia, omar, audra = connect("sofia"), connect("omar"), connect("audra")
 

@@ -8,9 +8,16 @@ from bastion.events import AccessDecision, decode_event
 from bastion.gateway.client import Context, GatewayError
 from bastion.gateway.runtime import Runtime
 
-from .conftest import Connect
+from .conftest import Connect, register_ticket
 
-SUPPORT = Context(purpose="customer support", ticket="SUP-1", ticket_subjects=["u00001"])
+# SUP-1 names u00001 (registered below): the subjects come from the ticket.
+SUPPORT = Context(purpose="customer support", ticket="SUP-1")
+
+
+@pytest.fixture(autouse=True)
+def _ticket(runtime: Runtime) -> None:
+    """SUP-1, as the ticketing service registered it."""
+    register_ticket(runtime, "SUP-1", ["u00001"])
 
 
 def test_staff_reads_with_purpose_and_ticket(runtime: Runtime, connect: Connect) -> None:

@@ -19,15 +19,20 @@ from bastion.gateway.client import Context, GatewayError, Justification
 from bastion.gateway.runtime import Runtime
 from bastion.vault import RecordedPlan
 
-from .conftest import USERS, Connect
+from .conftest import USERS, Connect, register_ticket
 
 IDS = [f"u{n:05d}" for n in range(1, USERS + 1)]
 SUPPORT = Context(
     purpose="customer support",
-    ticket="SUP-9",
-    ticket_subjects=IDS,
+    ticket="SUP-9",  # names every subject of IDS (registered below)
     justification=Justification(type="customer_initiated_support", detail="bulk re-verification"),
 )
+
+
+@pytest.fixture(autouse=True)
+def _ticket(runtime: Runtime) -> None:
+    """SUP-9, as the ticketing service registered it."""
+    register_ticket(runtime, "SUP-9", IDS)
 
 
 class OpenSpy:

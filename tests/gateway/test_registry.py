@@ -14,9 +14,15 @@ from bastion.gateway.client import Context, GatewayError
 from bastion.gateway.runtime import Runtime
 from bastion.policy.registry import Claimed, PrincipalEntry, PrincipalRefused, check_entry
 
-from .conftest import Connect
+from .conftest import Connect, register_ticket
 
-SUPPORT = Context(purpose="customer support", ticket="SUP-1", ticket_subjects=["u00001"])
+SUPPORT = Context(purpose="customer support", ticket="SUP-1")  # names u00001 (below)
+
+
+@pytest.fixture(autouse=True)
+def _ticket(runtime: Runtime) -> None:
+    """SUP-1, as the ticketing service registered it."""
+    register_ticket(runtime, "SUP-1", ["u00001"])
 
 
 def _refused(runtime: Runtime, err: GatewayError, kind: str) -> None:

@@ -12,14 +12,19 @@ from bastion.gateway.runtime import Runtime
 from bastion.ledger.note import NoteVerifier
 from bastion.ledger.tlogproof import verify_proof
 
-from .conftest import Connect
+from .conftest import Connect, register_ticket
 
 SUPPORT = Context(
     purpose="customer support",
-    ticket="SUP-5",
-    ticket_subjects=["u00004"],
+    ticket="SUP-5",  # names u00004 (registered below)
     justification=Justification(type="customer_initiated_support", detail="password reset help"),
 )
+
+
+@pytest.fixture(autouse=True)
+def _ticket(runtime: Runtime) -> None:
+    """SUP-5, as the ticketing service registered it."""
+    register_ticket(runtime, "SUP-5", ["u00004"])
 
 
 def test_subject_sees_accesses_with_offline_proofs(runtime: Runtime, connect: Connect) -> None:

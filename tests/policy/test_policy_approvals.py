@@ -64,9 +64,9 @@ def last(ledger: Log) -> Approval:
     return event
 
 
-def granted(approvals: ApprovalService) -> tuple[str, str]:
+def granted(approvals: ApprovalService, spec: AccessRequestSpec = SUPPORT) -> tuple[str, str]:
     """A request approved by two officers: (request id, grant token)."""
-    req = approvals.request(PEOPLE["staff"], SUPPORT).request
+    req = approvals.request(PEOPLE["staff"], spec).request
     approvals.approve(req.id, PEOPLE["officer1"], "verified the ticket")
     out = approvals.approve(req.id, PEOPLE["officer2"], "verified with the user")
     assert out.grant is not None
@@ -188,7 +188,7 @@ def test_the_holder_may_give_up_a_grant(approvals: ApprovalService) -> None:
 
 
 def test_a_replayed_use_is_refused(approvals: ApprovalService) -> None:
-    _, token = granted(approvals)
+    _, token = granted(approvals, SUPPORT.model_copy(update={"max_uses": 3}))
     approvals.verify(token, PEOPLE["staff"], dataset="users", action=Action.READ, use_id="r-1")
     approvals.verify(token, PEOPLE["staff"], dataset="users", action=Action.READ, use_id="r-2")
     with pytest.raises(GrantRejected) as err:

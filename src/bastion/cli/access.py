@@ -21,6 +21,7 @@ from bastion.policy import (
     GRANT_KEY_NAME,
     AccessRequestSpec,
     Action,
+    ApprovalConfig,
     ApprovalService,
     JustificationType,
     StepOutcome,
@@ -47,6 +48,7 @@ def approval_service(home: Path | None) -> Iterator[ApprovalService]:
 
     with policy_context(home) as ctx:
         key = load_or_create_signing_key(ctx.home.keyring_dir, GRANT_KEY_NAME)
+        config = ApprovalConfig.from_settings(ctx.home.settings.raw)
         # The ledger is public: approval events name subjects by the vault's keyed refs.
         vault = open_vault(ctx.home, ctx.db, ctx.clock)
         try:
@@ -59,6 +61,7 @@ def approval_service(home: Path | None) -> Iterator[ApprovalService]:
                 subject_refs=VaultLookup(vault).subject_refs,
                 # Typed text: a keyed commitment in the log by default (the home's free_text).
                 public_text=public_text_for(ctx.home, ctx.db, vault),
+                config=config,
             )
         finally:
             vault.close()
@@ -91,6 +94,8 @@ def _spec(
     ticket: str,
     purpose: str,
     duration: str | None,
+    all_subjects: bool = False,
+    max_uses: int | None = None,
 ) -> AccessRequestSpec:
     return build_model(
         AccessRequestSpec,
@@ -104,6 +109,8 @@ def _spec(
         ticket=ticket,
         purpose=purpose,
         duration_seconds=int(parse_duration(duration).total_seconds()) if duration else None,
+        all_subjects=all_subjects,
+        max_uses=max_uses,
     )
 
 
@@ -114,6 +121,12 @@ SUBJECTS = typer.Option(None, "--subject", help="A subject the access is about; 
 DETAIL = typer.Option(..., "--detail", help="Why, in words (recorded).")
 TICKET = typer.Option("", "--ticket", help="Ticket or case reference.")
 PURPOSE = typer.Option("", "--purpose", help="Purpose of the access.")
+ALL_SUBJECTS = typer.Option(
+    False, "--all-subjects", help="Every subject (name none): needs one more approver."
+)
+MAX_USES = typer.Option(
+    None, "--max-uses", min=1, help="Releases the grant allows (default 1; break-glass 10)."
+)
 
 
 @access_app.command("request")
@@ -128,6 +141,8 @@ def request_cmd(
     ticket: str = TICKET,
     purpose: str = PURPOSE,
     duration: str | None = typer.Option(None, "--duration", help="How long: 30m, 8h, 2d."),
+    all_subjects: bool = ALL_SUBJECTS,
+    max_uses: int | None = MAX_USES,
     home: Path | None = HOME_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -135,7 +150,17 @@ def request_cmd(
     with reported_errors(as_json):
         principal = read_principal(who, "--as")
         spec = _spec(
-            dataset, action, fields, subjects, justification, detail, ticket, purpose, duration
+            dataset,
+            action,
+            fields,
+            subjects,
+            justification,
+            detail,
+            ticket,
+            purpose,
+            duration,
+            all_subjects,
+            max_uses,
         )
         with approval_service(home) as svc:
             out = svc.request(principal, spec)
@@ -204,6 +229,7 @@ def break_glass_cmd(
     ticket: str = TICKET,
     purpose: str = PURPOSE,
     duration: str | None = typer.Option(None, "--duration", help="At most 1h; default 30m."),
+    max_uses: int | None = MAX_USES,
     home: Path | None = HOME_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -211,7 +237,16 @@ def break_glass_cmd(
     with reported_errors(as_json):
         principal = read_principal(who, "--as")
         spec = _spec(
-            dataset, action, fields, subjects, justification, detail, ticket, purpose, duration
+            dataset,
+            action,
+            fields,
+            subjects,
+            justification,
+            detail,
+            ticket,
+            purpose,
+            duration,
+            max_uses=max_uses,
         )
         with approval_service(home) as svc:
             out = svc.break_glass(principal, spec)

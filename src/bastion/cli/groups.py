@@ -15,6 +15,7 @@ ledger_app = _group("ledger", "The transparency log: append, checkpoints, proofs
 policy_app = _group("policy", "Cedar policies: validate, load, explain.")
 principals_app = _group("principals", "Principals and their JWT bearer tokens.")
 access_app = _group("access", "Access requests, approvals, grants and break-glass.")
+tickets_app = _group("tickets", "Registered tickets: the subjects a read under a ticket may touch.")
 releases_app = _group(
     "releases", "Release assurance: reviews, provenance, approvals, verification."
 )
@@ -27,6 +28,7 @@ ALL_GROUPS = (
     policy_app,
     principals_app,
     access_app,
+    tickets_app,
     releases_app,
     cleanroom_app,
 )

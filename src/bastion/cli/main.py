@@ -16,6 +16,7 @@ from bastion.cli import principals as _principals_cmds  # noqa: F401  (bastion p
 from bastion.cli import releases as _releases_cmds  # noqa: F401  (bastion releases ...)
 from bastion.cli import serve as serve_cmd
 from bastion.cli import synth as synth_cmd
+from bastion.cli import tickets as _tickets_cmds  # noqa: F401  (bastion tickets ...)
 from bastion.cli import vault as vault_cmd
 from bastion.cli import witness as witness_cmd
 

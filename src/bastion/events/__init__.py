@@ -171,6 +171,28 @@ class Approval(_Event):
     # The subjects the request names, as the keyed 128-bit refs access decisions carry
     # (``hmac-sha256:<32 hex>``), never raw ids: the subject finds these steps by that ref.
     subject_refs: list[str] | None = None
+    # True when the request asked for every subject of the dataset (``all_subjects``): it
+    # names none, and needs more approvers (``approvers_required`` counts them).
+    all_subjects: bool | None = None
+    # How many times the grant may be used (a use is one release under it) in its window.
+    max_uses: int | None = None
+
+
+class TicketChange(_Event):
+    """A registered ticket opened or closed by a ticketing service, or an attempt refused.
+
+    A ticket names the subjects staff may read under it; the log is public, so they are
+    listed as the keyed subject refs access decisions carry, never as ids. The ticket id has a
+    shape that cannot carry text (``SUP-1042``), so it is in clear."""
+
+    type: Literal["ticket"] = "ticket"
+    ticket: str
+    step: Literal["opened", "closed", "refused"]
+    subject_refs: list[str] | None = None
+    # Principal ids the ticket is assigned to; none: any principal policy lets read with it.
+    assignees: list[str] | None = None
+    expires_at: str | None = None
+    alert: bool | None = None
 
 
 class ReleaseApproval(_Event):
@@ -249,6 +271,7 @@ Event = Annotated[
     | KeyRotation
     | PolicyChange
     | Approval
+    | TicketChange
     | ReleaseApproval
     | AnalyticsQuery
     | AnalyticsBudgetChange

@@ -82,6 +82,16 @@ PRINCIPALS: dict[str, dict[str, Any]] = {
         "clearance": "restricted",
         "amr": ["pwd", "mfa"],
     },
+    # The custodian's ticketing system: it registers the tickets staff read under
+    # (POST /tickets), naming each ticket's subjects.
+    "helpdesk": {
+        "role": "ticketing_service",
+        "employer": "custodian",
+        "employer_country": "US",
+        "location_country": "US",
+        "clearance": "none",
+        "amr": ["pwd"],
+    },
     "adco": {
         "role": "ad_partner",
         "employer": "adpartner",

@@ -3,7 +3,7 @@
 ```python
 with GatewayClient("http://127.0.0.1:8443", token=tok) as gw:
     out = gw.read("users", "u_123", fields=["email"], context=Context(purpose="support",
-                  ticket="SUP-1", ticket_subjects=["u_123"]))
+                  ticket="SUP-1"))    # a ticket a ticketing service registered (open_ticket)
     print(out.records[0].values, out.receipt.index)
 ```
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 import httpx
@@ -44,6 +45,7 @@ __all__ = [
     "GatewayError",
     "Justification",
     "ReleaseOut",
+    "TicketResult",
 ]
 
 
@@ -73,6 +75,23 @@ class StepResult:
     @property
     def grant_id(self) -> str | None:
         return None if self.grant is None else str(self.grant["grant_id"])
+
+
+@dataclass
+class TicketResult:
+    """A ticket step: the ticket as registered, the step, and its ledger receipt."""
+
+    ticket: dict[str, Any]
+    step: str
+    receipt: ReceiptOut
+
+    @staticmethod
+    def of(data: dict[str, Any]) -> TicketResult:
+        return TicketResult(
+            ticket=data["ticket"],
+            step=data["step"],
+            receipt=ReceiptOut.model_validate(data["receipt"]),
+        )
 
 
 @dataclass
@@ -109,8 +128,10 @@ def _access_body(
     ticket: str | None,
     purpose: str,
     duration_seconds: int | None,
+    all_subjects: bool = False,
+    max_uses: int | None = None,
 ) -> dict[str, Any]:
-    return {
+    body: dict[str, Any] = {
         "dataset": dataset,
         "action": action,
         "fields": list(fields) if fields is not None else None,
@@ -120,6 +141,11 @@ def _access_body(
         "purpose": purpose,
         "duration_seconds": duration_seconds,
     }
+    if all_subjects:
+        body["all_subjects"] = True
+    if max_uses is not None:
+        body["max_uses"] = max_uses
+    return body
 
 
 class GatewayClient:
@@ -304,9 +330,22 @@ class GatewayClient:
         ticket: str | None = None,
         purpose: str = "",
         duration_seconds: int | None = None,
+        all_subjects: bool = False,
+        max_uses: int | None = None,
     ) -> StepResult:
+        """Ask approvers for access to ``subjects`` (or, explicitly, ``all_subjects``, which
+        needs more approvers); the grant allows ``max_uses`` releases (default 1)."""
         body = _access_body(
-            dataset, action, justification, fields, subjects, ticket, purpose, duration_seconds
+            dataset,
+            action,
+            justification,
+            fields,
+            subjects,
+            ticket,
+            purpose,
+            duration_seconds,
+            all_subjects,
+            max_uses,
         )
         return self._step("/access-requests", body)
 
@@ -342,11 +381,51 @@ class GatewayClient:
         ticket: str | None = None,
         purpose: str = "",
         duration_seconds: int | None = None,
+        max_uses: int | None = None,
     ) -> StepResult:
         body = _access_body(
-            dataset, "read", justification, fields, subjects, ticket, purpose, duration_seconds
+            dataset,
+            "read",
+            justification,
+            fields,
+            subjects,
+            ticket,
+            purpose,
+            duration_seconds,
+            max_uses=max_uses,
         )
         return self._step("/break-glass", body)
+
+    # -- tickets ---------------------------------------------------------------------------
+
+    def open_ticket(
+        self,
+        ticket_id: str,
+        *,
+        subjects: Sequence[str],
+        expires_at: datetime,
+        assignees: Sequence[str] = (),
+    ) -> TicketResult:
+        """Register a ticket (as a ticketing service): reads naming it may touch only its
+        subjects, until it expires or is closed."""
+        data = self.request(
+            "POST",
+            "/tickets",
+            json={
+                "id": ticket_id,
+                "subjects": list(subjects),
+                "assignees": list(assignees),
+                "expires_at": expires_at.isoformat(),
+            },
+        )
+        return TicketResult.of(data)
+
+    def ticket(self, ticket_id: str) -> dict[str, Any]:
+        out: dict[str, Any] = self.request("GET", f"/tickets/{ticket_id}")
+        return out
+
+    def close_ticket(self, ticket_id: str) -> TicketResult:
+        return TicketResult.of(self.request("POST", f"/tickets/{ticket_id}/close"))
 
     def reviews(self, *, status: str | None = None) -> list[dict[str, Any]]:
         params = {"status": status} if status else None

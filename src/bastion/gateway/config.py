@@ -8,6 +8,8 @@ max_page_size = 500               # search/list pages; larger requests get a 422
 max_batch = 500                   # record ids in one batch read
 max_export = 10000                # records in one export
 bulk_thresholds = { precise_geolocation = 1000 }   # 28 CFR 202.205 limits (default: the law's)
+tickets = "registered"            # a ticket's subjects come from the ticket a ticketing
+                                  # service registered; "caller": from the reader (old)
 
 [[gateway.issuers]]               # an external OIDC issuer, trusted by its JWKS
 issuer = "https://idp.example"
@@ -47,6 +49,11 @@ class GatewayConfig:
     # "registered": only principals in the registry, within their registered attributes
     # (policy/registry.py); "any": any signed sub (the behaviour before the registry).
     principals: str = "registered"
+    # "registered": a read under a ticket names an open ticket a ticketing service registered
+    # (POST /tickets), and the rows it may touch are that ticket's subjects
+    # (policy/tickets.py); "caller": the reader's own ticket and ticket_subjects, unchecked
+    # (the behaviour before registered tickets).
+    tickets: str = "registered"
 
     @staticmethod
     def from_settings(raw: dict[str, Any]) -> GatewayConfig:
@@ -81,8 +88,12 @@ class GatewayConfig:
         principals = table.get("principals", "registered")
         if principals not in ("registered", "any"):
             raise ConfigError("gateway.principals must be 'registered' or 'any'")
+        tickets = table.get("tickets", "registered")
+        if tickets not in ("registered", "caller"):
+            raise ConfigError("gateway.tickets must be 'registered' or 'caller'")
         return GatewayConfig(
             principals=str(principals),
+            tickets=str(tickets),
             issuer=str(table.get("issuer", DEFAULT_ISSUER)),
             audience=str(table.get("audience", DEFAULT_AUDIENCE)),
             max_page_size=_int("max_page_size", 500, HARD_MAX_PAGE),

@@ -1,9 +1,10 @@
 """The gateway's part of ``bastion demo``: the whole access story, over HTTP, with the client.
 
-1. a custodian engineer reads with a purpose and a ticket;
+1. a ticketing service registers a ticket naming its subject; a custodian engineer reads
+   with a purpose and that ticket (naming subjects under an unregistered one reads nothing);
 2. an engineer abroad gets pseudonymized interoperable data;
 3. a covered person (parent company, country of concern) is denied;
-4. a two-person approval leads to a time-boxed grant, which then expires;
+4. a two-person approval leads to a time-boxed, single-use grant, which then expires;
 5. break-glass access, followed by its review;
    a policy change that would let break-glass lift a forbid is refused, with its
    counterexample, and break-glass below clearance 2 is refused;
@@ -117,14 +118,32 @@ def _story(
     why = Justification(
         type="customer_initiated_support", detail="the user reported an account takeover"
     )
-    ticket = Context(
-        purpose="account takeover investigation",
-        ticket="SUP-1042",
-        ticket_subjects=[subject],
-        justification=why,
-    )
+    # The subjects a read under a ticket may touch come from the ticket the ticketing service
+    # registered, not from the reader.
+    ticket = Context(purpose="account takeover investigation", ticket="SUP-1042", justification=why)
 
     def staff_read() -> dict[str, Any]:
+        opened = gw["helpdesk"].open_ticket(
+            "SUP-1042", subjects=[subject], expires_at=rt.clock.now() + timedelta(days=1)
+        )
+        out.print(
+            f"    helpdesk (ticketing service) registers SUP-1042 for {subject} "
+            f"(the log lists the subject by its keyed ref)"
+        )
+        _receipt(out, "ticket", opened.receipt.index)
+        try:
+            gw["alice"].read(
+                "users",
+                SUBJECTS[2],
+                fields=["email"],
+                context=Context(
+                    purpose="curious", ticket="SUP-9999", ticket_subjects=[SUBJECTS[2]]
+                ),
+            )
+            raise DemoFailed("a reader named a subject under an unregistered ticket and read it")
+        except GatewayError as exc:
+            _expect(exc.status == 403 and exc.kind == "ticket-unknown", "unregistered ticket")
+            out.print(f"    naming {SUBJECTS[2]} under SUP-9999 → [red]{exc.status} {exc.kind}[/]")
         r = gw["alice"].read("users", subject, fields=["name", "email", "phone"], context=ticket)
         table = Table("field", "released as", "value", title="alice (custodian, US) reads")
         plan = {p.field: p.transform for p in r.plan}
@@ -209,6 +228,14 @@ def _story(
         with_grant = ticket.model_copy(update={"grant_id": grant_id})
         r = gw["alice"].read("users", subject, fields=["location"], context=with_grant)
         out.print(f"    alice reads location with the grant: {r.records[0].values['location']}")
+        try:
+            gw["alice"].read("users", subject, fields=["location"], context=with_grant)
+            raise DemoFailed("a single-use grant was used twice")
+        except GatewayError as exc:
+            _expect(exc.kind == "grant-exhausted", "grant used up")
+            out.print(
+                f"    again → [red]{exc.status} {exc.kind}[/] (one use unless asked for more)"
+            )
         time.sleep(GRANT_SECONDS + 0.5)
         try:
             gw["alice"].read("users", subject, fields=["location"], context=with_grant)
@@ -232,10 +259,7 @@ def _story(
         _expect(bg.grant is not None and bg.review_id is not None, "break-glass granted")
         assert bg.grant is not None and bg.review_id is not None
         ctx = Context(
-            purpose="incident INC-77",
-            justification=outage,
-            ticket_subjects=[SUBJECTS[1]],
-            grant_token=bg.grant["token"],
+            purpose="incident INC-77", justification=outage, grant_token=bg.grant["token"]
         )
         r = gw["alice"].read("users", SUBJECTS[1], fields=["email"], context=ctx)
         out.print(f"    [yellow]break-glass[/] read {r.records[0].values} — alert raised")
@@ -344,7 +368,7 @@ def _story(
         )
         return {"size": result.size}
 
-    step("A custodian engineer reads with a purpose and a ticket", staff_read)
+    step("A registered ticket; a custodian engineer reads with a purpose and it", staff_read)
     step("An engineer abroad gets pseudonymized interoperable data", abroad_read)
     step("A covered person is denied", covered_denied)
     step("Two-person approval → a time-boxed grant, which expires", two_person)

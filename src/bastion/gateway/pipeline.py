@@ -7,10 +7,13 @@ authenticate → decide → plan → record → open → transform → respond
 * **authenticate**: ``deps.authenticate`` turns the bearer token into a Principal (401s are
   recorded as ``AuthFailure``).
 * **decide / plan**: the policy engine gives each field a transform and the request its row
-  filter; a presented grant is verified (and its use recorded) first.
+  filter; a presented grant is verified first. A ticket's row filter keeps the subjects of
+  the open ticket the request names, as a ticketing service registered it (``[gateway]
+  tickets = "registered"``), not the subjects the reader lists.
 * **select**: the records asked for are resolved to vault record keys without decrypting
-  anything; records of subjects outside the row filter are dropped; the bulk counters of
-  28 CFR 202.205 are checked and reserved.
+  anything; records of subjects outside the row filter are dropped; a grant's use is
+  counted (against its ``max_uses``); the bulk counters of 28 CFR 202.205 are checked and
+  reserved.
 * **record**: an ``AccessDecision`` naming every released (record, field, transform) is
   durably appended to the ledger (a large release: several entries, each under 64 KiB, in
   ONE commit). If that fails, nothing is opened.
@@ -68,6 +71,8 @@ from bastion.policy import (
     JustificationType,
     PlanRequest,
     PseudonymUnavailable,
+    RowFilterKind,
+    TicketRefused,
     Transform,
     apply_transform,
 )
@@ -496,9 +501,27 @@ class Gate:
         if token is None:
             assert context.grant_id is not None
             token = approvals.grant_token(context.grant_id)
-        return approvals.verify(
-            token, principal, dataset=dataset, action=action, fields=None, use_id=request_id
-        )
+        # Checked now; a use is counted only when something is released under the grant.
+        return approvals.verify(token, principal, dataset=dataset, action=action, fields=None)
+
+    def ticket_subjects(
+        self, principal: Principal, context: AccessContext
+    ) -> tuple[tuple[str, ...], TicketRefused | None]:
+        """The subjects a ``ticket_subjects`` row filter keeps, and why the ticket cannot be
+        used (if it cannot). Registered tickets (the default): the subjects of the open ticket
+        the request names, assigned to this reader if it has assignees; the reader's own
+        ``ticket_subjects`` may only narrow them. ``tickets = "caller"``: the reader's."""
+        if self.rt.config.tickets == "caller":
+            return tuple(context.ticket_subjects), None
+        if not context.ticket:
+            return (), None
+        try:
+            _ticket, subjects = self.rt.tickets.resolve(
+                context.ticket, principal.id, context.ticket_subjects
+            )
+        except TicketRefused as exc:
+            return (), exc
+        return subjects, None
 
     def release(
         self,
@@ -610,6 +633,7 @@ class Gate:
             typed = {context.grant_id: grant_id} if context.grant_id and grant_id else {}
             reason = scrub(str(exc), typed)
             raise deny(status, f"grant-{exc.kind}", reason, grant_id=grant_id) from None
+        ticket_subjects, ticket_refused = self.ticket_subjects(principal, context)
         plan_request = PlanRequest(
             dataset=spec.name,
             action=action,
@@ -617,7 +641,7 @@ class Gate:
             purpose=context.purpose,
             justification=justification,
             ticket=context.ticket or "",
-            ticket_subjects=tuple(context.ticket_subjects),
+            ticket_subjects=ticket_subjects,
             subject_count=len(selection.record_ids),
         )
         try:
@@ -631,9 +655,18 @@ class Gate:
         if grant is not None and grant.break_glass:
             grant_fields["break_glass"] = True
 
+        # A field released under a ticket's row filter needs the ticket to be one it may use
+        # (registered, open, assigned to this reader): else it is refused, and recorded.
+        # The ticket as named goes to the public log as the event's own ticket field does.
+        if ticket_refused is not None and _needs_ticket(plan):
+            shown = public_ticket(rt, context.ticket)
+            typed = {context.ticket: shown} if context.ticket and shown else {}
+            reason = scrub(ticket_refused.detail, typed)
+            raise deny(403, ticket_refused.kind, reason, plan=plan, **grant_fields)
+
         access_request_id: str | None = None
         if plan.needs_approval and context.justification is not None and grant is None:
-            access_request_id = self._request_approval(principal, plan, context)
+            access_request_id = self._request_approval(principal, plan, context, ticket_subjects)
 
         if not plan.allowed:
             extra = {"access_request_id": access_request_id} if access_request_id else {}
@@ -667,6 +700,17 @@ class Gate:
             keys = [k for k in keys if resolved.subjects[k] in allowed_tokens]
         released = plan.released
         subject_tokens = list(dict.fromkeys(resolved.subjects[k] for k in keys))
+
+        # One use of the grant: checked against its max_uses and counted in one transaction
+        # (on any gateway of the database), only when records are about to leave under it.
+        if grant is not None and keys and released:
+            try:
+                rt.approvals.use(grant, request_id)
+            except GrantRejected as exc:
+                status = 409 if exc.kind == "replayed" else 403
+                raise deny(
+                    status, f"grant-{exc.kind}", str(exc), plan=plan, **grant_fields
+                ) from None
 
         # 28 CFR 202.205 bulk thresholds, per employer and per principal.
         if keys and released:
@@ -760,9 +804,15 @@ class Gate:
         return [self.rt.subject_ref(t) for t in tokens]
 
     def _request_approval(
-        self, principal: Principal, plan: AccessPlan, context: AccessContext
+        self,
+        principal: Principal,
+        plan: AccessPlan,
+        context: AccessContext,
+        subjects: Sequence[str],
     ) -> str | None:
-        """Open an access request for the fields that wait for approvers."""
+        """Open an access request for the fields that wait for approvers, for the subjects
+        of the request's ticket (a request naming none is refused: it would be for every
+        subject, which is only ever asked for explicitly)."""
         assert context.justification is not None and plan.approval is not None
         try:
             outcome = self.rt.approvals.request(
@@ -771,7 +821,7 @@ class Gate:
                     dataset=plan.dataset,
                     action=plan.action,
                     fields=plan.approval.fields,
-                    subjects=tuple(dict.fromkeys(context.ticket_subjects)),
+                    subjects=tuple(dict.fromkeys(subjects)),
                     justification_type=JustificationType(context.justification.type),
                     justification_detail=context.justification.detail,
                     ticket=context.ticket or "",
@@ -854,6 +904,11 @@ class Gate:
             return token
 
         return pseudonymize
+
+
+def _needs_ticket(plan: AccessPlan) -> bool:
+    """Whether a field is released under a ticket's row filter."""
+    return any(RowFilterKind.TICKET_SUBJECTS in f.row_filters for f in plan.fields if f.released)
 
 
 def subjects_of(values: Iterable[str]) -> list[str]:

@@ -25,6 +25,7 @@ from bastion.ledger.api import LedgerWriter
 from bastion.policy import (
     GRANT_KEY_NAME,
     LEGAL_THRESHOLDS,
+    ApprovalConfig,
     ApprovalService,
     BulkCounter,
     BulkThresholds,
@@ -32,8 +33,10 @@ from bastion.policy import (
     PolicyRuntime,
     PolicyStore,
     PublicText,
+    TicketService,
     keyed_commitment,
     migrate_free_text,
+    migrate_tickets,
     text_key,
 )
 from bastion.policy.invariants import invariants_for
@@ -95,6 +98,8 @@ class Runtime:
     subject_index: SubjectIndex
     # Who may call, and which attributes each may hold (policy/registry.py).
     registry: PrincipalRegistry
+    # Registered tickets: the subjects a read under a ticket may touch (policy/tickets.py).
+    tickets: TicketService
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     owns_db: bool = False
     owns_ledger: bool = True
@@ -204,7 +209,11 @@ class Runtime:
             # Approval events name subjects by the same keyed refs as access decisions.
             subject_refs=lookup.subject_refs,
             public_text=public_text,
+            config=ApprovalConfig.from_settings(home.settings.raw),
         )
+        # Tickets name subjects in the log by the same keyed refs.
+        migrate_tickets(db)  # homes made before tickets were registered
+        tickets = TicketService(db, log, clock, policy.engine, subject_refs=lookup.subject_refs)
         bulk = BulkCounter(db, clock, bulk_thresholds(config))
         registry = PrincipalRegistry(db, clock)
         registry.migrate()
@@ -241,6 +250,7 @@ class Runtime:
             config=config,
             subject_index=SubjectIndex(db, log, lambda _subject: None),
             registry=registry,
+            tickets=tickets,
         )
         rt.subject_index.subject_ref = rt.subject_ref_for_id
         return rt

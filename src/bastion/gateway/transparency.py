@@ -2,7 +2,8 @@
 
 The index (subject hash -> leaf index) is derived from the ledger, never written beside it: a
 catch-up pass reads the entries appended since the last pass and indexes each
-``access.decision`` and each approval step by the keyed subject refs it carries. A crash can
+``access.decision``, each approval step and each ticket step (a ticket naming the subject was
+opened or closed) by the keyed subject refs it carries. A crash can
 therefore never leave an access unindexed; at worst the next pass reads a few entries again
 (inserts are idempotent).
 
@@ -38,7 +39,7 @@ DDL = [
     "INSERT INTO gateway_index_state (id, next_index) VALUES (1, 0) ON CONFLICT (id) DO NOTHING",
 ]
 _BATCH = 256
-_MARKERS = (b'"type":"access.decision"', b'"type":"approval"')
+_MARKERS = (b'"type":"access.decision"', b'"type":"approval"', b'"type":"ticket"')
 
 
 def migrate_index(db: Database) -> None:
@@ -67,6 +68,8 @@ class AccessView:
         ids = [ev.get("grant_id"), ev.get("access_request_id")]
         if ev.get("type") == "approval":
             ids.append(ev.get("request_id"))
+        if ev.get("type") == "ticket":
+            resources["ticket"] = ev.get("ticket")
         approvals += [str(i) for i in ids if i and str(i) not in approvals]
         return {
             "principal": actor.get("id"),
@@ -169,6 +172,8 @@ class SubjectIndex:
                 if ref is not None:
                     refs.add(ref)
             return refs
+        if doc.get("type") == "ticket":
+            return {str(s) for s in doc.get("subject_refs") or []}
         return set()
 
     def accesses(self, subject_hash: str, *, limit: int = 100, before: int | None = None) -> Any:

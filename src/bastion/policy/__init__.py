@@ -7,6 +7,8 @@ Public API (the gateway and the CLI use only these names):
 * ``PolicyEngine.plan(principal, PlanRequest, grant=None) -> AccessPlan``; ``explain``.
 * ``ApprovalService``: access requests, N-person approval, signed grants, revocation,
   break-glass with alert and review.
+* ``TicketService``: tickets a ticketing service registers; a read's ticket row filter takes
+  its subjects from the open ticket it names.
 * ``BulkCounter``: 28 CFR 202.205 distinct-subject counters with check-and-reserve.
 * ``apply_transform``: what a field plan's transform does to a value.
 * ``PublicText``: what the public log carries for typed text (a keyed commitment by default).
@@ -83,6 +85,15 @@ from bastion.policy.thresholds import (
     migrate_thresholds,
     usage_for,
 )
+from bastion.policy.tickets import (
+    TicketConfig,
+    TicketOutcome,
+    TicketRecord,
+    TicketRefused,
+    TicketService,
+    TicketSpec,
+    migrate_tickets,
+)
 from bastion.policy.transforms import FieldKind, PseudonymUnavailable, apply_transform, kind_of
 from bastion.policy.vocabulary import Action, JustificationType, RowFilterKind, Transform
 from bastion.store import Database
@@ -100,6 +111,7 @@ def initialize_policy(
     migrate_policy_store(db)
     migrate_approvals(db)
     migrate_thresholds(db)
+    migrate_tickets(db)
     PrincipalRegistry(db, clock or SystemClock()).migrate()
     summary: dict[str, Any] = {}
     if ledger is not None:
@@ -161,6 +173,12 @@ __all__ = [
     "RowFilterKind",
     "StepOutcome",
     "StoredPolicy",
+    "TicketConfig",
+    "TicketOutcome",
+    "TicketRecord",
+    "TicketRefused",
+    "TicketService",
+    "TicketSpec",
     "Transform",
     "apply_transform",
     "compile_policies",
@@ -172,6 +190,7 @@ __all__ = [
     "keyed_commitment",
     "kind_of",
     "migrate_free_text",
+    "migrate_tickets",
     "schema_text",
     "text_commitment",
     "text_key",

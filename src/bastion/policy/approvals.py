@@ -39,7 +39,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -48,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bastion.catalog import SensitiveCategory
 from bastion.clock import Clock, iso, to_unix
-from bastion.errors import BastionError, InputError, IntegrityError
+from bastion.errors import BastionError, ConfigError, InputError, IntegrityError
 from bastion.events import Actor, Approval, ApprovalStep
 from bastion.ledger.api import LedgerWriter, Receipt
 from bastion.policy.engine import ApprovalResource, PolicyEngine
@@ -64,7 +64,7 @@ from bastion.policy.grants import (
 )
 from bastion.policy.plan import GrantScope, PlanRequest
 from bastion.policy.principal import PrincipalAttributes, PrincipalLike
-from bastion.policy.vocabulary import FIELD_ACTIONS, Action, JustificationType
+from bastion.policy.vocabulary import FIELD_ACTIONS, MAX_APPROVERS, Action, JustificationType
 from bastion.store import Database
 
 APPROVALS_DDL = [
@@ -187,6 +187,50 @@ class ApprovalConfig:
     )
     # The mandatory post-hoc review is due within this window.
     review_within: timedelta = timedelta(hours=72)
+    # A request for every subject of a dataset must say so (``all_subjects``) and needs this
+    # many approvers more than policy asks for the fields (at most MAX_APPROVERS in all).
+    all_subjects_extra_approvers: int = 1
+    # How many times a grant may be used in its window; a use is one release under it
+    # (a read, batch read, search page or export that returns records). A request may ask
+    # for more with ``max_uses``, up to ``max_uses_limit``; approvers see the number.
+    default_max_uses: int = 1
+    break_glass_default_uses: int = 10
+    max_uses_limit: int = 100
+
+    @staticmethod
+    def from_settings(raw: dict[str, Any]) -> ApprovalConfig:
+        """``[approvals]`` of bastion.toml::
+
+        [approvals]
+        all_subjects_extra_approvers = 1   # 0 keeps policy's count for all-subject grants
+        default_max_uses = 1               # uses of a grant when the request names none
+        break_glass_default_uses = 10
+        max_uses_limit = 100               # the most a request may ask for
+        """
+        table = raw.get("approvals", {})
+        if not isinstance(table, dict):
+            raise ConfigError("[approvals] must be a table")
+        known = {
+            "all_subjects_extra_approvers": (0, MAX_APPROVERS),
+            "default_max_uses": (1, 1_000_000),
+            "break_glass_default_uses": (1, 1_000_000),
+            "max_uses_limit": (1, 1_000_000),
+        }
+        unknown = sorted(set(table) - set(known))
+        if unknown:
+            raise ConfigError(f"approvals.{unknown[0]} is not a known setting")
+        values: dict[str, Any] = {}
+        for name, (lo, hi) in known.items():
+            if name not in table:
+                continue
+            value = table[name]
+            if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+                raise ConfigError(f"approvals.{name} must be an integer from {lo} to {hi}")
+            values[name] = value
+        config = replace(ApprovalConfig(), **values)
+        if max(config.default_max_uses, config.break_glass_default_uses) > config.max_uses_limit:
+            raise ConfigError("approvals: a default number of uses exceeds max_uses_limit")
+        return config
 
 
 class AccessRequestSpec(BaseModel):
@@ -203,6 +247,12 @@ class AccessRequestSpec(BaseModel):
     ticket: str = Field(default="", max_length=128)
     purpose: str = Field(default="", max_length=512)
     duration_seconds: int | None = Field(default=None, gt=0)
+    # Every subject of the dataset: explicit (``subjects`` then stays empty), and it needs
+    # more approvers. An empty ``subjects`` without it is refused.
+    all_subjects: bool = False
+    # How many times the grant may be used in its window (default: the service's
+    # ``default_max_uses``, 1 unless configured).
+    max_uses: int | None = Field(default=None, ge=1)
 
     @field_validator("fields", "subjects")
     @classmethod
@@ -241,10 +291,22 @@ class AccessRequestRecord:
     approvers: tuple[str, ...] = ()
     grant_id: str | None = None
     ledger_index: int | None = None
+    all_subjects: bool = False
+    # None only for requests made before grants had a number of uses (unlimited then).
+    max_uses: int | None = None
 
     def canonical(self) -> dict[str, Any]:
-        """What approvers approve and the grant's hash binds: everything but the status."""
+        """What approvers approve and the grant's hash binds: everything but the status.
+
+        ``all_subjects`` and ``max_uses`` appear only when set, so requests stored before
+        they existed keep their hash."""
+        extra: dict[str, Any] = {}
+        if self.all_subjects:
+            extra["all_subjects"] = True
+        if self.max_uses is not None:
+            extra["max_uses"] = self.max_uses
         return {
+            **extra,
             "request_id": self.id,
             "kind": self.kind,
             "requester": self.requester.model_dump(mode="json", exclude_none=True),
@@ -445,6 +507,8 @@ class ApprovalService:
                 subject_refs=self.refs(rec.subjects),
                 justification_type=rec.justification_type.value,
                 approvers_required=rec.approvers_required,
+                all_subjects=True if rec.all_subjects else None,
+                max_uses=rec.max_uses,
             )
         base.update(extra)
         return Approval(
@@ -546,6 +610,7 @@ class ApprovalService:
         approvers_required: int,
         policy_sha256: str,
         now: datetime,
+        max_uses: int,
     ) -> AccessRequestRecord:
         """A new request, before its hash is known; break-glass is in force from the start."""
         return AccessRequestRecord(
@@ -566,6 +631,8 @@ class ApprovalService:
             created_at=iso(now),
             request_sha256="",
             status="pending" if kind == "approval" else "break-glass",
+            all_subjects=spec.all_subjects,
+            max_uses=max_uses,
         )
 
     @staticmethod
@@ -662,6 +729,8 @@ class ApprovalService:
             approvers=approvers,
             grant_id=grants[-1][0] if grants else None,
             ledger_index=ledger_index,
+            all_subjects=doc.get("all_subjects") is True,
+            max_uses=int(doc["max_uses"]) if doc.get("max_uses") is not None else None,
         )
 
     def list_requests(
@@ -707,11 +776,43 @@ class ApprovalService:
 
     # ------------------------------------------------------------------ requesting
 
+    def _check_subjects(self, spec: AccessRequestSpec) -> None:
+        """ "Every subject" is never the silent meaning of an empty list: it is asked for."""
+        if spec.all_subjects and spec.subjects:
+            raise InputError(
+                "all_subjects covers every subject: name no subjects with it", field="subjects"
+            )
+        if not spec.all_subjects and not spec.subjects:
+            raise InputError(
+                "name the subjects the access is for, or ask for all_subjects (which needs "
+                f"{self.config.all_subjects_extra_approvers} more approver(s))",
+                field="subjects",
+            )
+
+    def _max_uses(self, spec: AccessRequestSpec, default: int) -> int:
+        uses = spec.max_uses if spec.max_uses is not None else default
+        if uses > self.config.max_uses_limit:
+            raise InputError(
+                f"a grant may be used at most {self.config.max_uses_limit} times",
+                field="max_uses",
+            )
+        return uses
+
+    def approvers_needed(self, policy_count: int, *, all_subjects: bool) -> int:
+        """Approvers a request needs: policy's count (at least ``min_approvers``), and for
+        every subject ``all_subjects_extra_approvers`` more, at most MAX_APPROVERS."""
+        needed = max(self.config.min_approvers, policy_count)
+        if all_subjects:
+            needed += self.config.all_subjects_extra_approvers
+        return min(needed, MAX_APPROVERS)
+
     def request(self, requester: PrincipalLike, spec: AccessRequestSpec) -> StepOutcome:
-        """Open an access request; policy decides how many approvers it needs."""
+        """Open an access request; policy decides how many approvers it needs (more for
+        every subject), and the grant may be used ``max_uses`` times."""
         self._check_justification(spec)
         if len(spec.subjects) > self.config.max_subjects:
             raise InputError(f"at most {self.config.max_subjects} subjects", field="subjects")
+        max_uses = self._max_uses(spec, self.config.default_max_uses)
         duration = self._duration(
             spec,
             self.config.default_duration,
@@ -720,7 +821,8 @@ class ApprovalService:
         )
         engine = self._engine()
         attrs = engine.attributes(requester)
-        fields = self._resolve_fields(spec)
+        fields = self._resolve_fields(spec)  # names first: an unknown one is bad input
+        self._check_subjects(spec)
         plan = engine.plan(requester, self._plan_request(spec, fields))
         request_id = _new_id("ar")
         hopeless = [f for f in plan.fields if not f.released and not f.needs_approval]
@@ -732,10 +834,21 @@ class ApprovalService:
                 self._actor(attrs),
                 request_id,
             )
-        needed = max(self.config.min_approvers, plan.approval.approvers if plan.approval else 0)
+        needed = self.approvers_needed(
+            plan.approval.approvers if plan.approval else 0, all_subjects=spec.all_subjects
+        )
         now = self.clock.now()
         rec = self._new_record(
-            request_id, "approval", attrs, spec, fields, duration, needed, engine.sha256, now
+            request_id,
+            "approval",
+            attrs,
+            spec,
+            fields,
+            duration,
+            needed,
+            engine.sha256,
+            now,
+            max_uses,
         )
         doc = rec.canonical()
         sha = request_sha256(doc)
@@ -752,6 +865,8 @@ class ApprovalService:
             subject_refs=self.refs(rec.subjects),
             justification_type=rec.justification_type.value,
             approvers_required=needed,
+            all_subjects=True if rec.all_subjects else None,
+            max_uses=rec.max_uses,
         )
         receipt = self.ledger.append(event)
         with self.db.transaction(lock=_LOCK) as cur:
@@ -877,6 +992,8 @@ class ApprovalService:
             issued_at=now.replace(microsecond=0),
             expires_at=(now + duration).replace(microsecond=0),
             key_id=self.key_id,
+            all_subjects=rec.all_subjects,
+            max_uses=rec.max_uses,
         )
 
     def _issue(self, rec: AccessRequestRecord) -> tuple[IssuedGrant, Approval, Receipt] | None:
@@ -901,7 +1018,8 @@ class ApprovalService:
         event = self._event(
             self._system_actor(),
             "granted",
-            f"{len(rec.approvers)} of {rec.approvers_required} approvals",
+            f"{len(rec.approvers)} of {rec.approvers_required} approvals"
+            + ("; every subject" if rec.all_subjects else ""),
             rec,
             rec.id,
             grant_id=claims.grant_id,
@@ -1004,8 +1122,9 @@ class ApprovalService:
     ) -> GrantScope:
         """Check a presented grant for this principal and request; raise GrantRejected.
 
-        ``use_id`` (the caller's request id) makes each use single-shot: presenting the same
-        use again is a replay. ``fields`` None means "whatever the grant covers".
+        ``use_id`` (the caller's request id) also counts one use (see :meth:`use`); the
+        gateway checks first and counts only when something is about to be released under
+        the grant. ``fields`` None means "whatever the grant covers".
         """
         claims = verify_grant_token(token, self.public_key)
         row = self._grant_row(claims.grant_id)
@@ -1030,16 +1149,7 @@ class ApprovalService:
             raise GrantRejected(
                 "out-of-scope", "the grant does not cover this dataset, action or field"
             )
-        if use_id is not None:
-            with self.db.transaction(lock=_LOCK) as cur:
-                cur.execute(
-                    "INSERT INTO access_grant_uses (grant_id, use_id, used_at) VALUES (?, ?, ?) "
-                    "ON CONFLICT (grant_id, use_id) DO NOTHING",
-                    (claims.grant_id, use_id, iso(now)),
-                )
-                if cur.rowcount == 0:
-                    raise GrantRejected("replayed", "this grant use was already presented")
-        return GrantScope(
+        scope = GrantScope(
             grant_id=claims.grant_id,
             kind=claims.kind,
             dataset=claims.dataset,
@@ -1048,7 +1158,45 @@ class ApprovalService:
             subjects=frozenset(claims.subjects),
             approvals=len(set(claims.approvers)),
             justification=JustificationType(claims.justification),
+            # From the stored request, which the grant's hash binds (checked above).
+            all_subjects=rec.all_subjects,
+            max_uses=rec.max_uses,
         )
+        if use_id is not None:
+            self.use(scope, use_id)
+        return scope
+
+    def use(self, scope: GrantScope, use_id: str) -> int:
+        """Count one use of a verified grant; returns how many it has had, this one included.
+
+        The check and the count are one transaction under the approvals lock (SQLite's write
+        lock, PostgreSQL's advisory lock), so concurrent uses on any number of gateways over
+        one database never exceed ``max_uses``. Refused: ``replayed`` when this use id was
+        presented before, ``exhausted`` when every allowed use is spent (nothing counted)."""
+        with self.db.transaction(lock=_LOCK) as cur:
+            seen = cur.execute(
+                "SELECT 1 FROM access_grant_uses WHERE grant_id = ? AND use_id = ?",
+                (scope.grant_id, use_id),
+            ).fetchone()
+            if seen is not None:
+                raise GrantRejected("replayed", "this grant use was already presented")
+            row = cur.execute(
+                "SELECT COUNT(*) FROM access_grant_uses WHERE grant_id = ?", (scope.grant_id,)
+            ).fetchone()
+            used = int(row[0]) if row else 0
+            if scope.max_uses is not None and used >= scope.max_uses:
+                raise GrantRejected(
+                    "exhausted",
+                    f"the grant allows {scope.max_uses} use(s) and all were used",
+                )
+            cur.execute(
+                "INSERT INTO access_grant_uses (grant_id, use_id, used_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (grant_id, use_id) DO NOTHING",
+                (scope.grant_id, use_id, iso(self.clock.now())),
+            )
+            if cur.rowcount == 0:
+                raise GrantRejected("replayed", "this grant use was already presented")
+        return used + 1
 
     def revoke(self, grant_id: str, actor: PrincipalLike, reason: str) -> StepOutcome:
         """Revoke a grant. Approvers may revoke any grant; a holder may give up their own."""
@@ -1132,13 +1280,14 @@ class ApprovalService:
             raise InputError(
                 f"break-glass needs a justification of type {allowed}", field="justification_type"
             )
-        if not spec.subjects:
+        if not spec.subjects or spec.all_subjects:
             raise InputError("break-glass must name the subjects it needs", field="subjects")
         if len(spec.subjects) > self.config.break_glass_max_subjects:
             raise InputError(
                 f"break-glass covers at most {self.config.break_glass_max_subjects} subjects",
                 field="subjects",
             )
+        max_uses = self._max_uses(spec, self.config.break_glass_default_uses)
         duration = self._duration(
             spec,
             self.config.break_glass_default_duration,
@@ -1181,7 +1330,16 @@ class ApprovalService:
             )
         now = self.clock.now()
         rec = self._new_record(
-            request_id, "break-glass", attrs, spec, released, duration, 0, engine.sha256, now
+            request_id,
+            "break-glass",
+            attrs,
+            spec,
+            released,
+            duration,
+            0,
+            engine.sha256,
+            now,
+            max_uses,
         )
         doc = rec.canonical()
         sha = request_sha256(doc)

@@ -473,7 +473,9 @@ class PolicyEngine:
                 pending_n = max(pending_n, fp.approvers_required)
                 pending_policies.extend(fp.policies)
 
-        if grant is not None and covered and grant.subjects:
+        # A grant releases only its own subjects; "every subject" is only ever an explicit,
+        # separately approved grant (an empty set of subjects releases no row).
+        if grant is not None and covered and not grant.all_subjects:
             filters.append(
                 RowFilter(
                     RowFilterKind.GRANT_SUBJECTS, grant.subjects, (f"grant:{grant.grant_id}",)

@@ -82,9 +82,18 @@ class GrantClaims:
     issued_at: datetime
     expires_at: datetime
     key_id: str
+    # Set only on grants for every subject / with a number of uses (older tokens lack them).
+    all_subjects: bool = False
+    max_uses: int | None = None
 
     def to_json(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if self.all_subjects:
+            extra["all_subjects"] = True
+        if self.max_uses is not None:
+            extra["max_uses"] = self.max_uses
         return {
+            **extra,
             "v": 1,
             "grant_id": self.grant_id,
             "kind": self.kind,
@@ -137,6 +146,12 @@ class GrantClaims:
             iat, exp = obj["iat"], obj["exp"]
             if not isinstance(iat, int) or not isinstance(exp, int):
                 raise TypeError("iat/exp")
+            all_subjects = obj.get("all_subjects", False)
+            max_uses = obj.get("max_uses")
+            if not isinstance(all_subjects, bool) or not (
+                max_uses is None or (isinstance(max_uses, int) and not isinstance(max_uses, bool))
+            ):
+                raise TypeError("all_subjects/max_uses")
             return GrantClaims(
                 grant_id=text["grant_id"],
                 kind=kind,
@@ -152,6 +167,8 @@ class GrantClaims:
                 issued_at=datetime.fromtimestamp(iat, UTC),
                 expires_at=datetime.fromtimestamp(exp, UTC),
                 key_id=text["kid"],
+                all_subjects=all_subjects,
+                max_uses=max_uses,
             )
         except (KeyError, TypeError, ValueError, OverflowError):
             raise GrantRejected("malformed", "grant claims are incomplete or mistyped") from None

@@ -62,6 +62,11 @@ class GrantScope:
     subjects: frozenset[str]
     approvals: int
     justification: JustificationType | None = None
+    # Approved for every subject (asked for explicitly, with more approvers); otherwise only
+    # ``subjects`` are released under it, and an empty set releases no row.
+    all_subjects: bool = False
+    # How many releases the grant allows in its window (None: unlimited, older grants).
+    max_uses: int | None = None
 
     @property
     def break_glass(self) -> bool:

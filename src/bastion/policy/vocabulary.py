@@ -18,6 +18,11 @@ class Action(StrEnum):
     # asks it for the fields a break-glass grant covers, so break-glass is decided by its own
     # permit and no context flag a request could set ever lifts a forbid.
     BREAK_GLASS = "break_glass"
+    # Opening and closing a registered ticket (``policy/tickets.py``); the resource is the
+    # System. A ticket names the subjects staff may read under it, so who may open one is a
+    # policy decision like any other.
+    OPEN_TICKET = "open_ticket"
+    CLOSE_TICKET = "close_ticket"
 
 
 # Actions whose resource is a Field: they produce a per-field plan with transforms.

@@ -8,11 +8,20 @@ from bastion.gateway.runtime import Runtime
 
 
 def register_routes(app: FastAPI, runtime: Runtime) -> None:
-    from bastion.gateway.routes import access, cleanroom, data, policy, public, transparency
+    from bastion.gateway.routes import (
+        access,
+        cleanroom,
+        data,
+        policy,
+        public,
+        tickets,
+        transparency,
+    )
 
     app.include_router(public.router)
     app.include_router(data.router)
     app.include_router(access.router)
+    app.include_router(tickets.router)
     app.include_router(transparency.router)
     app.include_router(policy.router)
     app.include_router(cleanroom.router)

@@ -58,7 +58,21 @@ class AccessRequestIn(BaseModel):
     dataset: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,128}$")
     action: Literal["read", "search", "export"] = "read"
     fields: list[str] | None = Field(default=None, max_length=64)
-    subjects: list[str] = Field(default_factory=list, max_length=10_000)
+    subjects: list[str] = Field(
+        default_factory=list,
+        max_length=10_000,
+        description="The subjects the access is for; empty only with all_subjects.",
+    )
+    all_subjects: bool = Field(
+        default=False,
+        description="Every subject of the dataset (name none): needs more approvers.",
+    )
+    max_uses: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="Releases the grant allows in its window (default 1, break-glass 10).",
+    )
     justification: Justification
     ticket: str | None = Field(default=None, pattern=TICKET)
     purpose: str = Field(default="", max_length=200)
@@ -156,6 +170,8 @@ def _spec(body: AccessRequestIn) -> AccessRequestSpec:
         ticket=body.ticket or "",
         purpose=body.purpose,
         duration_seconds=body.duration_seconds,
+        all_subjects=body.all_subjects,
+        max_uses=body.max_uses,
     )
 
 
