@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -41,14 +42,16 @@ from pydantic import (
 
 from bastion.errors import InputError
 from bastion.policy.compiler import PACK_PACKAGE, CompiledPolicies, PolicyRejected
-from bastion.policy.principal import DEFAULT_PRINCIPAL_CONFIG, PrincipalConfig
+from bastion.policy.principal import CLEARANCE_LEVELS, DEFAULT_PRINCIPAL_CONFIG, PrincipalConfig
 from bastion.policy.symbolic import (
     ACTION,
     CONTEXT_ATTRS,
     FIELD_ATTRS,
+    NOW,
     PRINCIPAL_KINDS,
     UNKNOWN,
     Copy,
+    Kind,
     Literals,
     PolicyModel,
     Search,
@@ -57,6 +60,7 @@ from bastion.policy.symbolic import (
     VarName,
     build_model,
     decide,
+    enum_members,
     read_policies,
 )
 from bastion.policy.vocabulary import MAX_APPROVERS, RELEASE_ACTIONS, Transform
@@ -78,6 +82,52 @@ class Range(BaseModel):
 Condition = Scalar | list[Scalar] | Range
 
 
+_COUNTRY = re.compile(r"^[A-Z]{2}$")
+
+
+def _check_values(var: VarName, cond: Any) -> None:
+    """Refuse a condition no request can meet because of its type or spelling (a misspelt
+    category, a string for a number, a lower-case country): it would hold vacuously."""
+    where, name = var
+    kind = _KINDS[where][name]
+    if name == "amr":
+        raise ValueError("amr cannot be named in an invariant; use mfa (derived from it)")
+    if isinstance(cond, Mapping):
+        cond = Range.model_validate(cond)
+    if isinstance(cond, Range):
+        if (cond.min is not None or cond.max is not None) and kind != "long":
+            raise ValueError(f"{name}: min and max apply to numbers only")
+        items: list[Any] = list(cond.not_in or ())
+    elif isinstance(cond, list):
+        if not cond:
+            raise ValueError(f"{name}: an empty list matches nothing")
+        items = cond
+    else:
+        items = [cond]
+    for v in items:
+        if kind == "long":
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        elif kind == "bool":
+            ok = isinstance(v, bool)
+        else:
+            ok = isinstance(v, str)
+        if not ok:
+            raise ValueError(f"{name}: {v!r} is not a {'string' if kind == 'enum' else kind}")
+        if kind == "enum" and v not in enum_members(var):
+            raise ValueError(f"{name}: unknown value {v!r} (known: {', '.join(enum_members(var))})")
+        if name == "clearance" and v not in CLEARANCE_LEVELS:
+            raise ValueError(f"clearance: unknown value {v!r}")
+        if name.endswith("_country") and v != "" and not _COUNTRY.match(str(v)):
+            raise ValueError(f"{name}: {v!r} is not an upper-case ISO 3166-1 alpha-2 code")
+
+
+_KINDS: dict[str, Mapping[str, Kind]] = {
+    "principal": PRINCIPAL_KINDS,
+    "resource": FIELD_ATTRS,
+    "context": CONTEXT_ATTRS,
+}
+
+
 class Scope(BaseModel):
     """The part of the request space an expectation talks about."""
 
@@ -92,6 +142,8 @@ class Scope(BaseModel):
     @classmethod
     def _actions(cls, v: list[str] | None) -> list[str] | None:
         known = {a.value for a in RELEASE_ACTIONS}
+        if v is not None and not v:
+            raise ValueError("an empty list of actions matches nothing")
         for name in v or ():
             if name not in known:
                 raise ValueError(
@@ -102,17 +154,12 @@ class Scope(BaseModel):
     @field_validator("resource", "context")
     @classmethod
     def _attributes(cls, v: dict[str, Condition], info: ValidationInfo) -> dict[str, Condition]:
-        known, what = (
-            (FIELD_ATTRS, "field")
-            if info.field_name == "resource"
-            else (
-                CONTEXT_ATTRS,
-                "context",
-            )
-        )
-        for name in v:
-            if name not in known:
+        where = "resource" if info.field_name == "resource" else "context"
+        what = "field" if where == "resource" else "context"
+        for name, cond in v.items():
+            if name not in _KINDS[where]:
                 raise ValueError(f"unknown {what} attribute {name!r}")
+            _check_values((where, name), cond)
         return v
 
     @field_validator("principal")
@@ -121,11 +168,13 @@ class Scope(BaseModel):
         def check(d: Mapping[str, Any]) -> None:
             for name, cond in d.items():
                 if name == "not":
-                    if not isinstance(cond, Mapping):
-                        raise ValueError("'not' takes a mapping of principal conditions")
+                    if not isinstance(cond, Mapping) or not cond:
+                        raise ValueError("'not' takes a non-empty mapping of principal conditions")
                     check(cond)
                 elif name not in PRINCIPAL_KINDS:
                     raise ValueError(f"unknown principal attribute {name!r}")
+                else:
+                    _check_values(("principal", name), cond)
 
         check(v)
         return v
@@ -134,7 +183,16 @@ class Scope(BaseModel):
 class OnlyIfAllowedWith(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    context: dict[str, Scalar]
+    context: dict[str, Scalar] = Field(min_length=1)
+
+    @field_validator("context")
+    @classmethod
+    def _values(cls, v: dict[str, Scalar]) -> dict[str, Scalar]:
+        for name, value in v.items():
+            if name not in CONTEXT_ATTRS:
+                raise ValueError(f"unknown context attribute {name!r}")
+            _check_values(("context", name), value)
+        return v
 
 
 class Expectation(BaseModel):
@@ -160,28 +218,24 @@ class Invariant(BaseModel):
     expect: Literal["deny"] | Expectation | None = None
     require: list[Requirement] | None = None
 
-    def requirements(self) -> list[Requirement]:
-        """Each (scope, expectation) pair, the invariant's own scope joined to each."""
+    def checks(self) -> list[Check]:
+        """Each expectation with the scopes it is under: the invariant's own and the
+        requirement's, which must both hold (a condition in one never replaces one in the
+        other)."""
         if (self.expect is None) == (self.require is None):
             raise ValueError("give exactly one of expect or require")
-        pairs = self.require or [Requirement(expect=self.expect)]
-        return [Requirement(when=_join(self.when, r.when), expect=r.expect) for r in pairs]
+        if self.require is None:
+            assert self.expect is not None
+            return [Check((self.when,), self.expect)]
+        return [Check((self.when, r.when), r.expect) for r in self.require]
 
 
-def _join(a: Scope, b: Scope) -> Scope:
-    actions = (
-        a.action
-        if b.action is None
-        else b.action
-        if a.action is None
-        else [x for x in a.action if x in b.action]
-    )
-    return Scope(
-        principal={**a.principal, **b.principal},
-        action=actions,
-        resource={**a.resource, **b.resource},
-        context={**a.context, **b.context},
-    )
+@dataclass(frozen=True)
+class Check:
+    """One expectation of an invariant and the scopes (all of them) it is under."""
+
+    scopes: tuple[Scope, ...]
+    expect: Literal["deny"] | Expectation
 
 
 class InvariantSet(BaseModel):
@@ -200,7 +254,10 @@ def parse_invariants(text: str, *, source: str = "invariants") -> InvariantSet:
     try:
         parsed = InvariantSet.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
+        errors = exc.errors()
+        # Of an expectation's alternatives, report the mapping's error, not that the text
+        # is not "deny".
+        first = next((e for e in errors if "literal['deny']" not in e["loc"]), errors[0])
         loc = list(first["loc"])
         where = ".".join(str(p) for p in loc) or None
         if len(loc) >= 2 and loc[0] == "invariants" and isinstance(loc[1], int):
@@ -220,7 +277,7 @@ def parse_invariants(text: str, *, source: str = "invariants") -> InvariantSet:
             raise InputError("invariant id is used twice", file=source, field=inv.id)
         seen.add(inv.id)
         try:
-            inv.requirements()
+            inv.checks()
         except ValueError as exc:
             raise InputError(str(exc), file=source, field=f"invariant {inv.id!r}") from None
     return parsed
@@ -387,12 +444,13 @@ def _scope_literals(invariants: InvariantSet, literals: Literals) -> None:
                 literals.add((where, name), v)
 
     for inv in invariants.invariants:
-        for req in inv.requirements():
-            add("principal", req.when.principal)
-            add("resource", req.when.resource)
-            add("context", req.when.context)
-            if isinstance(req.expect, Expectation) and req.expect.only_if_allowed_with:
-                add("context", req.expect.only_if_allowed_with.context)
+        for check in inv.checks():
+            for scope in check.scopes:
+                add("principal", scope.principal)
+                add("resource", scope.resource)
+                add("context", scope.context)
+            if isinstance(check.expect, Expectation) and check.expect.only_if_allowed_with:
+                add("context", check.expect.only_if_allowed_with.context)
 
 
 def _condition(search: Search, copy: Copy, var: VarName, cond: Any) -> Any:
@@ -450,12 +508,18 @@ def _counterexample(
         principal={a: assignment[("principal", a)] for a in PRINCIPAL_KINDS},
         action=str(assignment[ACTION]),
         resource={a: assignment[("resource", a)] for a in FIELD_ATTRS},
-        context={a: assignment[("context", a)] for a in CONTEXT_ATTRS},
+        context=_context_of(assignment),
         policies=ids,
-        compared_with=(
-            {a: compared[("context", a)] for a in CONTEXT_ATTRS} if compared is not None else None
-        ),
+        compared_with=_context_of(compared) if compared is not None else None,
     )
+
+
+def _context_of(assignment: Mapping[VarName, Value]) -> dict[str, Value]:
+    """The context attributes of a request, with the instant when a policy reads it."""
+    out = {a: assignment[("context", a)] for a in CONTEXT_ATTRS}
+    if NOW in assignment:
+        out["now"] = assignment[NOW]
+    return out
 
 
 def _principal_attrs(conds: Mapping[str, Any]) -> set[str]:
@@ -465,19 +529,24 @@ def _principal_attrs(conds: Mapping[str, Any]) -> set[str]:
     return out
 
 
-def _check_requirement(model: PolicyModel, req: Requirement) -> Counterexample | None:
-    search = Search(model, _principal_attrs(req.when.principal))
+def _check_requirement(model: PolicyModel, check: Check) -> Counterexample | None:
+    attrs: set[str] = set()
+    for scope in check.scopes:
+        attrs |= _principal_attrs(scope.principal)
+    search = Search(model, attrs)
     copy = search.request()
-    _constrain(search, copy, req.when)
+    for scope in check.scopes:
+        _constrain(search, copy, scope)
     search.cp.add(copy.allowed == 1)
     other: Copy | None = None
-    if isinstance(req.expect, Expectation):
-        if req.expect.at_most is not None:
-            search.cp.add(search.revealing_more_than(copy, req.expect.at_most) == 1)
-        if req.expect.only_if_allowed_with is not None:
+    expect = check.expect
+    if isinstance(expect, Expectation):
+        if expect.at_most is not None:
+            search.cp.add(search.revealing_more_than(copy, expect.at_most) == 1)
+        if expect.only_if_allowed_with is not None:
             fixed = {
                 ("context", k): model.domain.index(("context", k), v)
-                for k, v in req.expect.only_if_allowed_with.context.items()
+                for k, v in expect.only_if_allowed_with.context.items()
             }
             other = search.request(fixed=fixed, share=copy)
             search.cp.add(other.allowed == 0)
@@ -527,20 +596,12 @@ def _check(
     started = time.perf_counter()
     ests, literals, reads = read_policies(compiled)
     _scope_literals(invariants, literals)
-    for inv in invariants.invariants:
-        for req in inv.requirements():
-            if isinstance(req.expect, Expectation) and req.expect.only_if_allowed_with:
-                for name in req.expect.only_if_allowed_with.context:
-                    if name not in CONTEXT_ATTRS:
-                        raise SymbolicError(
-                            f"invariant {inv.id!r}: unknown context attribute {name!r}"
-                        )
     model = build_model(compiled, literals, ests, reads, config, max_approvers=MAX_APPROVERS)
     results = []
     for inv in invariants.invariants:
         found = None
-        for req in inv.requirements():
-            found = _check_requirement(model, req)
+        for check in inv.checks():
+            found = _check_requirement(model, check)
             if found is not None:
                 break
         results.append(InvariantResult(inv, found is None, found))

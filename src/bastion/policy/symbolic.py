@@ -4,10 +4,14 @@ Zelkova checks IAM policies by translating them to logic. Here Cedar itself stay
 evaluator, and the search is made finite and complete instead:
 
 1. **Variables.** Every attribute a decision can depend on is a variable: the action, each
-   attribute of the principal, the field and the request context. Its values are
-   *representatives* of equivalence classes read off the policies: every literal a policy
-   compares the attribute with, one value matching none of them, the neighbours of every
-   number compared, and for enumerations one value no policy names (a class added later).
+   attribute of the principal, the field and the request context (``context.now`` too, when
+   a policy compares it with a datetime). Its values are *representatives* of equivalence
+   classes read off the policies: every literal a policy compares the attribute with, one
+   value matching none of them, the neighbours of every number and instant compared, a
+   string for every combination of ``like`` patterns some string matches, every subset of
+   the amr methods named (the empty set too), and for enumerations one value no policy
+   names (a class added later). Attributes compared with each other share their literals,
+   and get enough values to be equal, or all distinct, in every gap between them.
 2. **One truth table per policy.** A policy reads few variables. Cedar evaluates it alone on
    every combination of the values of just those variables (batched), giving a table of
    (values -> matched, errored).
@@ -21,15 +25,24 @@ evaluator, and the search is made finite and complete instead:
 
 A decision follows the engine: allowed when some permit matched, no forbid matched and no
 policy errored (an error denies, fail closed).
+
+What these classes cannot capture is refused (``SymbolicError``), never approximated: a
+named principal, an attribute of an entity literal (the catalog is not in the model),
+arithmetic on an attribute, the whole context as a value, ``context.now`` used other than
+compared with a datetime literal, an expression form the reader does not know, and domains
+or tables too large to enumerate.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-from collections import defaultdict
+import re
+import string
+from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import cedarpy
@@ -37,6 +50,7 @@ from ortools.sat.python import cp_model
 
 from bastion.policy.compiler import NAMESPACE, CompiledPolicies, cedar_id_order
 from bastion.policy.principal import (
+    _STRONG_AMR,
     CLEARANCE_LEVELS,
     PrincipalConfig,
     PrincipalSpec,
@@ -54,10 +68,11 @@ Value = Scalar | tuple[str, ...]
 
 UNKNOWN = "__unnamed__"
 OTHER_TEXT = "__text__"
-SHARED = "__shared__"
+SHARED = "__SHARED__"
 NON_US, COUNTRY_OF_CONCERN_REP = "DE", "CN"
 
-# Policies that read context.now are checked at one instant (the domain has no time axis).
+# context.now when no policy compares it with anything (then it is not a variable); when one
+# does, it is a variable whose values are this instant and each side of every literal.
 CHECK_INSTANT = {"__extn": {"fn": "datetime", "arg": "2026-01-01T00:00:00.000Z"}}
 
 # The largest truth table one policy may need; beyond it the set is refused, not sampled.
@@ -113,12 +128,25 @@ class SymbolicError(ValueError):
 # ---------------------------------------------------------------------- reading the policies
 
 
+# A ``like`` pattern: its characters, None standing for the wildcard.
+Pattern = tuple[str | None, ...]
+
+
 @dataclass
 class Literals:
-    """Every literal each attribute is compared with, across policies and invariants."""
+    """What the policies (and invariants) say about each attribute: the literals it is
+    compared with, the ``like`` patterns it is matched against, the attributes it is compared
+    with, and the instants ``context.now`` is compared with."""
 
     values: dict[VarName, set[Value]] = field(default_factory=lambda: defaultdict(set))
     numbers: dict[VarName, set[int]] = field(default_factory=lambda: defaultdict(set))
+    patterns: dict[VarName, set[Pattern]] = field(default_factory=lambda: defaultdict(set))
+    # Groups of attributes that meet in one comparison: they share their representatives.
+    links: list[frozenset[VarName]] = field(default_factory=list)
+    # Milliseconds since the epoch of every datetime literal context.now is compared with.
+    instants: set[int] = field(default_factory=set)
+    # Every attribute some policy reads.
+    read: set[VarName] = field(default_factory=set)
 
     def add(self, var: VarName, value: object) -> None:
         if isinstance(value, bool):
@@ -139,28 +167,6 @@ def _attr_of(node: object) -> VarName | None:
     return None
 
 
-def _literal(node: object) -> list[object] | None:
-    """The literal values of ``node`` (a value, an entity, or a set of them), else None."""
-    if not isinstance(node, Mapping):
-        return None
-    if "Value" in node:
-        v = node["Value"]
-        if isinstance(v, Mapping) and "__entity" in v:
-            return [str(v["__entity"]["id"])]
-        if isinstance(v, list):
-            return [x for x in v if isinstance(x, str | int)]
-        return [v]
-    if "Set" in node:
-        out: list[object] = []
-        for item in node["Set"]:
-            lit = _literal(item)
-            if lit is None:
-                return None
-            out.extend(lit)
-        return out
-    return None
-
-
 def _walk(node: object) -> Iterator[Mapping[str, Any]]:
     if isinstance(node, Mapping):
         yield node
@@ -171,86 +177,273 @@ def _walk(node: object) -> Iterator[Mapping[str, Any]]:
             yield from _walk(v)
 
 
-_BINARY = ("==", "!=", "<", "<=", ">", ">=", "contains", "containsAll", "containsAny", "in")
+# Operators whose operands are compared: the attributes in them share representatives and get
+# every literal in them as one.
+_RELATIONS = (
+    "==",
+    "!=",
+    "<",
+    "<=",
+    ">",
+    ">=",
+    "contains",
+    "containsAll",
+    "containsAny",
+    "in",
+    "like",
+    "is",
+)
+_ORDER = ("==", "!=", "<", "<=", ">", ">=")
+_ARITHMETIC = ("+", "-", "*", "neg")
+NOW: VarName = ("context", "now")
 
 
-def _identities(node: object, inside_attr: bool = False) -> Iterator[str]:
-    """The variables (principal, resource) used as entities, not through an attribute."""
-    if isinstance(node, Mapping):
-        if "Var" in node and not inside_attr:
-            yield str(node["Var"])
-        for key, value in node.items():
-            if key == "." and isinstance(value, Mapping):
-                yield from _identities(value.get("left"), inside_attr=True)
-            else:
-                yield from _identities(value)
-    elif isinstance(node, list):
-        for v in node:
-            yield from _identities(v)
+def _attrs_in(node: object) -> set[VarName]:
+    return {v for n in _walk(node) if (v := _attr_of(n)) is not None}
+
+
+def _values_in(node: object) -> Iterator[object]:
+    """Every literal value in an expression (entity literals by their id)."""
+    for n in _walk(node):
+        if "Value" not in n:
+            continue
+        v = n["Value"]
+        items = v if isinstance(v, list) else [v]
+        for item in items:
+            if isinstance(item, Mapping) and "__entity" in item:
+                yield str(item["__entity"]["id"])
+            elif isinstance(item, str | int):
+                yield item
+
+
+def _datetime_literal(node: object) -> str | None:
+    """The text of ``datetime("...")`` when ``node`` is exactly that, else None."""
+    if isinstance(node, Mapping) and isinstance(node.get("datetime"), list):
+        args = node["datetime"]
+        if (
+            len(args) == 1
+            and isinstance(args[0], Mapping)
+            and isinstance(args[0].get("Value"), str)
+        ):
+            return str(args[0]["Value"])
+    return None
+
+
+_DATETIME = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})(?:T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{3}))?(Z|[+-]\d{4}))?$"
+)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def instant_ms(text: str) -> int:
+    """A Cedar datetime literal as milliseconds since the epoch."""
+    m = _DATETIME.match(text)
+    if m is None:
+        raise SymbolicError(f"datetime {text!r} is not in a form the check can order")
+    y, mo, d, h, mi, s, ms, tz = m.groups()
+    try:
+        when = datetime(int(y), int(mo), int(d), int(h or 0), int(mi or 0), int(s or 0), 0, UTC)
+    except ValueError:
+        raise SymbolicError(f"datetime {text!r} is not a valid instant") from None
+    if tz and tz != "Z":
+        sign = 1 if tz[0] == "+" else -1
+        when -= sign * timedelta(hours=int(tz[1:3]), minutes=int(tz[3:5]))
+    return (when - _EPOCH) // timedelta(milliseconds=1) + int(ms or 0)
+
+
+def instant_text(ms: int) -> str:
+    """Milliseconds since the epoch as a Cedar datetime literal (UTC, millisecond precision)."""
+    try:
+        when = _EPOCH + timedelta(milliseconds=ms)
+    except OverflowError:
+        raise SymbolicError("an instant next to a datetime literal is out of range") from None
+    return (
+        f"{when.year:04d}-{when.month:02d}-{when.day:02d}T"
+        f"{when.hour:02d}:{when.minute:02d}:{when.second:02d}.{ms % 1000:03d}Z"
+    )
+
+
+def _add_entity_literals(node: object, literals: Literals) -> None:
+    """A Field or Dataset named in a scope is a representative of the field's dataset and
+    name."""
+    for n in _walk(node):
+        entity = n.get("__entity") if "__entity" in n else n if "type" in n and "id" in n else None
+        if isinstance(entity, Mapping):
+            _entity_literal(entity, literals)
+
+
+def _entity_literal(entity: Mapping[str, Any], literals: Literals) -> None:
+    type_ = str(entity.get("type"))
+    if type_ == f"{NAMESPACE}::Dataset":
+        literals.add(("resource", "dataset"), str(entity["id"]))
+    elif type_ == f"{NAMESPACE}::Field":
+        ds, _, name = str(entity["id"]).partition(".")
+        literals.add(("resource", "dataset"), ds)
+        literals.add(("resource", "name"), name)
+
+
+# Expression nodes by the shape of their operand.
+_UNARY = ("!", "neg", "isEmpty")
+_BINARY = (
+    "&&",
+    "||",
+    "==",
+    "!=",
+    "<",
+    "<=",
+    ">",
+    ">=",
+    "+",
+    "-",
+    "*",
+    "in",
+    "contains",
+    "containsAll",
+    "containsAny",
+    "getTag",
+    "hasTag",
+)
+
+
+class _Reader:
+    """Reads one policy's conditions, node by node (Cedar's JSON form): the variables it
+    reads, and what the domain needs. A node it does not know refuses the set."""
+
+    def __init__(self, literals: Literals) -> None:
+        self.literals = literals
+        self.reads: set[VarName] = set()
+        # context.now nodes compared with a datetime literal (the only use the check allows).
+        self._ordered_now: set[int] = set()
+
+    def visit(self, node: object) -> None:
+        if not (isinstance(node, Mapping) and len(node) == 1):
+            raise SymbolicError(f"a policy has an expression the check does not know: {node!r}")
+        ((op, arg),) = node.items()
+        if op in _RELATIONS and isinstance(arg, Mapping):
+            self._relation(op, arg)
+        if op in _ARITHMETIC and _attrs_in(arg):
+            raise SymbolicError(
+                "a policy computes with an attribute (+, -, *); compare the attribute itself "
+                "with a literal so that its values can be enumerated"
+            )
+        if op == "Value":
+            for n in _walk(arg):
+                if "__entity" in n and isinstance(n["__entity"], Mapping):
+                    _entity_literal(n["__entity"], self.literals)
+        elif op == "Var":
+            self._identity(str(arg))
+        elif op in (".", "has"):
+            self._attribute(node, op)
+        elif op in _UNARY:
+            self.visit(arg["arg"])
+        elif op in _BINARY:
+            self.visit(arg["left"])
+            self.visit(arg["right"])
+        elif op == "like":
+            self.visit(arg["left"])
+        elif op == "is":
+            self.visit(arg["left"])
+            if "in" in arg:
+                self.visit(arg["in"])
+        elif op == "if-then-else":
+            for part in ("if", "then", "else"):
+                self.visit(arg[part])
+        elif op == "Set" and isinstance(arg, list):
+            for item in arg:
+                self.visit(item)
+        elif op == "Record" and isinstance(arg, Mapping):
+            for item in arg.values():
+                self.visit(item)
+        elif isinstance(arg, list) and op not in ("Slot", "Unknown"):
+            # An extension function (ip, decimal, datetime, duration and their methods).
+            for item in arg:
+                self.visit(item)
+        else:
+            raise SymbolicError(f"a policy has an expression the check does not know: {op!r}")
+
+    def _identity(self, var: str) -> None:
+        if var == "principal":
+            raise SymbolicError(
+                "a policy compares the principal entity itself; write the condition on "
+                "principal attributes instead (identities are not enumerable)"
+            )
+        if var == "resource":
+            self.reads.update({("resource", "dataset"), ("resource", "name")})
+        elif var == "action":
+            self.reads.add(ACTION)
+        elif var == "context":
+            raise SymbolicError(
+                "a policy uses the whole context as a value; read its attributes instead"
+            )
+
+    def _attribute(self, node: Mapping[str, Any], op: str) -> None:
+        inner = node[op]
+        base = inner.get("left")
+        if not (isinstance(base, Mapping) and base.keys() == {"Var"}):
+            raise SymbolicError(
+                "a policy reads an attribute of an entity it names or of an expression "
+                "(the check sees only the request's principal, field and context); read "
+                "the request's own attributes instead"
+            )
+        if base["Var"] not in ("principal", "resource", "context"):
+            raise SymbolicError(f"a policy reads an attribute of {base['Var']!r}")
+        if op == "has":
+            # Every attribute of the schema is present on every request Bastion builds.
+            return
+        var = (str(base["Var"]), str(inner["attr"]))
+        if var == NOW and id(node) not in self._ordered_now:
+            raise SymbolicError(
+                "a policy reads context.now other than comparing it with a datetime literal "
+                "(<, <=, >, >=, ==, !=); only such comparisons can be checked at every instant"
+            )
+        self.reads.add(var)
+
+    def _relation(self, op: str, operands: Mapping[str, Any]) -> None:
+        left, right = operands.get("left"), operands.get("right")
+        if op in _ORDER:
+            for a, b in ((left, right), (right, left)):
+                text = _datetime_literal(b)
+                if _attr_of(a) == NOW and text is not None:
+                    assert isinstance(a, Mapping)
+                    self._ordered_now.add(id(a))
+                    self.literals.instants.add(instant_ms(text))
+        attrs = _attrs_in(operands) - {NOW}
+        if len(attrs) > 1:
+            self.literals.links.append(frozenset(attrs))
+        values = list(_values_in(operands))
+        patterns: list[Pattern] = []
+        if op == "like":
+            patterns.append(
+                tuple(
+                    str(p["Literal"]) if isinstance(p, Mapping) and "Literal" in p else None
+                    for p in operands.get("pattern", [])
+                )
+            )
+        for var in attrs:
+            for v in values:
+                self.literals.add(var, v)
+            self.literals.patterns[var].update(patterns)
 
 
 def _collect(est: Mapping[str, Any], literals: Literals) -> set[VarName]:
-    """The variables one policy reads, adding the literals it compares them with."""
-    reads: set[VarName] = set()
-    used_as_entity = set(_identities(est.get("conditions", [])))
-    if "principal" in used_as_entity:
-        raise SymbolicError(
-            "a policy compares the principal entity itself; write the condition on principal "
-            "attributes instead (identities are not enumerable)"
-        )
-    if "resource" in used_as_entity:
-        reads.update({("resource", "dataset"), ("resource", "name")})
-    for node in _walk(est.get("conditions", [])):
-        if "__entity" in node and isinstance(node["__entity"], Mapping):
-            entity = node["__entity"]
-            if str(entity.get("type")) == f"{NAMESPACE}::Dataset":
-                literals.add(("resource", "dataset"), str(entity["id"]))
-            elif str(entity.get("type")) == f"{NAMESPACE}::Field":
-                ds, _, name = str(entity["id"]).partition(".")
-                literals.add(("resource", "dataset"), ds)
-                literals.add(("resource", "name"), name)
-        var = _attr_of(node)
-        if var is not None:
-            reads.add(var)
-        for op in _BINARY:
-            if op not in node or not isinstance(node[op], Mapping):
-                continue
-            left, right = node[op].get("left"), node[op].get("right")
-            lv, rv = _attr_of(left), _attr_of(right)
-            if lv and rv:  # two attributes compared: give both a value they can share
-                literals.add(lv, SHARED)
-                literals.add(rv, SHARED)
-            for var, other in ((lv, right), (rv, left)):
-                values = _literal(other) if var else None
-                for v in values or ():
-                    literals.add(var, v)  # type: ignore[arg-type]
-        if "like" in node and isinstance(node["like"], Mapping):
-            var = _attr_of(node["like"].get("left"))
-            if var is not None:
-                pattern = node["like"].get("pattern", [])
-                text = "".join(
-                    p["Literal"] if isinstance(p, Mapping) and "Literal" in p else "x"
-                    for p in pattern
-                )
-                literals.add(var, text)
-    if est.get("action", {}).get("op") != "All":
-        reads.add(ACTION)
-    if est.get("principal", {}).get("op") not in ("All", "is"):
+    """The variables one policy reads, adding what the domain needs to ``literals``."""
+    principal = est.get("principal", {})
+    if principal.get("op") not in ("All", "is") or "in" in principal:
         raise SymbolicError(
             "a policy names a particular principal in its scope; write the condition on "
             "principal attributes instead (identities are not enumerable)"
         )
+    reader = _Reader(literals)
+    for condition in est.get("conditions", []):
+        reader.visit(condition["body"])
+    reads = reader.reads
+    if est.get("action", {}).get("op") != "All":
+        reads.add(ACTION)
     resource = est.get("resource", {})
-    if resource.get("op") not in ("All", "is"):
-        for entity in _walk(resource):
-            if "type" in entity and "id" in entity:
-                if str(entity["type"]) == f"{NAMESPACE}::Dataset":
-                    literals.add(("resource", "dataset"), str(entity["id"]))
-                elif str(entity["type"]) == f"{NAMESPACE}::Field":
-                    ds, _, name = str(entity["id"]).partition(".")
-                    literals.add(("resource", "dataset"), ds)
-                    literals.add(("resource", "name"), name)
+    if resource.get("op") != "All" and (resource.get("op") != "is" or "in" in resource):
+        _add_entity_literals(resource, literals)
         reads.update({("resource", "dataset"), ("resource", "name")})
+    literals.read |= reads
     return reads
 
 
@@ -272,19 +465,187 @@ def applies_to_fields(est: Mapping[str, Any]) -> bool:
 
 # ---------------------------------------------------------------------- the domain
 
+# The most values a like pattern's witnesses may take to find, and the most distinct amr
+# elements, principals and instants the domain may hold; beyond them the set is refused.
+MAX_LIKE_STATES = 20_000
+MAX_AMR_ELEMENTS = 8
+MAX_PRINCIPALS = 500_000
 
-def _string_reps(var: VarName, literals: Literals, base: Iterable[str] = ()) -> list[Value]:
-    seen = sorted({*base, *(v for v in literals.values.get(var, ()) if isinstance(v, str))})
+
+@dataclass(frozen=True)
+class _Closure:
+    """The literals of each attribute with those of every attribute it is compared with."""
+
+    strings: dict[VarName, set[str]]
+    numbers: dict[VarName, set[int]]
+    # How many attributes of the same kind meet in the attribute's group: as many distinct
+    # values are needed between two literals to realize every order among them.
+    spread: dict[VarName, int]
+
+    def named(self, var: VarName) -> set[str]:
+        return self.strings.get(var, set())
+
+
+def _groups(literals: Literals) -> dict[VarName, frozenset[VarName]]:
+    parent: dict[VarName, VarName] = {}
+
+    def find(v: VarName) -> VarName:
+        parent.setdefault(v, v)
+        while parent[v] != v:
+            parent[v] = parent[parent[v]]
+            v = parent[v]
+        return v
+
+    for link in literals.links:
+        first, *rest = sorted(link)
+        for other in rest:
+            parent[find(other)] = find(first)
+    members: dict[VarName, set[VarName]] = defaultdict(set)
+    for v in list(parent):
+        members[find(v)].add(v)
+    return {v: frozenset(members[find(v)]) for v in parent}
+
+
+def _kind(var: VarName) -> Kind | None:
+    if var[0] == "principal":
+        return PRINCIPAL_KINDS.get(var[1])
+    if var[0] == "resource":
+        return FIELD_ATTRS.get(var[1])
+    return CONTEXT_ATTRS.get(var[1])
+
+
+def _close(literals: Literals, config: PrincipalConfig) -> _Closure:
+    groups = _groups(literals)
+    every = {*literals.values, *literals.numbers, *literals.patterns, *groups}
+    strings: dict[VarName, set[str]] = {}
+    numbers: dict[VarName, set[int]] = {}
+    spread: dict[VarName, int] = {}
+    for var in every:
+        group = groups.get(var, frozenset({var}))
+        texts = {str(v) for g in group for v in literals.values.get(g, ()) if isinstance(v, str)}
+        ints = {n for g in group for n in literals.numbers.get(g, ())}
+        kind = _kind(var)
+        same = [g for g in group if _kind(g) == kind]
+        spread[var] = max(1, len(same))
+        if len(group) > 1:
+            # Values the derivation gives that no literal names: an attribute compared with
+            # a principal attribute needs them too.
+            for g in group:
+                if g == ("principal", "clearance_level"):
+                    ints |= set(CLEARANCE_LEVELS.values())
+                elif g == ("principal", "clearance"):
+                    texts |= set(CLEARANCE_LEVELS)
+                elif g == ("principal", "employer"):
+                    texts |= config.custodian_employers | config.covered_employers
+                elif g in (("principal", "employer_country"), ("principal", "location_country")):
+                    texts |= {"US", *config.countries_of_concern}
+            # Attributes that meet must be able to be equal without naming a literal, and to
+            # differ pairwise.
+            texts |= {_shared(i) for i in range(len(same))}
+        patterns = {p for g in group for p in literals.patterns.get(g, ())}
+        if patterns:
+            ordered = sorted(patterns, key=repr)
+            upper = any(g[1] in _UPPER_CASED for g in group if g[0] == "principal")
+            texts |= _like_witnesses(ordered, texts, spread[var], upper_only=False)
+            if upper:
+                texts |= _like_witnesses(ordered, texts, spread[var], upper_only=True)
+        strings[var] = texts
+        numbers[var] = ints
+    return _Closure(strings, numbers, spread)
+
+
+# Derivation upper-cases these, so a value only reaches a policy upper-cased.
+_UPPER_CASED = ("employer_country", "location_country")
+
+
+def _shared(i: int) -> str:
+    # Upper case: it survives the derivation of a country unchanged.
+    return SHARED if i == 0 else f"__SHARED{i}__"
+
+
+def _like_witnesses(
+    patterns: Sequence[Pattern], literals: set[str], per_class: int, *, upper_only: bool
+) -> set[str]:
+    """Strings that no literal names, ``per_class`` of them for every combination of the
+    patterns that some such string matches (a breadth-first search of the product of the
+    patterns' automata with the trie of the literals)."""
+    chars = {c for p in patterns for c in p if c is not None} | {c for t in literals for c in t}
+    # Characters no pattern or literal names all behave alike: one of them stands for all.
+    fresh = next(
+        c
+        for c in map(chr, itertools.count(0x30))
+        if c not in chars and c.isprintable() and (not upper_only or c == c.upper())
+    )
+    alphabet = sorted(c for c in {*chars, fresh} if not upper_only or c == c.upper())
+    prefixes = {t[:i] for t in literals for i in range(len(t) + 1)}
+
+    def close(p: Pattern, states: Iterable[int]) -> frozenset[int]:
+        out = set(states)
+        stack = list(out)
+        while stack:
+            i = stack.pop()
+            if i < len(p) and p[i] is None and i + 1 not in out:
+                out.add(i + 1)
+                stack.append(i + 1)
+        return frozenset(out)
+
+    def step(p: Pattern, states: frozenset[int], c: str) -> frozenset[int]:
+        nxt = set()
+        for i in states:
+            if i < len(p):
+                if p[i] is None:
+                    nxt.add(i)
+                elif p[i] == c:
+                    nxt.add(i + 1)
+        return close(p, nxt)
+
+    start = (tuple(close(p, {0}) for p in patterns), "")
+    seen: dict[tuple[tuple[frozenset[int], ...], str | None], int] = defaultdict(int)
+    found: dict[tuple[bool, ...], set[str]] = defaultdict(set)
+    queue: deque[tuple[tuple[frozenset[int], ...], str | None, str]] = deque(
+        [(start[0], start[1], "")]
+    )
+    seen[start] += 1
+    while queue:
+        states, trie, text = queue.popleft()
+        if trie not in literals:
+            signature = tuple(len(p) in s for p, s in zip(patterns, states, strict=True))
+            if len(found[signature]) < per_class:
+                found[signature].add(text)
+        for c in alphabet:
+            nxt_states = tuple(step(p, s, c) for p, s in zip(patterns, states, strict=True))
+            nxt_text = text + c
+            nxt_trie = nxt_text if trie is not None and nxt_text in prefixes else None
+            key = (nxt_states, nxt_trie)
+            if seen[key] >= per_class:
+                continue
+            seen[key] += 1
+            if len(seen) > MAX_LIKE_STATES:
+                raise SymbolicError(
+                    "the like patterns of one attribute are too many or too long to be "
+                    "enumerated; simplify them"
+                )
+            queue.append((nxt_states, nxt_trie, nxt_text))
+    return {t for texts in found.values() for t in texts}
+
+
+def _string_reps(var: VarName, named: Iterable[str], base: Iterable[str] = ()) -> list[Value]:
+    seen = sorted({*base, *named})
     return [*seen, UNKNOWN if var[1] != "purpose" and var[1] != "ticket" else OTHER_TEXT]
 
 
-def _long_reps(var: VarName, literals: Literals, also: Iterable[int] = ()) -> list[Value]:
-    """0, 1, every compared number and its neighbours, and one above them all."""
+MAX_LONG = 2**63 - 1
+
+
+def _long_reps(numbers: Iterable[int], also: Iterable[int] = (), spread: int = 1) -> list[Value]:
+    """0, 1, every compared number and ``spread`` neighbours on each side, and ``spread``
+    above them all (counts: never negative)."""
     points = {0, 1, *also}
-    for n in literals.numbers.get(var, ()):
-        points.update({n - 1, n, n + 1})
-    points.add(max(points) + 1)
-    return sorted(p for p in points if p >= 0)
+    for n in numbers:
+        points.update(range(n - spread, n + spread + 1))
+    top = max(points)
+    points.update(range(top + 1, top + spread + 1))
+    return sorted(p for p in points if 0 <= p <= MAX_LONG)
 
 
 @dataclass(frozen=True)
@@ -308,7 +669,14 @@ def _enum_values(type_name: str) -> list[str]:
     return [part.strip().strip('"') for part in body.split("[", 1)[1].split(",") if part.strip()]
 
 
+def enum_members(var: VarName) -> tuple[str, ...]:
+    """The members of an enumerated attribute's type (classification, category,
+    justification), as the schema declares them."""
+    return tuple(_enum_values(ENUM_TYPES[var]))
+
+
 def build_domain(literals: Literals, config: PrincipalConfig, *, max_approvers: int) -> Domain:
+    closure = _close(literals, config)
     values: dict[VarName, tuple[Value, ...]] = {
         ACTION: tuple(sorted(a.value for a in RELEASE_ACTIONS)),
     }
@@ -319,7 +687,7 @@ def build_domain(literals: Literals, config: PrincipalConfig, *, max_approvers: 
         elif kind == "bool":
             values[var] = (False, True)
         else:
-            values[var] = tuple(_string_reps(var, literals))
+            values[var] = tuple(_string_reps(var, closure.named(var)))
     for attr, kind in CONTEXT_ATTRS.items():
         var = ("context", attr)
         if kind == "enum":
@@ -327,51 +695,127 @@ def build_domain(literals: Literals, config: PrincipalConfig, *, max_approvers: 
         elif kind == "bool":
             values[var] = (False, True)
         elif kind == "long":
-            values[var] = tuple(_long_reps(var, literals, (max_approvers,)))
+            values[var] = tuple(
+                _long_reps(
+                    closure.numbers.get(var, ()), (max_approvers,), closure.spread.get(var, 1)
+                )
+            )
         else:
-            values[var] = tuple(_string_reps(var, literals, base=("",)))
+            values[var] = tuple(_string_reps(var, closure.named(var), base=("",)))
+    if literals.instants or NOW in literals.read:
+        # context.now is only compared with literals: an instant on each side of each, and
+        # each itself, stand for every instant.
+        points = {instant_ms(str(CHECK_INSTANT["__extn"]["arg"]))}
+        for ms in literals.instants:
+            points.update({ms - 1, ms, ms + 1})
+        values[NOW] = tuple(instant_text(ms) for ms in sorted(points))
 
-    principals = _principals(literals, config)
+    principals = _principals(literals, closure, config)
     for attr in PRINCIPAL_KINDS:
         seen = sorted({p[attr] for p in principals}, key=repr)
         values[("principal", attr)] = tuple(seen)
+    # An attribute compared with a principal attribute takes every value Bastion derives for
+    # it (a country of concern, a clearance name, an amr method).
+    for group in {frozenset(g) for g in _groups(literals).values()}:
+        derived: set[Value] = set()
+        for g in group:
+            if g[0] == "principal" and g in values:
+                for v in values[g]:
+                    derived.update(v if isinstance(v, tuple) else (v,))
+        for g in group:
+            if g[0] != "principal" and g in values and _kind(g) in ("string", "long"):
+                have = values[g]
+                extra = [
+                    v
+                    for v in sorted(derived, key=repr)
+                    if v not in have
+                    and not isinstance(v, bool)
+                    and isinstance(v, int) == (_kind(g) == "long")
+                    and (not isinstance(v, int) or v >= 0)
+                ]
+                if extra:
+                    values[g] = (*have, *extra)
     return Domain(values=values, principals=principals)
 
 
-def _countries(var: VarName, literals: Literals, config: PrincipalConfig) -> list[str]:
-    named = {str(v) for v in literals.values.get(var, ()) if isinstance(v, str)}
+def _countries(var: VarName, closure: _Closure, config: PrincipalConfig) -> list[str]:
+    named = closure.named(var)
     concern = sorted(config.countries_of_concern - named)
     reps = {"", "US", *named}
     if concern:
         reps.add(COUNTRY_OF_CONCERN_REP if COUNTRY_OF_CONCERN_REP in concern else concern[0])
-    reps.add(next(c for c in (NON_US, "FR", "JP", "BR") if c not in named))
+    # One country that is neither the US, nor of concern, nor named.
+    candidates = itertools.chain(
+        (NON_US, "FR", "JP", "BR"),
+        ("".join(p) for p in itertools.product(string.ascii_uppercase, repeat=2)),
+    )
+    reps.add(
+        next(
+            c
+            for c in candidates
+            if c not in named and c != "US" and c not in config.countries_of_concern
+        )
+    )
     return sorted(reps)
 
 
-def _principals(literals: Literals, config: PrincipalConfig) -> tuple[Mapping[str, Value], ...]:
+def _amr_sets(literals: Literals, closure: _Closure) -> list[tuple[str, ...]]:
+    """Representative amr sets. When no policy reads amr, only mfa (derived from it) matters:
+    one set with a second factor and one without. Otherwise every subset of the methods
+    named, one more weak method and one more strong one (the empty set included)."""
+    var = ("principal", "amr")
+    named = closure.named(var)
+    if var not in literals.read and not named:
+        return [("pwd",), ("mfa", "pwd")]
+    weak = next(m for m in ("pwd", "__weak__", "__weak2__") if m not in named)
+    strong = sorted(_STRONG_AMR - named, key=lambda m: (m != "mfa", m))
+    universe = sorted({*named, weak, *strong[:1]})
+    if len(universe) > MAX_AMR_ELEMENTS:
+        raise SymbolicError(
+            f"policies name {len(named)} amr methods; at most {MAX_AMR_ELEMENTS - 2} can be "
+            "enumerated (every set of them is a representative)"
+        )
+    return [
+        tuple(sorted(c))
+        for n in range(len(universe) + 1)
+        for c in itertools.combinations(universe, n)
+    ]
+
+
+def _principals(
+    literals: Literals, closure: _Closure, config: PrincipalConfig
+) -> tuple[Mapping[str, Value], ...]:
     """Every distinct principal Bastion can derive from representative token attributes."""
-    roles = _string_reps(("principal", "role"), literals)
+    roles = _string_reps(("principal", "role"), closure.named(("principal", "role")))
     employers = _string_reps(
         ("principal", "employer"),
-        literals,
+        closure.named(("principal", "employer")),
         base=(*config.custodian_employers, *config.covered_employers, ""),
     )
-    clearances = sorted({*CLEARANCE_LEVELS, *map(str, literals.values[("principal", "clearance")])})
-    amr_named = sorted(str(v) for v in literals.values.get(("principal", "amr"), ()))
-    amrs: list[tuple[str, ...]] = [("pwd",), ("mfa", "pwd")] + [
-        tuple(sorted({"pwd", a})) for a in amr_named
-    ]
-    subjects = sorted({"", SHARED, *map(str, literals.values[("principal", "subject_id")])})
-    out: dict[tuple[Value, ...], Mapping[str, Value]] = {}
-    for role, employer, ec, lc, clearance, amr, subject in itertools.product(
+    clearances = sorted({*CLEARANCE_LEVELS, *closure.named(("principal", "clearance"))})
+    amrs = _amr_sets(literals, closure)
+    subjects = sorted({"", SHARED, *closure.named(("principal", "subject_id"))})
+    employer_countries = _countries(("principal", "employer_country"), closure, config)
+    location_countries = _countries(("principal", "location_country"), closure, config)
+    axes: list[Sequence[Any]] = [
         roles,
         employers,
-        _countries(("principal", "employer_country"), literals, config),
-        _countries(("principal", "location_country"), literals, config),
+        employer_countries,
+        location_countries,
         clearances,
         amrs,
         subjects,
-    ):
+    ]
+    total = 1
+    for axis in axes:
+        total *= len(axis)
+    if total > MAX_PRINCIPALS:
+        raise SymbolicError(
+            f"the policies name too many principal attribute values ({total} combinations, "
+            f"more than {MAX_PRINCIPALS}); the principals cannot be enumerated"
+        )
+    out: dict[tuple[Value, ...], Mapping[str, Value]] = {}
+    for role, employer, ec, lc, clearance, amr, subject in itertools.product(*axes):
         spec = _Token(str(role), str(employer), ec, lc, clearance, amr, subject)
         attrs = derive_attributes(spec, config).cedar_attrs()
         row: dict[str, Value] = {k: _freeze(attrs[k]) for k in PRINCIPAL_KINDS}
@@ -421,6 +865,8 @@ def _entity(type_: str, id_: str) -> dict[str, Any]:
 
 
 def cedar_value(var: VarName, value: Value) -> Any:
+    if var == NOW:
+        return {"__extn": {"fn": "datetime", "arg": str(value)}}
     if var in ENUM_TYPES:
         return _entity(ENUM_TYPES[var], str(value))
     if isinstance(value, tuple):
@@ -447,7 +893,7 @@ def concrete_request(
         {"uid": dataset_uid, "attrs": {"name": dataset}, "parents": []},
     ]
     context = {a: cedar_value(("context", a), assignment[("context", a)]) for a in CONTEXT_ATTRS}
-    context["now"] = CHECK_INSTANT
+    context["now"] = cedar_value(NOW, assignment[NOW]) if NOW in assignment else CHECK_INSTANT
     request = {
         "principal": principal_uid,
         "action": {"type": f"{NAMESPACE}::Action", "id": str(assignment[ACTION])},
@@ -553,7 +999,9 @@ def _evaluate(
             context = {
                 a: cedar_value(("context", a), values[("context", a)]) for a in CONTEXT_ATTRS
             }
-            context["now"] = CHECK_INSTANT
+            context["now"] = (
+                cedar_value(NOW, values[NOW]) if NOW in domain.values else CHECK_INSTANT
+            )
             contexts[ckey] = (context, {"type": f"{NAMESPACE}::Action", "id": str(values[ACTION])})
         context, action = contexts[ckey]
         request = {
@@ -811,5 +1259,6 @@ __all__ = [
     "VarName",
     "build_model",
     "decide",
+    "enum_members",
     "read_policies",
 ]
