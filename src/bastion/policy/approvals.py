@@ -48,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bastion.catalog import SensitiveCategory
 from bastion.clock import Clock, iso, to_unix
-from bastion.errors import BastionError, ConfigError, InputError, IntegrityError
+from bastion.errors import ConfigError, InputError, IntegrityError
 from bastion.events import Actor, Approval, ApprovalStep
 from bastion.ledger.api import LedgerWriter, Receipt
 from bastion.policy.engine import ApprovalResource, PolicyEngine
@@ -64,6 +64,7 @@ from bastion.policy.grants import (
 )
 from bastion.policy.plan import GrantScope, PlanRequest
 from bastion.policy.principal import PrincipalAttributes, PrincipalLike
+from bastion.policy.refusals import StepRefused
 from bastion.policy.vocabulary import FIELD_ACTIONS, MAX_APPROVERS, Action, JustificationType
 from bastion.store import Database
 
@@ -155,16 +156,8 @@ RefusalKind = Literal[
 ]
 
 
-class ApprovalRefused(BastionError):
+class ApprovalRefused(StepRefused[RefusalKind]):
     """A step of the approval workflow was refused (and, where it matters, recorded)."""
-
-    exit_code = 2
-
-    def __init__(self, kind: RefusalKind, detail: str, *, receipt: Receipt | None = None) -> None:
-        super().__init__(f"{kind}: {detail}")
-        self.kind: RefusalKind = kind
-        self.detail = detail
-        self.receipt = receipt
 
 
 @dataclass(frozen=True)

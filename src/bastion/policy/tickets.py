@@ -28,11 +28,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bastion.clock import Clock, iso, to_unix
-from bastion.errors import BastionError, InputError, IntegrityError
+from bastion.errors import InputError, IntegrityError
 from bastion.events import Actor, TicketChange
 from bastion.ledger.api import LedgerWriter, Receipt
 from bastion.policy.engine import PolicyEngine
 from bastion.policy.principal import PrincipalAttributes, PrincipalLike
+from bastion.policy.refusals import StepRefused
 from bastion.policy.vocabulary import Action
 from bastion.store import Database
 
@@ -74,16 +75,8 @@ TicketRefusal = Literal[
 TicketState = Literal["open", "closed", "expired"]
 
 
-class TicketRefused(BastionError):
+class TicketRefused(StepRefused[TicketRefusal]):
     """A ticket step was refused, or a read named a ticket it may not use."""
-
-    exit_code = 2
-
-    def __init__(self, kind: TicketRefusal, detail: str, *, receipt: Receipt | None = None) -> None:
-        super().__init__(f"{kind}: {detail}")
-        self.kind: TicketRefusal = kind
-        self.detail = detail
-        self.receipt = receipt
 
 
 @dataclass(frozen=True)
