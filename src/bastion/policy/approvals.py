@@ -64,7 +64,7 @@ from bastion.policy.grants import (
 )
 from bastion.policy.plan import GrantScope, PlanRequest
 from bastion.policy.principal import PrincipalAttributes, PrincipalLike
-from bastion.policy.refusals import StepRefused
+from bastion.policy.refusals import StepRefused, checked_refs
 from bastion.policy.vocabulary import FIELD_ACTIONS, MAX_APPROVERS, Action, JustificationType
 from bastion.store import Database
 
@@ -465,13 +465,7 @@ class ApprovalService:
 
     def refs(self, subjects: Sequence[str]) -> list[str]:
         """The keyed refs recorded for these subject ids (checked: never an id itself)."""
-        if not subjects:
-            return []
-        refs = [str(r) for r in self._subject_refs(list(subjects))]
-        if len(refs) != len(subjects) or any(r in subjects for r in refs):
-            # Fail closed: a broken ref function must not put raw ids in the public log.
-            raise IntegrityError("the subject ref function returned raw or missing refs")
-        return refs
+        return checked_refs(self._subject_refs, subjects)
 
     def _actor(self, attrs: PrincipalAttributes) -> Actor:
         """The actor as the ledger names it: a data subject under their keyed ref."""

@@ -1,11 +1,13 @@
-"""A refused workflow step (approvals, tickets): its kind, a safe detail, and the ledger
-receipt of the refusal where it was recorded."""
+"""What the workflows (approvals, tickets) share: a refused step (its kind, a safe detail and
+the ledger receipt of the refusal where it was recorded), and the checked subject refs their
+events carry."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
-from bastion.errors import BastionError
+from bastion.errors import BastionError, IntegrityError
 from bastion.ledger.api import Receipt
 
 K = TypeVar("K", bound=str)
@@ -19,3 +21,16 @@ class StepRefused(BastionError, Generic[K]):
         self.kind: K = kind
         self.detail = detail
         self.receipt = receipt
+
+
+def checked_refs(
+    subject_refs: Callable[[list[str]], Sequence[str]], subjects: Sequence[str]
+) -> list[str]:
+    """The keyed refs a workflow event records for these subject ids. Fails closed: a broken
+    ref function must not put raw (or missing) ids in the public log."""
+    if not subjects:
+        return []
+    refs = [str(r) for r in subject_refs(list(subjects))]
+    if len(refs) != len(subjects) or any(r in subjects for r in refs):
+        raise IntegrityError("the subject ref function returned raw or missing refs")
+    return refs

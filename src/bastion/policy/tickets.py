@@ -28,12 +28,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bastion.clock import Clock, iso, to_unix
-from bastion.errors import InputError, IntegrityError
+from bastion.errors import InputError
 from bastion.events import Actor, TicketChange
 from bastion.ledger.api import LedgerWriter, Receipt
 from bastion.policy.engine import PolicyEngine
 from bastion.policy.principal import PrincipalAttributes, PrincipalLike
-from bastion.policy.refusals import StepRefused
+from bastion.policy.refusals import StepRefused, checked_refs
 from bastion.policy.vocabulary import Action
 from bastion.store import Database
 
@@ -208,12 +208,7 @@ class TicketService:
 
     def refs(self, subjects: Sequence[str]) -> list[str]:
         """The keyed refs recorded for these subject ids (checked: never an id itself)."""
-        if not subjects:
-            return []
-        refs = [str(r) for r in self._subject_refs(list(subjects))]
-        if len(refs) != len(subjects) or any(r in subjects for r in refs):
-            raise IntegrityError("the subject ref function returned raw or missing refs")
-        return refs
+        return checked_refs(self._subject_refs, subjects)
 
     def may(self, principal: PrincipalLike, action: Action) -> bool:
         """Whether policy lets ``principal`` open (or close) tickets."""
