@@ -48,7 +48,7 @@ import httpx
 
 from bastion.cli.home_cmd import init_home
 from bastion.clock import SystemClock
-from bastion.gateway.bootstrap import PRINCIPALS, initialize_all, sample_user
+from bastion.demo.platform import PRINCIPALS, initialize_all, sample_user
 from bastion.gateway.runtime import own_issuer
 from bastion.gateway.server import free_port
 from bastion.home import Home

@@ -8,8 +8,8 @@ from pathlib import Path
 from cleanroom_ledger import recorded
 from rich.console import Console
 
-from bastion.cleanroom.demo import demo
 from bastion.clock import FixedClock
+from bastion.demo.cleanroom import demo
 from bastion.events import AnalyticsBudgetChange, AnalyticsQuery
 from bastion.ledger.log import Log
 from bastion.store import Database

@@ -10,9 +10,9 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bastion.demo.platform import PRINCIPALS
 from bastion.events import AccessDecision, AuthFailure, RequestRejected, decode_event
 from bastion.gateway.auth import TokenIssuer
-from bastion.gateway.bootstrap import PRINCIPALS
 from bastion.gateway.client import Context, GatewayError
 from bastion.gateway.runtime import Runtime
 from bastion.gateway.server import ThreadedServer

@@ -19,9 +19,9 @@ import pytest
 from bastion.cleanroom import BoundedAggregate, CleanRoomConfig, release
 from bastion.cli.home_cmd import init_home
 from bastion.clock import FixedClock
+from bastion.demo.platform import PRINCIPALS, bootstrap
 from bastion.events import Actor, AnalyticsQuery, RequestRejected, decode_event
 from bastion.gateway.app import create_app
-from bastion.gateway.bootstrap import PRINCIPALS, bootstrap
 from bastion.gateway.client import GatewayClient, GatewayError
 from bastion.gateway.runtime import Runtime
 from bastion.gateway.server import ThreadedServer

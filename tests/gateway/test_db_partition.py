@@ -21,10 +21,10 @@ import pytest
 
 from bastion.cli.home_cmd import init_home
 from bastion.clock import FixedClock
+from bastion.demo.platform import PRINCIPALS, bootstrap, ingest, sample_user
 from bastion.errors import LedgerUnavailable
 from bastion.events import Actor, RequestRejected
 from bastion.gateway.app import create_app
-from bastion.gateway.bootstrap import PRINCIPALS, bootstrap, ingest, sample_user
 from bastion.gateway.client import Context, GatewayClient, GatewayError
 from bastion.gateway.server import ThreadedServer
 from bastion.home import Bounds

@@ -9,8 +9,8 @@ from rich.console import Console
 
 from bastion.cli.home_cmd import init_home
 from bastion.clock import SystemClock
-from bastion.gateway.bootstrap import initialize_all, sample_user
-from bastion.gateway.demo import SUBJECTS, run_demo
+from bastion.demo.gateway import SUBJECTS, run_demo
+from bastion.demo.platform import initialize_all, sample_user
 from bastion.ledger.log import open_log
 from bastion.store import Database
 

@@ -10,9 +10,9 @@ from datetime import timedelta
 import pytest
 
 from bastion.clock import FixedClock
+from bastion.demo.platform import PRINCIPALS
 from bastion.events import AccessDecision, Approval, decode_event
 from bastion.gateway.app import create_app
-from bastion.gateway.bootstrap import PRINCIPALS
 from bastion.gateway.client import Context, GatewayClient, GatewayError, Justification
 from bastion.gateway.runtime import Runtime
 from bastion.gateway.server import ThreadedServer

@@ -25,8 +25,8 @@ import pytest
 
 from bastion.cli.home_cmd import init_home
 from bastion.clock import FixedClock
+from bastion.demo.platform import PRINCIPALS, bootstrap, ingest, sample_user
 from bastion.gateway.app import create_app
-from bastion.gateway.bootstrap import PRINCIPALS, bootstrap, ingest, sample_user
 from bastion.gateway.client import Context, GatewayClient, GatewayError
 from bastion.gateway.runtime import Runtime
 from bastion.gateway.server import ThreadedServer

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bastion.cli.home_cmd import init_home
 from bastion.clock import FixedClock
+from bastion.demo.platform import bootstrap, ingest, sample_event, sample_user
 from bastion.events import (
     AccessDecision,
     Approval,
@@ -46,7 +47,6 @@ from bastion.events import (
     decode_event,
 )
 from bastion.gateway.auth import TokenIssuer
-from bastion.gateway.bootstrap import bootstrap, ingest, sample_event, sample_user
 from bastion.gateway.client import Context, Filter, GatewayError, Justification
 from bastion.gateway.runtime import Runtime
 from bastion.gateway.server import ThreadedServer

@@ -8,8 +8,8 @@ from datetime import timedelta
 
 import pytest
 
+from bastion.demo.platform import PRINCIPALS
 from bastion.events import AuthFailure, decode_event
-from bastion.gateway.bootstrap import PRINCIPALS
 from bastion.gateway.client import Context, GatewayError
 from bastion.gateway.runtime import Runtime
 from bastion.policy.registry import Claimed, PrincipalEntry, PrincipalRefused, check_entry

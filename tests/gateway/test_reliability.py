@@ -19,8 +19,8 @@ import pytest
 
 from bastion.cli.home_cmd import init_home
 from bastion.clock import SystemClock
+from bastion.demo.platform import PRINCIPALS, initialize_all, sample_user
 from bastion.events import AccessDecision, decode_event
-from bastion.gateway.bootstrap import PRINCIPALS, initialize_all, sample_user
 from bastion.gateway.runtime import own_issuer
 from bastion.gateway.server import free_port
 from bastion.home import Home

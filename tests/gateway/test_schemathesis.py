@@ -12,7 +12,7 @@ from typing import Any
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from bastion.gateway.bootstrap import PRINCIPALS
+from bastion.demo.platform import PRINCIPALS
 from bastion.gateway.runtime import Runtime
 from bastion.gateway.server import ThreadedServer
 

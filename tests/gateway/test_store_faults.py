@@ -18,7 +18,7 @@ import httpx
 import psycopg
 import pytest
 
-from bastion.gateway.bootstrap import ingest, sample_user
+from bastion.demo.platform import ingest, sample_user
 from bastion.gateway.client import Context, GatewayError
 from bastion.gateway.runtime import Runtime
 from bastion.store import Database

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from bastion.gateway.bootstrap import PRINCIPALS
+from bastion.demo.platform import PRINCIPALS
 from bastion.gateway.client import Context, GatewayError, Justification
 from bastion.gateway.runtime import Runtime
 from bastion.ledger.note import NoteVerifier

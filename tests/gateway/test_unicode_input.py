@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
+from bastion.demo.platform import PRINCIPALS
 from bastion.events import AuthFailure, RequestRejected, decode_event
-from bastion.gateway.bootstrap import PRINCIPALS
 from bastion.gateway.runtime import Runtime
 from bastion.gateway.server import ThreadedServer
 from bastion.gateway.surrogates import body_location, escape_surrogates, find_surrogate

@@ -27,6 +27,7 @@ from release_helpers import (
 )
 
 from bastion.clock import FixedClock, SystemClock
+from bastion.demo.release_sample import init_sample_repo
 from bastion.ledger import storage
 from bastion.ledger.cosignature import CosignatureSigner
 from bastion.ledger.log import Log
@@ -34,7 +35,6 @@ from bastion.ledger.note import NoteSigner
 from bastion.ledger.publish import WitnessEndpoint
 from bastion.ledger.witness import Witness, witness_app
 from bastion.releases.policy import ReleasePolicy, RepositoryRule
-from bastion.releases.sample import init_sample_repo
 from bastion.store import Database, open_database
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bastion.demo.release_sample import Person
 from bastion.events import Actor, ReleaseApproval, encode_event
 from bastion.ledger.checkpoint import Checkpoint, sign_checkpoint
 from bastion.ledger.cosignature import CosignatureSigner
@@ -32,7 +33,6 @@ from bastion.releases.review import (
     ReviewRange,
     review_statement,
 )
-from bastion.releases.sample import Person
 from bastion.releases.verify import ConsistencyProof, Evidence
 from bastion.releases.vsa import vsa_statement
 

@@ -13,8 +13,8 @@ from release_helpers import T0
 from typer.testing import CliRunner
 
 from bastion.cli.main import app
+from bastion.demo.release_sample import Person, commit_files, init_sample_repo
 from bastion.ledger.note import NoteVerifier
-from bastion.releases.sample import Person, commit_files, init_sample_repo
 from conftest import RunningWitness
 
 runner = CliRunner()

@@ -6,9 +6,9 @@ import time
 from pathlib import Path
 
 from bastion.clock import FixedClock
+from bastion.demo.releases import APP, CHANNEL, run_demo
 from bastion.home import Home, Settings
 from bastion.ledger.log import Log
-from bastion.releases.demo import APP, CHANNEL, run_demo
 from bastion.releases.files import read_json
 from bastion.releases.verify import verify_release
 from bastion.store import Database
@@ -69,7 +69,7 @@ def test_render_report_shows_every_step(
 ) -> None:
     from rich.console import Console
 
-    from bastion.releases.demo import render_report
+    from bastion.demo.releases import render_report
 
     home = Home(tmp_path / "home", Settings())
     home.keyring_dir.mkdir(parents=True)

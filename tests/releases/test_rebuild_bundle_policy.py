@@ -10,13 +10,13 @@ import pytest
 from release_helpers import ALICE, AUTHOR, BOB, BUILDER_ID, REPO_URI, T0, Keys, holder, trust_bundle
 
 from bastion.clock import FixedClock
+from bastion.demo.release_sample import commit_files, init_sample_repo
 from bastion.releases.builder import build_with_provenance
 from bastion.releases.bundle import load_trust_bundle
 from bastion.releases.errors import ReleaseRejected
 from bastion.releases.files import load_policy, save_policy
 from bastion.releases.policy import ReleasePolicy, RepositoryRule
 from bastion.releases.rebuild import rebuild
-from bastion.releases.sample import commit_files, init_sample_repo
 
 NONDETERMINISTIC = "import os, sys, time\nopen(sys.argv[1], 'w').write(str(time.time_ns()))\n"
 

@@ -11,6 +11,7 @@ import pytest
 from release_helpers import ALICE, AUTHOR, BOB, BUILDER_ID, CAROL, REPO_NAME, REPO_URI, Keys, holder
 
 from bastion.clock import FixedClock, iso
+from bastion.demo.release_sample import BUILD_COMMAND, BUILD_OUTPUT, commit_files
 from bastion.events import Actor, decode_event
 from bastion.ledger.log import Log
 from bastion.releases.approve import ApprovedRelease, approve_release, custodian_verifier_id
@@ -22,7 +23,6 @@ from bastion.releases.ledger_link import witness_vkeys
 from bastion.releases.policy import ReleasePolicy
 from bastion.releases.rebuild import rebuild
 from bastion.releases.reviewing import initialize_releases, record_review
-from bastion.releases.sample import BUILD_COMMAND, BUILD_OUTPUT, commit_files
 from bastion.releases.verify import DirectoryState, verify_release
 from bastion.store import Database
 

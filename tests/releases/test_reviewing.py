@@ -9,6 +9,7 @@ import pytest
 from release_helpers import ALICE, AUTHOR, BOB, CAROL, REPO_NAME, T0, Keys
 
 from bastion.clock import FixedClock
+from bastion.demo.release_sample import Person, commit_files
 from bastion.errors import InputError
 from bastion.releases.errors import ReleaseRejected
 from bastion.releases.policy import ReleasePolicy
@@ -19,7 +20,6 @@ from bastion.releases.reviewing import (
     initialize_releases,
     record_review,
 )
-from bastion.releases.sample import Person, commit_files
 from bastion.store import Database
 
 

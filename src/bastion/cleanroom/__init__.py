@@ -7,7 +7,6 @@ store, and every query on the ledger before its answer leaves.
 
 from bastion.cleanroom.budget import Budget, BudgetStore
 from bastion.cleanroom.config import CleanRoomConfig, Measure
-from bastion.cleanroom.demo import demo
 from bastion.cleanroom.engines import (
     BoundedAggregate,
     DuckDBEngine,
@@ -48,7 +47,6 @@ __all__ = [
     "Template",
     "compile_plan",
     "default_data_dir",
-    "demo",
     "open_cleanroom",
     "open_engine",
     "release",

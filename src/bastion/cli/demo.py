@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
         with reported_errors(as_json):
             from rich.console import Console
 
-            from bastion import demo as story
+            from bastion.demo import story
             from bastion.cli.home_cmd import init_home
             from bastion.wiring import initialize, open_store
 

@@ -358,8 +358,8 @@ def run_story(
 
 
 def releases_story(ctx: DemoContext) -> None:
-    from bastion.releases.demo import render_report
-    from bastion.releases.demo import run_demo as run_releases
+    from bastion.demo.releases import render_report
+    from bastion.demo.releases import run_demo as run_releases
 
     report = run_releases(
         home=ctx.home,
@@ -375,7 +375,7 @@ def releases_story(ctx: DemoContext) -> None:
 
 
 def gateway_story(ctx: DemoContext) -> None:
-    from bastion.gateway.demo import run_demo as run_gateway
+    from bastion.demo.gateway import run_demo as run_gateway
 
     ctx.report["gateway"] = run_gateway(
         home=ctx.home, db=ctx.db, ledger=ctx.log, clock=ctx.clock, console=ctx.console
@@ -383,7 +383,7 @@ def gateway_story(ctx: DemoContext) -> None:
 
 
 def cleanroom_story(ctx: DemoContext) -> None:
-    from bastion.cleanroom.demo import demo as run_cleanroom
+    from bastion.demo.cleanroom import demo as run_cleanroom
 
     ctx.report["cleanroom"] = run_cleanroom(
         ctx.db, ctx.log, ctx.clock, ctx.data_dir, console=ctx.console

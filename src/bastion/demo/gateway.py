@@ -27,8 +27,8 @@ from rich.console import Console
 from rich.table import Table
 
 from bastion.clock import Clock
+from bastion.demo.platform import PRINCIPALS, register_principals, sample_user
 from bastion.gateway.app import create_app
-from bastion.gateway.bootstrap import PRINCIPALS, register_principals, sample_user
 from bastion.gateway.client import Context, GatewayClient, GatewayError, Justification
 from bastion.gateway.runtime import Runtime
 from bastion.gateway.server import ThreadedServer

@@ -22,6 +22,13 @@ from rich.console import Console
 from rich.table import Table
 
 from bastion.clock import Clock, iso
+from bastion.demo.release_sample import (
+    BUILD_COMMAND,
+    BUILD_OUTPUT,
+    Person,
+    commit_files,
+    init_sample_repo,
+)
 from bastion.events import Actor
 from bastion.home import Home
 from bastion.keys.signing import load_or_create_signing_key
@@ -36,13 +43,6 @@ from bastion.releases.ledger_link import ReleaseLedger, witness_vkeys
 from bastion.releases.policy import KeyHolder, ReleasePolicy, RepositoryRule
 from bastion.releases.rebuild import rebuild
 from bastion.releases.reviewing import initialize_releases, record_review
-from bastion.releases.sample import (
-    BUILD_COMMAND,
-    BUILD_OUTPUT,
-    Person,
-    commit_files,
-    init_sample_repo,
-)
 from bastion.releases.verify import DirectoryState, verify_release
 from bastion.store import Database
 
