@@ -1,5 +1,6 @@
 """The catalog: which datasets exist, their fields, and how sensitive each field is."""
 
+from bastion.catalog.compiled import validate_row
 from bastion.catalog.loader import default_catalog, load_catalog, parse_catalog
 from bastion.catalog.model import (
     Catalog,
@@ -10,7 +11,7 @@ from bastion.catalog.model import (
     FieldType,
     SensitiveCategory,
 )
-from bastion.catalog.rows import Value, coerce_value, to_jsonable, validate_row, value_size
+from bastion.catalog.values import Value, coerce_value, to_jsonable, value_size
 
 __all__ = [
     "Catalog",

@@ -28,7 +28,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from bastion.catalog.model import DatasetSpec, Domain, FieldSpec, FieldType
-from bastion.catalog.rows import MAX_COLUMN_NAME_SHOWN, Value, _Bad, coerce_value
+from bastion.catalog.values import MAX_COLUMN_NAME_SHOWN, BadValue, Value, coerce_value
 from bastion.errors import InputError
 
 if TYPE_CHECKING:
@@ -80,8 +80,8 @@ class ValidBatch:
 # --- per-field coercers ------------------------------------------------------------------
 
 
-def _size_error(size: int, limit: int) -> _Bad:
-    return _Bad(f"value is {size} bytes; the field's limit is {limit}")
+def _size_error(size: int, limit: int) -> BadValue:
+    return BadValue(f"value is {size} bytes; the field's limit is {limit}")
 
 
 def _domain_test(domain: Domain | None) -> Callable[[object], bool] | None:
@@ -127,7 +127,7 @@ def compile_field(spec: FieldSpec) -> Coercer:
                     return general(raw)
                 raise _size_error(size, limit)
             if in_domain is not None and not in_domain(text):
-                raise _Bad(domain_bad)
+                raise BadValue(domain_bad)
             return text
 
         return string
@@ -141,7 +141,7 @@ def compile_field(spec: FieldSpec) -> Coercer:
             if not -(10**19) < value < 10**19:
                 return general(raw)
             if in_domain is not None and not in_domain(value):
-                raise _Bad(domain_bad)
+                raise BadValue(domain_bad)
             return value
 
         return integer
@@ -164,7 +164,7 @@ def compile_field(spec: FieldSpec) -> Coercer:
             if raw.__class__ is not date:
                 return general(raw)
             if in_domain is not None and not in_domain(raw):
-                raise _Bad(domain_bad)
+                raise BadValue(domain_bad)
             return raw
 
         return day
@@ -275,7 +275,7 @@ class RowValidator:
                 if value is None and missing is not None:
                     raise self._error(missing, file, row_number, name)
                 add(value)
-        except _Bad as exc:
+        except BadValue as exc:
             raise self._error(str(exc), file, row_number, name) from None
         return out
 
@@ -321,7 +321,7 @@ class RowValidator:
             if name in present:
                 try:
                     values = _arrow_values(self._specs[name], coerce, batch.column(name))
-                except (_Bad, ValueError, OverflowError, TypeError):
+                except (BadValue, ValueError, OverflowError, TypeError):
                     return None
                 if values is None:
                     return None
@@ -423,4 +423,23 @@ def row_validator(dataset: DatasetSpec) -> RowValidator:
     return validator
 
 
-__all__ = ["Coercer", "RowValidator", "ValidBatch", "compile_field", "row_validator"]
+def validate_row(
+    dataset: DatasetSpec, row: Mapping[str, object], *, file: str, row_number: int
+) -> dict[str, Value]:
+    """Return the row with every declared field coerced, or raise InputError saying where.
+
+    Unknown columns are refused; then fields are checked in catalog order, and the first
+    problem raises, naming file, row, dataset and field. The work is done by the dataset's
+    compiled validator, built on first use.
+    """
+    return row_validator(dataset).validate(row, file=file, row_number=row_number)
+
+
+__all__ = [
+    "Coercer",
+    "RowValidator",
+    "ValidBatch",
+    "compile_field",
+    "row_validator",
+    "validate_row",
+]

@@ -1,4 +1,4 @@
-"""Check and coerce one input row against its dataset's declaration.
+"""Check and coerce one input value against its field's declaration.
 
 CSV gives every value as text; JSONL and Parquet give typed values. Both come out as the same
 Python values: ``str``, ``int``, ``float``, ``bool``, ``date``, UTC ``datetime``,
@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
 from typing import Any
 
-from bastion.catalog.model import DatasetSpec, FieldSpec, FieldType
+from bastion.catalog.model import FieldSpec, FieldType
 
 Value = str | int | float | bool | date | datetime | list[str] | tuple[float, float] | None
 
@@ -28,7 +28,7 @@ _FALSE = {"false", "f", "no", "n", "0"}
 MAX_COLUMN_NAME_SHOWN = 64
 
 
-class _Bad(ValueError):
+class BadValue(ValueError):
     """A value did not fit; the message is safe (it never quotes the value)."""
 
 
@@ -39,17 +39,17 @@ def _kind(value: object) -> str:
 def _as_string(v: object) -> str:
     if isinstance(v, str):
         return v
-    raise _Bad(f"expected a string, got {_kind(v)}")
+    raise BadValue(f"expected a string, got {_kind(v)}")
 
 
 def _as_int(v: object) -> int:
     if isinstance(v, str):
         if not _INT_RE.match(v.strip()):
-            raise _Bad("expected an integer")
+            raise BadValue("expected an integer")
         return int(v.strip())
     if isinstance(v, numbers.Integral) and not isinstance(v, bool):
         return int(v)
-    raise _Bad(f"expected an integer, got {_kind(v)}")
+    raise BadValue(f"expected an integer, got {_kind(v)}")
 
 
 def _as_float(v: object) -> float:
@@ -57,13 +57,13 @@ def _as_float(v: object) -> float:
         try:
             out = float(v.strip())
         except ValueError:
-            raise _Bad("expected a number") from None
+            raise BadValue("expected a number") from None
     elif isinstance(v, numbers.Real) and not isinstance(v, bool):
         out = float(v)
     else:
-        raise _Bad(f"expected a number, got {_kind(v)}")
+        raise BadValue(f"expected a number, got {_kind(v)}")
     if not math.isfinite(out):
-        raise _Bad("expected a finite number")
+        raise BadValue("expected a finite number")
     return out
 
 
@@ -76,21 +76,21 @@ def _as_bool(v: object) -> bool:
             return True
         if low in _FALSE:
             return False
-        raise _Bad("expected true or false")
-    raise _Bad(f"expected a boolean, got {_kind(v)}")
+        raise BadValue("expected true or false")
+    raise BadValue(f"expected a boolean, got {_kind(v)}")
 
 
 def _as_date(v: object) -> date:
     if isinstance(v, datetime):
-        raise _Bad("expected a date, got a timestamp")
+        raise BadValue("expected a date, got a timestamp")
     if isinstance(v, date):
         return v
     if isinstance(v, str):
         try:
             return date.fromisoformat(v.strip())
         except ValueError:
-            raise _Bad("expected an ISO 8601 date (YYYY-MM-DD)") from None
-    raise _Bad(f"expected a date, got {_kind(v)}")
+            raise BadValue("expected an ISO 8601 date (YYYY-MM-DD)") from None
+    raise BadValue(f"expected a date, got {_kind(v)}")
 
 
 def _as_timestamp(v: object) -> datetime:
@@ -98,9 +98,9 @@ def _as_timestamp(v: object) -> datetime:
         try:
             v = datetime.fromisoformat(v.strip())
         except ValueError:
-            raise _Bad("expected an ISO 8601 timestamp") from None
+            raise BadValue("expected an ISO 8601 timestamp") from None
     if not isinstance(v, datetime):
-        raise _Bad(f"expected a timestamp, got {_kind(v)}")
+        raise BadValue(f"expected a timestamp, got {_kind(v)}")
     # A timestamp without an offset is taken as UTC, which is what Parquet's naive
     # timestamps and the synthetic platform both mean.
     return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
@@ -113,13 +113,13 @@ def _as_string_list(v: object) -> list[str]:
             try:
                 v = json.loads(text)
             except json.JSONDecodeError:
-                raise _Bad("expected a JSON array of strings") from None
+                raise BadValue("expected a JSON array of strings") from None
         else:
             v = [part.strip() for part in text.split(";") if part.strip()]
     if not isinstance(v, list | tuple):
-        raise _Bad(f"expected a list of strings, got {_kind(v)}")
+        raise BadValue(f"expected a list of strings, got {_kind(v)}")
     if not all(isinstance(x, str) for x in v):
-        raise _Bad("expected a list of strings")
+        raise BadValue("expected a list of strings")
     return list(v)
 
 
@@ -130,22 +130,22 @@ def _as_geo(v: object) -> tuple[float, float]:
             try:
                 v = json.loads(text)
             except json.JSONDecodeError:
-                raise _Bad("expected 'lat,lon' or a JSON point") from None
+                raise BadValue("expected 'lat,lon' or a JSON point") from None
         else:
             v = text.split(",")
     if isinstance(v, Mapping):
         if set(v) != {"lat", "lon"}:
-            raise _Bad("expected a point with exactly 'lat' and 'lon'")
+            raise BadValue("expected a point with exactly 'lat' and 'lon'")
         pair: list[Any] = [v["lat"], v["lon"]]
     elif isinstance(v, list | tuple):
         pair = list(v)
     else:
-        raise _Bad(f"expected a point (lat, lon), got {_kind(v)}")
+        raise BadValue(f"expected a point (lat, lon), got {_kind(v)}")
     if len(pair) != 2:
-        raise _Bad("expected a point with two coordinates (lat, lon)")
+        raise BadValue("expected a point with two coordinates (lat, lon)")
     lat, lon = (_as_float(x) for x in pair)
     if not -90.0 <= lat <= 90.0 or not -180.0 <= lon <= 180.0:
-        raise _Bad("point is outside [-90, 90] x [-180, 180]")
+        raise BadValue("point is outside [-90, 90] x [-180, 180]")
     return (lat, lon)
 
 
@@ -178,28 +178,14 @@ def coerce_value(spec: FieldSpec, raw: object) -> Value:
         return None
     if isinstance(raw, str) and len(raw.encode("utf-8")) > 4 * spec.max_bytes + 64:
         # Refuse absurd input before parsing it.
-        raise _Bad(f"value is larger than the field's limit of {spec.max_bytes} bytes")
+        raise BadValue(f"value is larger than the field's limit of {spec.max_bytes} bytes")
     value = _COERCE[spec.type](raw)
     size = value_size(value)
     if size > spec.max_bytes:
-        raise _Bad(f"value is {size} bytes; the field's limit is {spec.max_bytes}")
+        raise BadValue(f"value is {size} bytes; the field's limit is {spec.max_bytes}")
     if spec.domain is not None and value not in spec.domain:
-        raise _Bad("value is outside the field's declared domain")
+        raise BadValue("value is outside the field's declared domain")
     return value
-
-
-def validate_row(
-    dataset: DatasetSpec, row: Mapping[str, object], *, file: str, row_number: int
-) -> dict[str, Value]:
-    """Return the row with every declared field coerced, or raise InputError saying where.
-
-    Unknown columns are refused; then fields are checked in catalog order, and the first
-    problem raises, naming file, row, dataset and field. The work is done by the dataset's
-    compiled validator (``catalog.compiled``), built on first use.
-    """
-    from bastion.catalog.compiled import row_validator
-
-    return row_validator(dataset).validate(row, file=file, row_number=row_number)
 
 
 def to_jsonable(value: Value) -> object:
