@@ -87,3 +87,27 @@ def test_ledger_verifier_imports_no_server_code() -> None:
                 parts[1] == "ledger" and len(parts) > 2 and parts[2] in VERIFIER_MODULES
             )
             assert ok, f"ledger/{module}.py imports {target}"
+
+
+# Presentation is the command line's: the parts return models, and only the composition
+# root (``cli``, and the ``demo`` story beside it) draws them with Rich.
+PRESENTATION = {"cli", "demo"}
+
+
+def test_only_the_cli_renders_with_rich() -> None:
+    offenders = []
+    for path in SRC.rglob("*.py"):
+        top = path.relative_to(SRC).parts[0].removesuffix(".py")
+        if top in PRESENTATION:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            if any(n == "rich" or n.startswith("rich.") for n in names):
+                offenders.append(str(path.relative_to(SRC)))
+    assert offenders == []

@@ -17,6 +17,7 @@ from rich.table import Table
 from bastion.catalog import Catalog, load_catalog
 from bastion.cli.common import HOME_OPTION, JSON_OPTION, console, emit_json, reported_errors
 from bastion.cli.groups import policy_app
+from bastion.cli.render_explain import render_explanation
 from bastion.clock import Clock, SystemClock
 from bastion.errors import InputError
 from bastion.events import Actor
@@ -409,4 +410,4 @@ def explain_cmd(
         if as_json:
             emit_json({"ok": True, **result.to_json()})
         else:
-            console.print(result.render())
+            console.print(render_explanation(result))

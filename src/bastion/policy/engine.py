@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cedarpy
 
@@ -64,9 +64,6 @@ from bastion.policy.vocabulary import (
     Transform,
     least_revealing,
 )
-
-if TYPE_CHECKING:
-    from bastion.policy.explain import Explanation
 
 # When a forbid is lifted by a grant but carries no @approvers (e.g. a permit that itself
 # requires context.grant), ask for this many approvers.
@@ -353,14 +350,6 @@ class PolicyEngine:
                 while len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
         return plan
-
-    def explain(
-        self, principal: PrincipalLike, request: PlanRequest, *, grant: GrantScope | None = None
-    ) -> Explanation:
-        """Which policies decide the request and what each field becomes."""
-        from bastion.policy.explain import explain
-
-        return explain(self, principal, request, grant=grant)
 
     def _plan_uncached(
         self, attrs: PrincipalAttributes, request: PlanRequest, grant: GrantScope | None
