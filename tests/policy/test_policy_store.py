@@ -43,6 +43,9 @@ class DownLedger:
     def append_many(self, events: Sequence[BaseModel]) -> list[Receipt]:
         raise LedgerUnavailable("ledger is down")
 
+    def append_entries(self, entries: Sequence[bytes]) -> list[Receipt]:
+        raise LedgerUnavailable("ledger is down")
+
 
 def test_initialize_installs_the_pack_once_and_records_it(
     db: Database, ledger: Log, clock: FixedClock

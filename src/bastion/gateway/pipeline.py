@@ -125,13 +125,7 @@ def record_entries(rt: Runtime, events: Sequence[BaseModel]) -> list[tuple[Recei
         # Encoded once here (canonical JSON of a bulk entry costs milliseconds): the same
         # bytes are appended and later checked against the receipt's leaf hash.
         entries = [encode_event(e) for e in events]  # type: ignore[arg-type]
-        append_entries = getattr(rt.ledger, "append_entries", None)
-        if callable(append_entries):
-            receipts = list(append_entries(entries))
-        elif len(events) == 1:
-            receipts = [rt.writer.append(events[0])]
-        else:
-            receipts = list(rt.writer.append_many(events))
+        receipts = list(rt.writer.append_entries(entries))
         if len(receipts) != len(entries):
             raise RuntimeError("the ledger returned a receipt count that does not match")
     except Exception as exc:

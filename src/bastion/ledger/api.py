@@ -31,3 +31,9 @@ class LedgerWriter(Protocol):
     def append_many(self, events: Sequence[BaseModel]) -> list[Receipt]:
         """Durably record several events in one commit, in order."""
         ...
+
+    def append_entries(self, entries: Sequence[bytes]) -> list[Receipt]:
+        """Durably record already-encoded entries (an event's canonical JSON, as
+        `bastion.events.encode_event` gives it) in one commit, in order. For a caller that
+        must keep the exact bytes a receipt covers, and so encodes them itself."""
+        ...

@@ -10,13 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from pydantic import BaseModel
-
-from bastion.ledger.api import Receipt
+from bastion.ledger.api import LedgerWriter
 from bastion.ledger.publish import WitnessEndpoint
 
 
-class ReleaseLedger(Protocol):
+class ReleaseLedger(LedgerWriter, Protocol):
     @property
     def origin(self) -> str: ...
 
@@ -32,10 +30,6 @@ class ReleaseLedger(Protocol):
     def quorum(self) -> int:
         """Distinct witness cosignatures a published checkpoint must carry."""
         ...
-
-    def append(self, event: BaseModel) -> Receipt: ...
-
-    def append_many(self, events: Sequence[BaseModel]) -> list[Receipt]: ...
 
     def publish(self) -> object:
         """Sign the current tree and gather witness cosignatures now (blocking)."""
