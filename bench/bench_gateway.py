@@ -52,6 +52,7 @@ from bastion.demo.platform import PRINCIPALS, initialize_all, sample_user
 from bastion.gateway.runtime import own_issuer
 from bastion.gateway.server import free_port
 from bastion.home import Home
+from bastion.policy.registry import PrincipalEntry, PrincipalRegistry
 from bastion.store import Database, open_database
 from bastion.vault import open_vault
 
@@ -95,6 +96,7 @@ def prepare(backend: str, users: int, root: Path) -> Setup:
         db = open_database(PG_URL, schema=schema)
     clock = SystemClock()
     initialize_all(home, db, clock)
+    register(home, db, clock, "kenji")
     vault = open_vault(home, db, clock)
     started = time.perf_counter()
     rows = [sample_user(n) for n in range(1, users + 1)]
@@ -104,6 +106,23 @@ def prepare(backend: str, users: int, root: Path) -> Setup:
     vault.close() if hasattr(vault, "close") else vault.provider.close()
     log(f"[{backend}] ingested {users} users in {time.perf_counter() - started:.1f}s")
     return Setup(backend, home, db, env, ids, keys, schema)
+
+
+def register(home: Home, db: Database, clock: SystemClock, name: str) -> None:
+    """Admit the benchmark's principal: the gateway serves registered principals only."""
+    attrs = PRINCIPALS[name]
+    registry = PrincipalRegistry(db, clock)
+    registry.migrate()
+    registry.register(
+        PrincipalEntry(
+            issuer=own_issuer(home, clock).issuer,
+            sub=name,
+            roles=(attrs["role"],),
+            employer=attrs.get("employer"),
+            employer_country=attrs.get("employer_country"),
+            max_clearance=attrs.get("clearance", "none"),
+        )
+    )
 
 
 class Server:
@@ -372,10 +391,12 @@ def bench_backend(backend: str, args: argparse.Namespace, root: Path) -> dict[st
     setup = prepare(backend, args.users, root)
     try:
         token = own_issuer(setup.home, SystemClock()).issue("kenji", PRINCIPALS["kenji"])
+        # kenji sees user_id only as a pseudonym, so he names records by their vault keys
+        # (the tokens he is given), never by raw ids (see ``Gate.addressing``).
         with Server(setup, root / f"server-{backend}.log", args.server_workers) as srv:
             log(f"[{backend}] gateway up at {srv.url}; throughput for {args.seconds}s ...")
             gw_tp = gateway_throughput(
-                srv.url, token, setup.ids, args.batch, args.workers, args.seconds
+                srv.url, token, setup.keys, args.batch, args.workers, args.seconds
             )
             log(f"[{backend}] {gw_tp}")
             store_tp = store_throughput(setup.db, setup.keys, args.batch, min(args.seconds, 5))
@@ -388,7 +409,7 @@ def bench_backend(backend: str, args: argparse.Namespace, root: Path) -> dict[st
                     ("bulk_counted", COUNTED_FIELDS),
                 ):
                     log(f"[{backend}] single-record latency ({name}) at {rate}/s ...")
-                    res = gateway_latency(srv.url, token, setup.ids, fields, rate, args.seconds)
+                    res = gateway_latency(srv.url, token, setup.keys, fields, rate, args.seconds)
                     lat[f"{name}@{rate:g}/s"] = res
                     log(f"[{backend}] {res}")
                 bases[rate] = store_latency(setup.db, setup.keys, rate, min(args.seconds, 5))
