@@ -1,128 +1,45 @@
 """BASTION_HOME: the config file, the local keyring, the SQLite database and the log's tiles.
 
-Environment variables override the config file, so one home can point at a shared
-PostgreSQL database in production (``BASTION_DATABASE_URL``).
+The file's schema is ``bastion.settings``; environment variables override it, so one home
+can point at a shared PostgreSQL database in production (``BASTION_DATABASE_URL``).
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast, get_args
+from typing import Any
 
 from bastion.errors import ConfigError, NotInitialized
+from bastion.settings import (
+    FREE_TEXT_MODES,
+    Bounds,
+    FreeTextMode,
+    Pkcs11Settings,
+    Settings,
+    load_settings,
+)
+
+__all__ = [
+    "FREE_TEXT_MODES",
+    "Bounds",
+    "FreeTextMode",
+    "Home",
+    "Pkcs11Settings",
+    "Settings",
+    "default_home_path",
+    "settings_from",
+]
 
 CONFIG_NAME = "bastion.toml"
 
 ENV_HOME = "BASTION_HOME"
 ENV_DATABASE_URL = "BASTION_DATABASE_URL"
-ENV_KEY_PROVIDER = "BASTION_KEY_PROVIDER"
-ENV_PKCS11_LIB = "BASTION_PKCS11_LIB"
-ENV_PKCS11_TOKEN = "BASTION_PKCS11_TOKEN"
-ENV_PKCS11_PIN = "BASTION_PKCS11_PIN"
-ENV_FREE_TEXT = "BASTION_FREE_TEXT"
 # BASTION_BOUNDS_<NAME> overrides [bounds] <name>, e.g. BASTION_BOUNDS_STATEMENT_TIMEOUT_S=5.
 ENV_BOUNDS_PREFIX = "BASTION_BOUNDS_"
-# What the public log carries for text a principal types (justification details, reasons,
-# review notes, purposes): "commit" a keyed commitment, the text kept in the database; or
-# "publish" the text itself (see bastion/policy/freetext.py).
-FreeTextMode = Literal["commit", "publish"]
-FREE_TEXT_MODES: tuple[str, ...] = get_args(FreeTextMode)
-
-
-@dataclass(frozen=True)
-class Pkcs11Settings:
-    library: str = "/usr/lib/softhsm/libsofthsm2.so"
-    token_label: str = "bastion"
-    pin: str = ""
-
-
-@dataclass(frozen=True)
-class Bounds:
-    """How long anything may wait, in seconds: ``[bounds]`` in the config file.
-
-    Nothing on a request's path waits without one of these bounds, so a database that stops
-    answering (or a key holder who revokes) is a 503 within a stated time, never a hang.
-    ``docs/ARCHITECTURE.md`` ("Bounds") says what each one limits and what a request's
-    worst case adds up to.
-    """
-
-    # PostgreSQL, per connection (libpq parameters and server settings).
-    connect_timeout_s: float = 5.0  # libpq connect_timeout (whole seconds, at least 2)
-    statement_timeout_s: float = 10.0  # the server cancels a statement that runs longer
-    lock_timeout_s: float = 8.0  # ... and one that waits longer for a lock
-    # The server ends a session left this long inside a transaction without a word: the
-    # locks a partitioned gateway held (the ledger's, a bulk counter's) are then released.
-    idle_in_transaction_s: float = 5.0
-    # The client drops a connection that does not answer a round trip within
-    # statement_timeout_s + network_grace_s (a path that stopped forwarding but stays open).
-    network_grace_s: float = 2.0
-    tcp_user_timeout_s: float = 10.0  # unacknowledged data: the kernel declares the link dead
-    keepalives_idle_s: int = 5  # TCP keepalives on an idle connection: first probe after
-    keepalives_interval_s: int = 2  # ... then one every
-    keepalives_count: int = 3  # ... and dead after this many unanswered
-    # SQLite: how long a writer waits for the file's write lock (was 60 s).
-    sqlite_busy_timeout_s: float = 10.0
-    # How long a request waits for work another thread does for it: the ledger's group
-    # commit and the bulk counter's group reservation.
-    commit_wait_s: float = 20.0
-    # Key material held in memory (KEKs, data keys, erasure secrets, keys derived from them)
-    # is re-validated against its provider at least this often: revocation takes effect
-    # within this bound.
-    revocation_check_s: float = 10.0
-
-    @property
-    def round_trip_s(self) -> float:
-        """The longest the client waits for one answer from PostgreSQL before it gives up."""
-        return self.statement_timeout_s + self.network_grace_s
-
-    @property
-    def request_s(self) -> float:
-        """The longest any single wait of a request lasts: its 503 comes within this."""
-        return max(self.connect_timeout_s, self.round_trip_s, self.commit_wait_s)
-
-    @staticmethod
-    def from_config(data: object, env: os._Environ[str] | dict[str, str]) -> Bounds:
-        """``[bounds]`` with ``BASTION_BOUNDS_<NAME>`` overrides; every value positive."""
-        if not isinstance(data, dict):
-            raise ConfigError("config section [bounds] must be a table")
-        names = {f.name: f for f in fields(Bounds)}
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise ConfigError(f"bounds.{unknown[0]} is not a known bound")
-        values: dict[str, Any] = {}
-        for name, f in names.items():
-            raw = env.get(ENV_BOUNDS_PREFIX + name.upper(), data.get(name))
-            if raw is None:
-                continue
-            kind = int if f.type == "int" else float
-            try:
-                if isinstance(raw, bool):
-                    raise ValueError
-                value = kind(raw)
-            except (TypeError, ValueError):
-                raise ConfigError(
-                    f"bounds.{name} must be a number of seconds, not {raw!r}"
-                ) from None
-            if not value > 0:
-                raise ConfigError(f"bounds.{name} must be positive, not {raw!r}")
-            values[name] = value
-        return replace(Bounds(), **values)
-
-
-@dataclass(frozen=True)
-class Settings:
-    database_url: str | None = None
-    key_provider: str = "local"
-    pkcs11: Pkcs11Settings = field(default_factory=Pkcs11Settings)
-    bounds: Bounds = field(default_factory=Bounds)
-    log_origin: str = "bastion.example/log"
-    witnesses: tuple[str, ...] = ()
-    witness_quorum: int = 0
-    free_text: FreeTextMode = "commit"
-    raw: dict[str, Any] = field(default_factory=dict)
 
 
 def default_home_path() -> Path:
@@ -168,48 +85,23 @@ class Home:
             data = tomllib.loads(cfg.read_text())
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{cfg}: invalid TOML: {exc}") from None
-        return Home(root, settings_from(data, os.environ))
+        return Home(root, settings_from(data, os.environ, source=str(cfg)))
 
 
-def settings_from(data: dict[str, Any], env: os._Environ[str] | dict[str, str]) -> Settings:
+def settings_from(
+    data: Mapping[str, Any], env: Mapping[str, str], *, source: str = CONFIG_NAME
+) -> Settings:
     """Merge the config file with environment overrides. Pure, so it is easy to test."""
-    db = data.get("database", {})
-    keys = data.get("keys", {})
-    p11 = keys.get("pkcs11", {})
-    ledger = data.get("ledger", {})
-    if not isinstance(db, dict) or not isinstance(keys, dict) or not isinstance(ledger, dict):
-        raise ConfigError("config sections [database], [keys] and [ledger] must be tables")
-    provider = env.get(ENV_KEY_PROVIDER) or keys.get("provider", "local")
-    if provider not in ("local", "pkcs11"):
-        raise ConfigError(f"keys.provider must be 'local' or 'pkcs11', not {provider!r}")
-    witnesses = ledger.get("witnesses", [])
-    if not isinstance(witnesses, list) or not all(isinstance(w, str) for w in witnesses):
-        raise ConfigError("ledger.witnesses must be a list of witness URLs")
-    free_text = env.get(ENV_FREE_TEXT) or ledger.get("free_text", "commit")
-    if free_text not in FREE_TEXT_MODES:
-        raise ConfigError(f"ledger.free_text must be 'commit' or 'publish', not {free_text!r}")
-    return Settings(
-        database_url=env.get(ENV_DATABASE_URL) or db.get("url") or None,
-        key_provider=str(provider),
-        pkcs11=Pkcs11Settings(
-            library=env.get(ENV_PKCS11_LIB) or p11.get("library", Pkcs11Settings.library),
-            token_label=env.get(ENV_PKCS11_TOKEN) or p11.get("token", Pkcs11Settings.token_label),
-            pin=env.get(ENV_PKCS11_PIN) or p11.get("pin", ""),
-        ),
-        log_origin=str(ledger.get("origin", Settings.log_origin)),
-        witnesses=tuple(witnesses),
-        witness_quorum=int(ledger.get("witness_quorum", 0)),
-        free_text=cast(FreeTextMode, free_text),
-        bounds=Bounds.from_config(data.get("bounds", {}), env),
-        raw=data,
-    )
+    return load_settings(data, env, source=source)
 
 
 DEFAULT_CONFIG = """\
-# Bastion configuration. Environment variables override these values:
-#   BASTION_DATABASE_URL, BASTION_KEY_PROVIDER, BASTION_PKCS11_LIB,
-#   BASTION_PKCS11_TOKEN, BASTION_PKCS11_PIN, BASTION_FREE_TEXT,
-#   BASTION_BOUNDS_<NAME> (e.g. BASTION_BOUNDS_STATEMENT_TIMEOUT_S).
+# Bastion configuration. Every setting, its meaning and its range is declared in one schema
+# (bastion/settings.py); a key it does not know stops Bastion with the file, section and key
+# named. `bastion config show` prints the settings in force and where each came from.
+# Environment variables override any setting: BASTION_<SECTION>_<KEY>, e.g.
+#   BASTION_DATABASE_URL, BASTION_KEYS_PROVIDER, BASTION_GATEWAY_MAX_BATCH,
+#   BASTION_BOUNDS_STATEMENT_TIMEOUT_S (lists and tables as JSON).
 
 [database]
 # Empty means the embedded SQLite file bastion.db in this home.

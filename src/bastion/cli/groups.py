@@ -20,6 +20,7 @@ releases_app = _group(
     "releases", "Release assurance: reviews, provenance, approvals, verification."
 )
 cleanroom_app = _group("cleanroom", "Differentially private analytics for the ad partner.")
+config_app = _group("config", "The settings in force for a home, and where each came from.")
 
 ALL_GROUPS = (
     vault_app,
@@ -31,4 +32,5 @@ ALL_GROUPS = (
     tickets_app,
     releases_app,
     cleanroom_app,
+    config_app,
 )

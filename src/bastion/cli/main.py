@@ -6,6 +6,7 @@ import typer
 
 from bastion.cli import access as _access_cmds  # noqa: F401  (bastion access ...)
 from bastion.cli import cleanroom as cleanroom_cmd
+from bastion.cli import config_cmd as _config_cmds  # noqa: F401  (bastion config ...)
 from bastion.cli import demo as demo_cmd
 from bastion.cli import groups, home_cmd, ledger_verify
 from bastion.cli import ingest as ingest_cmd
