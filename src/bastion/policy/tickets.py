@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -31,10 +31,15 @@ from bastion.clock import Clock, iso, to_unix
 from bastion.errors import InputError
 from bastion.events import Actor, TicketChange
 from bastion.ledger.api import LedgerWriter, Receipt
-from bastion.policy.engine import PolicyEngine
 from bastion.policy.principal import PrincipalAttributes, PrincipalLike
-from bastion.policy.refusals import StepRefused, checked_refs
 from bastion.policy.vocabulary import Action
+from bastion.policy.workflow import (
+    EngineSource,
+    StepRefused,
+    SubjectRefs,
+    checked_refs,
+    distinct_values,
+)
 from bastion.store import Database
 
 TICKETS_DDL = [
@@ -99,11 +104,7 @@ class TicketSpec(BaseModel):
     @field_validator("subjects", "assignees")
     @classmethod
     def _distinct(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        if len(set(v)) != len(v):
-            raise ValueError("must not repeat a value")
-        if any(not s or len(s) > 256 for s in v):
-            raise ValueError("values must be 1 to 256 characters")
-        return v
+        return distinct_values(v)
 
     @field_validator("assignees")
     @classmethod
@@ -163,9 +164,6 @@ class TicketOutcome:
     event: TicketChange
     receipt: Receipt
 
-
-EngineSource = Callable[[], PolicyEngine]
-SubjectRefs = Callable[[Sequence[str]], Sequence[str]]
 
 _COLUMNS = (
     "id, subjects, assignees, opened_by, opened_at, expires_at, expires_unix, status, "
