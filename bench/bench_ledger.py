@@ -276,13 +276,14 @@ _SERVE = """
 import sys, threading, time, uvicorn
 from fastapi import FastAPI
 from bastion.clock import SystemClock
+from bastion.ledger.http import log_router
 from bastion.ledger.log import Log
 from bastion.ledger.note import NoteSigner
 from bastion.store import open_database
 db = open_database("sqlite:///" + sys.argv[1])
 log = Log(db, NoteSigner.from_skey(sys.argv[2]), SystemClock(), background=False)
 app = FastAPI()
-app.include_router(log.router())
+app.include_router(log_router(log.reader))
 server = uvicorn.Server(uvicorn.Config(app, port=int(sys.argv[3]), log_level="warning"))
 def ready():
     while not server.started:

@@ -19,12 +19,15 @@ def initialize(home: Home, *, policy_pack: bool = True) -> dict[str, Any]:
     """Create the database tables, the keys and the log's signing key for a new home."""
     db = open_store(home)
     try:
-        from bastion.ledger.log import initialize_log
+        from bastion.ledger.log import initialize_log, storage_for
         from bastion.vault import initialize_vault
 
         summary: dict[str, Any] = {"database": db.description}
         summary.update(initialize_vault(home, db))
-        summary.update(initialize_log(db, home.keyring_dir, home.settings.log_origin))
+        storage = storage_for(home, db)
+        summary.update(
+            initialize_log(db, home.keyring_dir, home.settings.log_origin, storage=storage)
+        )
         if policy_pack:
             summary.update(_initialize_policy(home, db))
         else:

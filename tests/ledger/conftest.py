@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from bastion.clock import FixedClock
 from bastion.ledger import storage
+from bastion.ledger.http import log_router
 from bastion.ledger.log import Log
 from bastion.ledger.note import NoteSigner
 from bastion.store import Database
@@ -53,7 +54,7 @@ class ServerThread:
 
 def app_for(log: Log) -> FastAPI:
     app = FastAPI()
-    app.include_router(log.router())
+    app.include_router(log_router(log.reader))
     return app
 
 

@@ -283,7 +283,7 @@ def test_entries_range_reads_full_and_partial_bundles(log: Log) -> None:
 
 
 def test_reader_cache_is_bounded_in_entries_and_bytes() -> None:
-    from bastion.ledger.log import _Cache
+    from bastion.ledger.reader import _Cache
 
     cache: _Cache[int, bytes] = _Cache(3, max_bytes=100)
     for k in range(5):

@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from bastion.errors import LedgerUnavailable
 from bastion.ledger import storage
 from bastion.ledger.log import Log
-from bastion.ledger.sequencer import Sequencer
+from bastion.ledger.sequencer import MAX_BUNDLE_CHUNKS, Sequencer
 from bastion.store import Database
 
 from .conftest import LogFactory
@@ -57,7 +58,7 @@ def test_a_bundle_filled_by_many_small_commits_is_rewritten_as_one_row(
     per_commit = 15  # 16 chunks of 15 = 240 entries, then the commit that fills the bundle
     for first in range(0, 240, per_commit):
         log.append_entries(entries[first : first + per_commit])
-    assert len(chunk_rows(db, 0)) == storage.MAX_BUNDLE_CHUNKS
+    assert len(chunk_rows(db, 0)) == MAX_BUNDLE_CHUNKS
     log.append_entries(entries[240:])
     assert whole_row(db, 0) and chunk_rows(db, 0) == []
     assert chunk_rows(db, 1) == [(0, 4)]
@@ -95,12 +96,12 @@ def stalled(
     release = threading.Event()
     real_commit = Sequencer._commit
 
-    def slow_commit(self: Sequencer, records: list[bytes], hashes: list[bytes]) -> int:
+    def slow_commit(self: Sequencer, batch: Any) -> tuple[int, int]:
         release.wait(30)
-        return real_commit(self, records, hashes)
+        return real_commit(self, batch)
 
     monkeypatch.setattr(Sequencer, "_commit", slow_commit)
-    sequencer = Sequencer(db, commit_timeout=0.3)
+    sequencer = Sequencer(storage.SqlLogStorage(db), commit_timeout=0.3)
     yield sequencer, release
     release.set()
     sequencer.close()
@@ -192,7 +193,8 @@ def test_a_lost_postgresql_connection_fails_the_append_and_the_next_reconnects(
 ) -> None:
     log.append_entries([b"x0"])
     log.append_entry(b"x1")  # with a cached edge, PostgreSQL commits on the sequencer's own link
-    appender = log.sequencer._appender
+    assert isinstance(log.storage, storage.SqlLogStorage)
+    appender = log.storage._appender
     if db.dialect == "sqlite":  # SQLite commits through the store's connection
         assert appender is None
         return
@@ -204,7 +206,7 @@ def test_a_lost_postgresql_connection_fails_the_append_and_the_next_reconnects(
         log.append_entry(b"lost with the connection")
     assert log.append_entry(b"x2").index == 2  # reloaded under the lock on the store's link
     assert log.append_entry(b"x3").index == 3  # and a new link of its own
-    assert log.sequencer._appender is not None and log.sequencer._appender is not appender
+    assert log.storage._appender is not None and log.storage._appender is not appender
     assert [e for _, e in log.entries(0, 4)] == [b"x0", b"x1", b"x2", b"x3"]
 
 

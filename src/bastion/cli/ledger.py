@@ -262,7 +262,7 @@ def status_cmd(
         info: dict[str, Any] = {
             "origin": log.origin,
             "vkey": log.vkey,
-            "database": log.db.description,
+            "database": log.storage.description,
             "tree_size": log.size(),
             "witnesses": [w.url for w in log.witnesses],
             "witness_quorum": log.quorum,

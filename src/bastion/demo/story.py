@@ -244,6 +244,7 @@ def serving(app: Any, port: int) -> Iterator[str]:
 def audit_over_http(ctx: DemoContext, base_url: str | None = None) -> None:
     from fastapi import FastAPI
 
+    from bastion.ledger.http import log_router
     from bastion.ledger.verifier import LogVerifier
 
     ctx.log.publish()
@@ -267,7 +268,7 @@ def audit_over_http(ctx: DemoContext, base_url: str | None = None) -> None:
         verify(f"{base_url}/log/")
         return
     app = FastAPI()
-    app.include_router(ctx.log.router())
+    app.include_router(log_router(ctx.log.reader))
     with serving(app, free_port()) as url:
         verify(f"{url}/log/")
 

@@ -21,8 +21,8 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from bastion.errors import InputError, LedgerUnavailable
-from bastion.ledger.log import LogReader
 from bastion.ledger.merkle import leaf_hash
+from bastion.ledger.reader import LogReader
 from bastion.ledger.tiles import TilePathError, parse_entries_path, parse_tile_path
 
 OCTET = "application/octet-stream"

@@ -6,34 +6,38 @@ proofs) that the C2SP tlog-tiles router and the CLI serve. Composition:
 
 - `Sequencer` (sequencer.py): one writer thread, one transaction per batch, CAS on the tree size;
 - `Publisher` (publish.py): signs checkpoints shortly after commits and gathers cosignatures;
-- `LogReader` (here): reads stored tiles and bundles, computes proofs, caches immutable data.
+- `LogReader` (reader.py): reads stored tiles and bundles, computes proofs, caches immutable data;
+- a `LogStorage` driver (log_storage.py) under all three: the database's tables
+  (`storage.SqlLogStorage`, the default) or static tlog-tiles files (`file_storage`), chosen by
+  ``[ledger] storage`` in the home's config (`storage_for`).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel
 
 from bastion.clock import Clock, SystemClock
-from bastion.errors import InputError, IntegrityError, KeyUnavailable, LedgerUnavailable
+from bastion.errors import ConfigError, InputError, IntegrityError, KeyUnavailable
 from bastion.events import EntryTooLarge, encode_event
-from bastion.home import Home
+from bastion.home import Bounds, Home
 from bastion.keys.signing import create_signing_key, load_signing_key
-from bastion.ledger import merkle, storage
+from bastion.ledger import merkle
 from bastion.ledger.api import Receipt
 from bastion.ledger.checkpoint import CheckpointError, open_checkpoint
+from bastion.ledger.file_storage import FileLogStorage
+from bastion.ledger.log_storage import LogStorage, SideWrite, StoredCheckpoint
 from bastion.ledger.note import NoteError, NoteSigner
 from bastion.ledger.publish import Publisher, WitnessEndpoint
+from bastion.ledger.reader import LogReader
 from bastion.ledger.sequencer import Sequencer
-from bastion.ledger.storage import StoredCheckpoint
+from bastion.ledger.storage import SqlLogStorage
 from bastion.ledger.tiles import (
     MAX_ENTRY_SIZE,
     TILE_WIDTH,
@@ -44,7 +48,6 @@ from bastion.ledger.tiles import (
     tile_root,
     tile_width_for,
 )
-from bastion.ledger.tlogproof import build_proof
 from bastion.store import Database
 
 _log = logging.getLogger(__name__)
@@ -52,44 +55,6 @@ _log = logging.getLogger(__name__)
 LOG_KEY_NAME = "log"
 MAX_ENTRY_BYTES = MAX_ENTRY_SIZE
 """65,535 bytes: the most a tlog-tiles entry bundle (uint16 length prefix) can carry."""
-
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class _Cache(Generic[K, V]):
-    """A small thread-safe LRU for immutable bytes (full tiles and bundles, subtree hashes),
-    bounded in entries and in bytes (a bundle of 64 KiB entries is 16 MiB)."""
-
-    def __init__(self, capacity: int, max_bytes: int = 64 << 20) -> None:
-        self._data: OrderedDict[K, V] = OrderedDict()
-        self._capacity = capacity
-        self._max_bytes = max_bytes
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def get(self, key: K) -> V | None:
-        with self._lock:
-            value = self._data.get(key)
-            if value is not None:
-                self._data.move_to_end(key)
-            return value
-
-    def put(self, key: K, value: V) -> None:
-        size = len(value) if isinstance(value, bytes) else 0
-        if size > self._max_bytes:
-            return
-        with self._lock:
-            old = self._data.pop(key, None)
-            if isinstance(old, bytes):
-                self._bytes -= len(old)
-            self._data[key] = value
-            self._bytes += size
-            while len(self._data) > self._capacity or self._bytes > self._max_bytes:
-                _, evicted = self._data.popitem(last=False)
-                if isinstance(evicted, bytes):
-                    self._bytes -= len(evicted)
-
 
 _BYTES = (bytes, bytearray, memoryview)
 
@@ -135,208 +100,48 @@ class StorageReport:
         }
 
 
-class LogReader:
-    """The read side: what the tlog-tiles API serves, and proofs computed from stored tiles.
-
-    Only what a published checkpoint covers is served, so every tile a client gets can be
-    checked against a signed root.
-    """
-
-    def __init__(self, db: Database, *, quorum: int = 0) -> None:
-        self.db = db
-        self.quorum = quorum
-        self._tiles: _Cache[tuple[int, int], bytes] = _Cache(4096)
-        self._bundles: _Cache[int, bytes] = _Cache(256)
-        self._nodes: _Cache[tuple[int, int], bytes] = _Cache(1 << 16)
-
-    # --- sizes and checkpoints -----------------------------------------------------------------
-
-    def tree_size(self) -> int:
-        """Entries committed (durable), whether or not a checkpoint covers them yet."""
-        with self.db.transaction() as cur:
-            return storage.read_tree_size(cur)
-
-    def checkpoint(self) -> StoredCheckpoint | None:
-        """The newest published checkpoint: signed, and cosigned by the configured quorum."""
-        with self.db.transaction() as cur:
-            return storage.latest_checkpoint(cur, min_witnesses=self.quorum)
-
-    def checkpoint_note(self) -> str:
-        cp = self.checkpoint()
-        if cp is None:
-            raise LedgerUnavailable("the log has not published a checkpoint yet")
-        return cp.text
-
-    def published_size(self) -> int:
-        cp = self.checkpoint()
-        return 0 if cp is None else cp.tree_size
-
-    # --- tiles and bundles ---------------------------------------------------------------------
-
-    def _stored_tile(self, level: int, index: int, width: int) -> bytes:
-        """`width` hashes of a stored tile (a prefix, if it has grown since)."""
-        if width == TILE_WIDTH:
-            cached = self._tiles.get((level, index))
-            if cached is not None:
-                return cached
-        with self.db.transaction() as cur:
-            data = storage.read_tile(cur, level, index)
-        if data is None or len(data) < width * 32:
-            raise IntegrityError(f"stored tile {level}/{index} is missing or short")
-        if len(data) == TILE_WIDTH * 32:
-            self._tiles.put((level, index), data)
-        return data[: width * 32]
-
-    def _stored_bundle(self, index: int, width: int) -> bytes:
-        """The first `width` entries of a stored bundle, still encoded."""
-        data = self._bundles.get(index) if width == TILE_WIDTH else None
-        if data is not None:
-            return data
-        with self.db.transaction() as cur:
-            row = storage.read_bundle(cur, index)
-        if row is None or row[0] < width:
-            raise IntegrityError(f"stored entry bundle {index} is missing or short")
-        stored_width, data = row
-        if stored_width == TILE_WIDTH:
-            self._bundles.put(index, data)
-        if stored_width == width:
-            return data
-        return _bundle_prefix(data, width)
-
-    def tile(self, level: int, index: int, width: int) -> bytes | None:
-        """A tile as tlog-tiles serves it, or None if no published checkpoint covers it."""
-        available = tile_width_for(self.published_size(), level, index)
-        if width > available:
-            return None
-        return self._stored_tile(level, index, width)
-
-    def entry_bundle(self, index: int, width: int) -> bytes | None:
-        available = tile_width_for(self.published_size(), 0, index)
-        if width > available:
-            return None
-        return self._stored_bundle(index, width)
-
-    def entries(self, start: int, end: int) -> Iterator[tuple[int, bytes]]:
-        """(index, entry) for committed entries start..end-1, read a few bundles at a time."""
-        size = self.tree_size()
-        end = min(end, size)
-        if start >= end:
-            return
-        first, last = start // TILE_WIDTH, (end - 1) // TILE_WIDTH
-        for lo in range(first, last + 1, 64):
-            with self.db.transaction() as cur:
-                rows = storage.read_bundles(cur, lo, min(lo + 63, last))
-            for bundle_index, width, data in rows:
-                base = bundle_index * TILE_WIDTH
-                for offset, entry in enumerate(decode_entry_bundle(data, width)):
-                    if start <= base + offset < end:
-                        yield base + offset, entry
-
-    def entry(self, index: int) -> bytes:
-        """One committed entry."""
-        size = self.tree_size()
-        if not 0 <= index < size:
-            raise InputError(f"index {index} is outside the log (size {size})")
-        bundle, position = divmod(index, TILE_WIDTH)
-        width = tile_width_for(size, 0, bundle)
-        return decode_entry_bundle(self._stored_bundle(bundle, width), width)[position]
-
-    # --- proofs --------------------------------------------------------------------------------
-
-    def node_reader(self, size: int) -> merkle.NodeReader:
-        """Perfect-subtree hashes of the stored tree of `size`; they never change, so cache them."""
-        tiles = TileNodeReader(size, self._stored_tile)
-        nodes = self._nodes
-
-        def node(level: int, index: int) -> bytes:
-            key = (level, index)
-            value = nodes.get(key)
-            if value is None:
-                value = tiles(level, index)
-                nodes.put(key, value)
-            return value
-
-        return node
-
-    def _check_size(self, size: int) -> None:
-        current = self.tree_size()
-        if not 0 <= size <= current:
-            raise InputError(f"tree size {size} is outside the log (size {current})")
-
-    def root(self, size: int) -> bytes:
-        self._check_size(size)
-        return merkle.root(size, self.node_reader(size))
-
-    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
-        self._check_size(size)
-        if not 0 <= index < size:
-            raise InputError(f"index {index} is not in the tree of size {size}")
-        return merkle.inclusion_proof(index, size, self.node_reader(size))
-
-    def consistency_proof(self, old: int, new: int) -> list[bytes]:
-        self._check_size(new)
-        if not 0 < old <= new:
-            raise InputError(f"no consistency proof from size {old} to size {new}")
-        return merkle.consistency_proof(old, new, self.node_reader(new))
-
-    def proof(self, index: int) -> tuple[StoredCheckpoint, bytes, list[bytes]]:
-        """(published checkpoint, entry, inclusion proof) for `index`."""
-        cp = self.checkpoint()
-        if cp is None or index >= cp.tree_size:
-            size = 0 if cp is None else cp.tree_size
-            raise LedgerUnavailable(
-                f"index {index} is not yet covered by a published checkpoint (size {size})"
-            )
-        if index < 0:
-            raise InputError(f"index {index} is negative")
-        return cp, self.entry(index), self.inclusion_proof(index, cp.tree_size)
-
-    def proof_bundle(self, index: int) -> str:
-        """An offline C2SP tlog-proof for `index` against the published checkpoint."""
-        cp, entry, proof = self.proof(index)
-        return build_proof(entry, index, proof, cp.text)
-
-
-def _bundle_prefix(data: bytes, width: int) -> bytes:
-    pos = 0
-    for _ in range(width):
-        if pos + 2 > len(data):
-            raise IntegrityError("stored entry bundle is truncated")
-        pos += 2 + int.from_bytes(data[pos : pos + 2], "big")
-    if pos > len(data):
-        raise IntegrityError("stored entry bundle is truncated")
-    return data[:pos]
-
-
 class Log:
-    """A `LedgerWriter` over a `Database`, with the read side and checkpoint publishing."""
+    """A `LedgerWriter` over a `LogStorage` (by default the tables of `db`), with the read side
+    and checkpoint publishing. `db` is also where side writes run when the storage is not the
+    database; it may be None for a log that takes none."""
 
     def __init__(
         self,
-        db: Database,
+        db: Database | None,
         signer: NoteSigner,
         clock: Clock,
         *,
+        storage: LogStorage | None = None,
         witnesses: Sequence[WitnessEndpoint] = (),
         quorum: int = 0,
         publish_interval: float = 0.5,
         background: bool = True,
     ) -> None:
+        if storage is None:
+            if db is None:
+                raise ValueError("a log needs a database or a storage driver")
+            storage = SqlLogStorage(db)
         self.db = db
+        self.storage = storage
         self.signer = signer
         self.clock = clock
         self.quorum = quorum
         self.witnesses = tuple(witnesses)
-        self.reader = LogReader(db, quorum=quorum)
+        self.reader = LogReader(storage, quorum=quorum)
         self.publisher = Publisher(
-            db,
+            storage,
             signer,
             clock,
             node_reader=self.reader.node_reader,
             witnesses=witnesses,
             interval=publish_interval,
         )
-        self.sequencer = Sequencer(db, on_commit=self.publisher.notify if background else None)
+        self.sequencer = Sequencer(
+            storage,
+            side_db=db,
+            on_commit=self.publisher.notify if background else None,
+            commit_timeout=(db.bounds if db is not None else Bounds()).commit_wait_s,
+        )
         self._background = background
         if background:
             self.publisher.start()
@@ -364,8 +169,12 @@ class Log:
     def append_entry(self, entry: bytes) -> Receipt:
         return self.sequencer.submit_one(check_entry(entry))
 
-    def append_entries(self, entries: Sequence[bytes]) -> list[Receipt]:
-        return self.sequencer.submit([check_entry(e) for e in entries])
+    def append_entries(
+        self, entries: Sequence[bytes], *, side_write: SideWrite | None = None
+    ) -> list[Receipt]:
+        """Durably record entries in one commit, in order; `side_write` (see
+        `sequencer.Sequencer`) becomes durable with them, or the call fails with its error."""
+        return self.sequencer.submit([check_entry(e) for e in entries], side_write=side_write)
 
     async def append_async(self, event: BaseModel) -> Receipt:
         """`append` for asyncio callers: waits for the commit without holding a thread."""
@@ -373,6 +182,13 @@ class Log:
 
     async def append_entry_async(self, entry: bytes) -> Receipt:
         return await self.sequencer.submit_one_async(check_entry(entry))
+
+    async def append_entries_async(
+        self, entries: Sequence[bytes], *, side_write: SideWrite | None = None
+    ) -> list[Receipt]:
+        """`append_entries` for asyncio callers."""
+        checked = [check_entry(e) for e in entries]
+        return await self.sequencer.submit_async(checked, side_write=side_write)
 
     # --- reads (delegated) ---------------------------------------------------------------------
 
@@ -404,20 +220,13 @@ class Log:
         """Sign a checkpoint for everything committed so far (and ask the witnesses) now."""
         return self.publisher.publish()
 
-    def router(self) -> Any:
-        """The FastAPI router serving C2SP tlog-tiles under /log/."""
-        from bastion.ledger.http import log_router
-
-        return log_router(self.reader)
-
     # --- integrity -----------------------------------------------------------------------------
 
     def check_head(self) -> StoredCheckpoint | None:
         """Cheap start-up check: the newest stored checkpoint is signed by this log's key and
         the stored tiles still reproduce its root."""
-        with self.db.transaction() as cur:
-            latest = storage.latest_checkpoint(cur)
-            size = storage.read_tree_size(cur)
+        latest = self.storage.latest_checkpoint()
+        size = self.storage.tree_size()
         if latest is None:
             return None
         try:
@@ -433,7 +242,7 @@ class Log:
             raise IntegrityError(
                 f"stored tree size {size} is below the signed checkpoint size {cp.size}"
             )
-        tiles = TileNodeReader(size, self.reader._stored_tile)
+        tiles = TileNodeReader(size, self.reader.stored_tile)
         if merkle.root(cp.size, tiles) != cp.root_hash:
             raise IntegrityError(f"stored tiles do not reproduce the signed root of size {cp.size}")
         return latest
@@ -441,17 +250,16 @@ class Log:
     def verify_storage(self) -> StorageReport:
         """Recompute everything from the stored entries: each bundle against its level-0 tile,
         each tile level against the one below, and the root of the newest checkpoint."""
-        with self.db.transaction() as cur:
-            size = storage.read_tree_size(cur)
-            latest = storage.latest_checkpoint(cur)
+        size = self.storage.tree_size()
+        latest = self.storage.latest_checkpoint()
         entries_checked = tiles_checked = 0
         roots: list[bytes] = []  # roots of the full tiles of the level being checked
         n_bundles = -(-size // TILE_WIDTH)
         step = 64
+        stored_tile = self.reader.stored_tile
         for first in range(0, n_bundles, step):
             last = min(first + step, n_bundles) - 1
-            with self.db.transaction() as cur:
-                rows = storage.read_bundles(cur, first, last)
+            rows = self.storage.read_bundles(first, last)
             if [r[0] for r in rows] != list(range(first, last + 1)):
                 raise IntegrityError(f"entry bundles {first}..{last} are not all stored")
             for index, width, data in rows:
@@ -459,7 +267,7 @@ class Log:
                 if width != expected_width:
                     raise IntegrityError(f"entry bundle {index} has width {width}")
                 leaves = [merkle.leaf_hash(e) for e in decode_entry_bundle(data, width)]
-                if b"".join(leaves) != self.reader._stored_tile(0, index, width):
+                if b"".join(leaves) != stored_tile(0, index, width):
                     raise IntegrityError(f"entry bundle {index} does not hash to its tile")
                 entries_checked += width
                 tiles_checked += 1
@@ -473,7 +281,7 @@ class Log:
             next_roots: list[bytes] = []
             for index in range(-(-nodes // TILE_WIDTH)):
                 width = tile_width_for(size, level, index)
-                data = self.reader._stored_tile(level, index, width)
+                data = stored_tile(level, index, width)
                 if data != b"".join(roots[index * TILE_WIDTH : index * TILE_WIDTH + width]):
                     raise IntegrityError(f"tile {level}/{index} does not match the level below")
                 tiles_checked += 1
@@ -481,9 +289,9 @@ class Log:
                     next_roots.append(tile_root(tile_hashes(data, width)))
             roots = next_roots
             level += 1
-        root_hash = merkle.root(size, TileNodeReader(size, self.reader._stored_tile))
+        root_hash = merkle.root(size, TileNodeReader(size, stored_tile))
         if latest is not None:
-            at = merkle.root(latest.tree_size, TileNodeReader(size, self.reader._stored_tile))
+            at = merkle.root(latest.tree_size, TileNodeReader(size, stored_tile))
             if at != latest.root_hash:
                 raise IntegrityError(
                     f"stored entries do not reproduce the signed root of size {latest.tree_size}"
@@ -505,23 +313,42 @@ class Log:
             except Exception as exc:  # closing must not fail; the next start publishes
                 _log.warning("final checkpoint not published: %s", type(exc).__name__)
         self.publisher.close()
+        self.storage.close()
 
 
 # --- composition ------------------------------------------------------------------------------
 
+STORAGE_KINDS = ("database", "files")
 
-def _load_log_key(db: Database, keys_dir: Path) -> Ed25519PrivateKey:
+
+def storage_for(home: Home, db: Database) -> LogStorage:
+    """The home's log storage, from ``[ledger] storage`` (``"database"``, the default, or
+    ``"files"``) and ``[ledger] directory`` (for files; default ``<home>/log``, relative paths
+    from the home). Read from the raw config until the typed settings carry it."""
+    ledger = home.settings.raw.get("ledger", {})
+    kind = ledger.get("storage", "database") if isinstance(ledger, dict) else "database"
+    if kind == "database":
+        return SqlLogStorage(db)
+    if kind != "files":
+        raise ConfigError(f"ledger.storage must be 'database' or 'files', not {kind!r}")
+    directory = ledger.get("directory")
+    if directory is not None and not isinstance(directory, str):
+        raise ConfigError("ledger.directory must be a path")
+    path = home.tiles_dir if directory is None else home.path / Path(directory).expanduser()
+    return FileLogStorage(path, quorum=home.settings.witness_quorum)
+
+
+def _load_log_key(storage: LogStorage, keys_dir: Path) -> Ed25519PrivateKey:
     """The log's signing key; created only for a log that has never signed anything."""
     try:
         return load_signing_key(keys_dir, LOG_KEY_NAME)
     except KeyUnavailable:
         if (keys_dir / f"{LOG_KEY_NAME}.ed25519.pem").exists():
             raise
-    with db.transaction() as cur:
-        signed = storage.latest_checkpoint(cur)
+    signed = storage.latest_checkpoint()
     if signed is not None:
         raise KeyUnavailable(
-            f"the log's signing key is missing from {keys_dir}, but the database holds"
+            f"the log's signing key is missing from {keys_dir}, but {storage.description} holds"
             f" checkpoints up to size {signed.tree_size}: restore the key; a new one would fork"
             " the log's identity"
         )
@@ -530,12 +357,18 @@ def _load_log_key(db: Database, keys_dir: Path) -> Ed25519PrivateKey:
 
 
 def initialize_log(
-    db: Database, keys_dir: Path, origin: str, clock: Clock | None = None
+    db: Database,
+    keys_dir: Path,
+    origin: str,
+    clock: Clock | None = None,
+    *,
+    storage: LogStorage | None = None,
 ) -> dict[str, Any]:
-    """Create the ledger's tables and signing key and publish the first (empty) checkpoint."""
-    storage.create_tables(db)
-    signer = NoteSigner(origin, _load_log_key(db, keys_dir))
-    log = Log(db, signer, clock or SystemClock(), background=False)
+    """Create the ledger's storage and signing key and publish the first (empty) checkpoint."""
+    storage = storage or SqlLogStorage(db)
+    storage.create()
+    signer = NoteSigner(origin, _load_log_key(storage, keys_dir))
+    log = Log(db, signer, clock or SystemClock(), storage=storage, background=False)
     try:
         log.check_head()
         cp = log.publish()
@@ -552,14 +385,16 @@ def open_log(
     background: bool = True,
     publish_interval: float = 0.5,
 ) -> Log:
-    """The home's log: tables ensured, key loaded, head checked, publisher running."""
-    storage.create_tables(db)
-    signer = NoteSigner(home.settings.log_origin, _load_log_key(db, home.keyring_dir))
+    """The home's log: storage ensured, key loaded, head checked, publisher running."""
+    storage = storage_for(home, db)
+    storage.create()
+    signer = NoteSigner(home.settings.log_origin, _load_log_key(storage, home.keyring_dir))
     witnesses = [WitnessEndpoint.parse(w) for w in home.settings.witnesses]
     log = Log(
         db,
         signer,
         clock,
+        storage=storage,
         witnesses=witnesses,
         quorum=home.settings.witness_quorum,
         publish_interval=publish_interval,

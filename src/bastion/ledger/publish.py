@@ -22,12 +22,11 @@ import httpx
 
 from bastion.clock import Clock, iso
 from bastion.errors import BastionError, ConfigError, IntegrityError
-from bastion.ledger import merkle, storage
+from bastion.ledger import merkle
 from bastion.ledger.checkpoint import Checkpoint, sign_checkpoint
 from bastion.ledger.cosignature import CosignatureVerifier
+from bastion.ledger.log_storage import LogStorage, StoredCheckpoint
 from bastion.ledger.note import KeyFormatError, NoteError, NoteSigner, open_note
-from bastion.ledger.storage import StoredCheckpoint
-from bastion.store import Database
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +146,7 @@ class Publisher:
 
     def __init__(
         self,
-        db: Database,
+        storage: LogStorage,
         signer: NoteSigner,
         clock: Clock,
         *,
@@ -157,7 +156,7 @@ class Publisher:
         poll: float = 2.0,
         witness_timeout: float = 10.0,
     ) -> None:
-        self.db = db
+        self.storage = storage
         self.signer = signer
         self.clock = clock
         self._node_reader = node_reader
@@ -183,9 +182,8 @@ class Publisher:
             return self._publish()
 
     def _publish(self) -> StoredCheckpoint:
-        with self.db.transaction() as cur:
-            size = storage.read_tree_size(cur)
-            latest = storage.latest_checkpoint(cur)
+        latest = self.storage.latest_checkpoint()
+        size = self.storage.tree_size()
         if latest is not None and latest.tree_size > size:
             raise IntegrityError(
                 f"stored tree size {size} is below the signed checkpoint size {latest.tree_size}"
@@ -209,11 +207,9 @@ class Publisher:
                 ) from None
         note = sign_checkpoint(Checkpoint(self.origin, size, root_hash), self.signer)
         stored = StoredCheckpoint(size, root_hash, note, "", 0, iso(self.clock.now()))
-        with self.db.transaction(lock=storage.PUBLISHER_LOCK) as cur:
-            newest = storage.latest_checkpoint(cur)
-            if newest is not None and newest.tree_size >= size:
-                return newest  # another process published meanwhile
-            storage.insert_checkpoint(cur, stored)
+        newest = self.storage.store_checkpoint(stored)
+        if newest is not stored:
+            return newest  # another process published meanwhile
         return self._cosign(stored) if self._witnesses else stored
 
     def _cosign(self, cp: StoredCheckpoint) -> StoredCheckpoint:
@@ -236,8 +232,7 @@ class Publisher:
         cosignatures = "".join(lines)
         count = sum(1 for part in lines if part)
         if count > cp.witnesses:
-            with self.db.transaction(lock=storage.PUBLISHER_LOCK) as cur:
-                storage.record_cosignatures(cur, cp.tree_size, cosignatures, count)
+            self.storage.record_cosignatures(cp.tree_size, cosignatures, count)
             return StoredCheckpoint(
                 cp.tree_size, cp.root_hash, cp.note, cosignatures, count, cp.created_at
             )

@@ -14,7 +14,8 @@ from the database, under the lock, whenever the stored size is not the one it la
 Costs that decide throughput on a small machine, and what is done about them:
 
 - PostgreSQL round trips: with a cached right edge a batch is ONE autocommitted statement
-  (`storage.PgAppender`), whose row lock and ``WHERE tree_size = old`` are the compare-and-swap.
+  (`storage.PgAppender`, in the SQL driver), whose row lock and ``WHERE tree_size = old``
+  are the compare-and-swap.
 - Waking threads: waking every waiter at once makes them all fight for the GIL (each wakes, finds
   it taken, sleeps again; those that wait past the switch interval force extra switches). Instead
   the sequencer wakes the first waiter and each woken waiter wakes the next ("baton passing"), so
@@ -40,10 +41,10 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from bastion.errors import BastionError, InputError, IntegrityError, LedgerUnavailable
-from bastion.ledger import storage
+from bastion.errors import BastionError, ConfigError, InputError, IntegrityError, LedgerUnavailable
+from bastion.home import Bounds
 from bastion.ledger.api import Receipt
-from bastion.ledger.storage import Writes
+from bastion.ledger.log_storage import EdgeSource, LogStorage, SideWrite, Writes
 from bastion.ledger.tiles import (
     MAX_ENTRY_SIZE,
     TILE_HEIGHT,
@@ -52,6 +53,10 @@ from bastion.ledger.tiles import (
     tile_levels,
 )
 from bastion.store import Cursor, Database
+
+MAX_BUNDLE_CHUNKS = 16
+"""A partial bundle that would lie in more chunks than this is rewritten whole when it fills
+(drivers that store chunks, like the SQL one, then read a bundle in a few rows)."""
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +87,8 @@ class _Batch:
         "hashes",
         "nbytes",
         "records",
+        "removed",
+        "sides",
         "timers",
         "waiters",
     )
@@ -102,13 +109,20 @@ class _Batch:
         # False once a waiter gave up before the commit ended: then the sequencer wakes every
         # waiter itself instead of passing the baton (a gone waiter would break the chain).
         self.chained = True
+        self.sides: list[_Side] | None = None  # submissions with a side write for the commit
+        self.removed: list[tuple[int, int]] | None = None  # (position, count) left out
 
 
-def _leaf_hash(entry: bytes) -> bytes:
-    """RFC 6962 leaf hash, SHA-256(0x00 || entry)."""
-    hasher = _LEAF_PREFIX.copy()
-    hasher.update(entry)
-    return hasher.digest()
+class _Side:
+    """A submission's side write, run in its batch's commit, and how it went."""
+
+    __slots__ = ("count", "error", "position", "write")
+
+    def __init__(self, write: SideWrite) -> None:
+        self.write = write
+        self.position = 0
+        self.count = 0
+        self.error: Exception | None = None
 
 
 def full_tile_root(tile: bytes) -> bytes:
@@ -154,14 +168,14 @@ class RightEdge:
     bundle_chunks: int = 0  # rows the partial bundle is stored in
 
     @classmethod
-    def load(cls, cur: Cursor, size: int) -> RightEdge:
+    def load(cls, source: EdgeSource, size: int) -> RightEdge:
         """Read the partial tiles and bundle of a tree of `size` from storage, checking them."""
         tails: dict[int, bytearray] = {}
         for level in range(tile_levels(size)):
             nodes = level_width(size, level)
             width = nodes % TILE_WIDTH
             if width:
-                data = storage.read_tile(cur, level, nodes // TILE_WIDTH)
+                data = source.read_tile(level, nodes // TILE_WIDTH, width)
                 if data is None or len(data) != width * 32:
                     raise IntegrityError(
                         f"stored tile {level}/{nodes // TILE_WIDTH} does not match tree size {size}"
@@ -171,7 +185,7 @@ class RightEdge:
         bundle = bytearray()
         chunks = 0
         if bundle_width:
-            parts = storage.read_bundle_parts(cur, size // TILE_WIDTH)
+            parts = source.read_bundle_parts(size // TILE_WIDTH, bundle_width)
             if parts is None or parts.width != bundle_width:
                 raise IntegrityError(
                     f"stored entry bundle {size // TILE_WIDTH} does not match tree size {size}"
@@ -209,7 +223,7 @@ class RightEdge:
 
         Entries are written once: each batch stores its stretch of a bundle as a chunk row, and
         a bundle lies in the chunks that filled it. Only a bundle that ends up in more than
-        `storage.MAX_BUNDLE_CHUNKS` chunks (many small commits) is rewritten whole when it fills,
+        `MAX_BUNDLE_CHUNKS` chunks (many small commits) is rewritten whole when it fills,
         so that reading it stays a few rows.
         """
         tiles: list[tuple[int, int, bytes]] = []
@@ -236,7 +250,7 @@ class RightEdge:
                 break
             if start == 0:  # the whole bundle is in this batch
                 bundles.append((index, TILE_WIDTH, encoded))
-            elif self.bundle_chunks < storage.MAX_BUNDLE_CHUNKS:
+            elif self.bundle_chunks < MAX_BUNDLE_CHUNKS:
                 chunks.append((index, start, take, encoded))
             else:
                 bundles.append((index, TILE_WIDTH, bytes(self.bundle) + encoded))
@@ -247,25 +261,58 @@ class RightEdge:
         return Writes(tiles, bundles, chunks, compacted)
 
 
+SIDE_WRITE_LOCK = "ledger:side-write"
+"""Held by a side write that commits on its own (the log's storage is not a database)."""
+
+_SAVEPOINT = "bastion_side_write"
+
+
 class Sequencer:
-    """The single writer of a log in this process. Thread-safe; asyncio-friendly."""
+    """The single writer of a log in this process. Thread-safe; asyncio-friendly.
+
+    Every submission joins the open batch the same way (`_join`), synchronous or not, one
+    entry or many, and gets its receipts or its error the same way (`_receipts`).
+
+    A submission may carry a *side write* (`log_storage.SideWrite`): a write of the caller's
+    own that becomes durable exactly when its entries do. Where the log's storage is the
+    database, it runs inside the commit's transaction, in a savepoint of its own, before the
+    batch's entries are integrated; if it raises, only that submission's entries are left out
+    (the rest of the batch commits) and its submitter gets the exception. If the commit then
+    fails, neither the side write nor the entries are kept. Where the storage is not a
+    database (static files), the side write is committed first, in a transaction of its own on
+    `side_db`, and then the entries are submitted: the same outcome for a side write that
+    raises, and for a failed commit the side write stays (it fails closed: a reservation
+    without a release). For example, counting a release and recording it in one commit::
+
+        def reserve(cur: Cursor) -> None:
+            counter.reserve_in(cur, principal, usage)  # raises BulkThresholdExceeded
+
+        receipts = sequencer.submit(entries, side_write=reserve)
+
+    A side write that must serialize with other writers of its rows takes their lock itself,
+    on the cursor it is given (`store.Database.lock_in`): the commit already holds the log's
+    own lock, so on SQLite that is the whole database and on PostgreSQL an advisory lock.
+    """
 
     def __init__(
         self,
-        db: Database,
+        storage: LogStorage,
         *,
+        side_db: Database | None = None,
         on_commit: CommitListener | None = None,
         max_batch_entries: int = 16384,
         max_batch_bytes: int = 32 << 20,
         commit_timeout: float | None = None,
         gather_delay: float = 0.005,
     ) -> None:
-        self.db = db
+        self.storage = storage
+        self._same_commit = storage.side_writes_in_commit
+        self._side_db = side_db
         self._on_commit = on_commit
         self._max_entries = max_batch_entries
         self._max_bytes = max_batch_bytes
-        # How long an appender waits for its commit (default: the database's commit_wait_s).
-        self._timeout = db.bounds.commit_wait_s if commit_timeout is None else commit_timeout
+        # How long an appender waits for its commit (default: the bounds' commit_wait_s).
+        self._timeout = Bounds().commit_wait_s if commit_timeout is None else commit_timeout
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
         self._queue: deque[_Batch] = deque()
@@ -277,7 +324,6 @@ class Sequencer:
         self._last_commit = 0.0  # how long it took, in seconds
         self._thread: threading.Thread | None = None
         self._edge: RightEdge | None = None
-        self._appender: storage.PgAppender | None = None  # PostgreSQL's one-statement commit
         self.batches = 0
         self.committed = 0
         self.reloads = 0  # commits that found the tree moved by another writer
@@ -285,32 +331,52 @@ class Sequencer:
 
     # --- appenders ---------------------------------------------------------------------------
 
-    def _open_batch(self, records: int, nbytes: int) -> _Batch:
-        """The batch that new entries join (a new one if they do not fit). Holds the lock."""
+    def _join(
+        self, records: list[bytes], hashes: list[bytes], nbytes: int, side: _Side | None
+    ) -> tuple[_Batch, int]:
+        """Add a submission to the open batch (a new one if it does not fit) and wake the
+        sequencer if it waits for this; return the batch and the submission's position in it.
+        Holds the lock. A submission never spans batches, so `submit(entries)` is one commit."""
         queue = self._queue
-        if queue and not self._closing:
-            batch = queue[-1]
-            # A group of entries never spans batches, so append_many is one commit.
-            if not batch.hashes or (
-                len(batch.hashes) + records <= self._max_entries
-                and batch.nbytes + nbytes <= self._max_bytes
-            ):
-                return batch
+        batch = queue[-1] if queue else None
+        if (
+            batch is None
+            or self._closing
+            or (
+                batch.hashes
+                and (
+                    len(batch.hashes) + len(hashes) > self._max_entries
+                    or batch.nbytes + nbytes > self._max_bytes
+                )
+            )
+        ):
+            batch = self._open_batch()
+        position = len(batch.hashes)
+        batch.records += records
+        batch.hashes += hashes
+        batch.nbytes += nbytes
+        if side is not None:
+            side.position, side.count = position, len(hashes)
+            if batch.sides is None:
+                batch.sides = [side]
+            else:
+                batch.sides.append(side)
+        if self._idle or (
+            self._gathering and (len(queue) > 1 or len(batch.hashes) >= self._expected)
+        ):
+            self._cv.notify()
+        return batch, position
+
+    def _open_batch(self) -> _Batch:
+        """A new batch at the end of the queue. Holds the lock."""
         if self._closing:
             raise LedgerUnavailable("the log is closed; nothing was recorded")
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="ledger-sequencer", daemon=True)
             self._thread.start()
         batch = _Batch()
-        queue.append(batch)
+        self._queue.append(batch)
         return batch
-
-    def _joined(self, batch: _Batch) -> None:
-        """An appender joined `batch`: wake the sequencer if it waits for this. Holds the lock."""
-        if self._idle or (
-            self._gathering and (len(self._queue) > 1 or len(batch.hashes) >= self._expected)
-        ):
-            self._cv.notify()
 
     def _wait(self, batch: _Batch, done: threading.Lock, waiter: int) -> None:
         """Block until `batch` is committed (or failed), then pass the baton to the next waiter."""
@@ -327,60 +393,45 @@ class Sequencer:
             if waiter + 1 < len(waiters):
                 waiters[waiter + 1].release()
 
-    def submit(self, entries: Sequence[bytes]) -> list[Receipt]:
+    def _side(self, write: SideWrite | None) -> _Side | None:
+        """What a submission carries for its side write: a `_Side` to run in the commit, or
+        nothing (no side write, or the storage cannot run it in the commit, and it has just
+        committed on its own)."""
+        if write is None:
+            return None
+        if self._same_commit:
+            return _Side(write)
+        self._commit_alone(write)
+        return None
+
+    def _commit_alone(self, write: SideWrite) -> None:
+        if self._side_db is None:
+            raise ConfigError("this log has no database to run a side write in")
+        with self._side_db.transaction(lock=SIDE_WRITE_LOCK) as cur:
+            write(cur)
+
+    def submit(
+        self, entries: Sequence[bytes], *, side_write: SideWrite | None = None
+    ) -> list[Receipt]:
         """Durably append entries (contiguously, in order); block until committed."""
-        if not entries:
+        records, hashes, nbytes = _prepare(entries)
+        if not hashes:
+            if side_write is not None:
+                self._commit_alone(side_write)
             return []
-        hashes = [_leaf_hash(e) for e in entries]
-        records = [_record(e) for e in entries]
-        nbytes = sum(map(len, records))
+        side = self._side(side_write)
         done = _allocate_lock()
         done.acquire()
         with self._lock:
-            batch = self._open_batch(len(records), nbytes)
-            position = len(batch.hashes)
-            batch.records += records
-            batch.hashes += hashes
-            batch.nbytes += nbytes
+            batch, position = self._join(records, hashes, nbytes, side)
             waiter = len(batch.waiters)
             batch.waiters.append(done)
-            self._joined(batch)
         self._wait(batch, done, waiter)
-        return _receipts(batch, position, hashes)
+        return _receipts(batch, position, hashes, side)
 
     def submit_one(self, entry: bytes) -> Receipt:
-        """`submit` for one entry: the hot path, kept to the minimum of Python per append."""
-        size = len(entry)
-        if size > MAX_ENTRY_SIZE:
-            _record(entry)  # raises the size error
-        hasher = _LEAF_PREFIX.copy()
-        hasher.update(entry)
-        digest = hasher.digest()
-        record = size.to_bytes(2, "big") + entry
-        done = _allocate_lock()
-        done.acquire()
-        with self._lock:
-            queue = self._queue
-            batch = queue[-1] if queue else None
-            if (
-                batch is None
-                or self._closing
-                or len(batch.hashes) >= self._max_entries
-                or batch.nbytes + size + 2 > self._max_bytes
-            ):
-                batch = self._open_batch(1, size + 2)
-            position = len(batch.hashes)
-            batch.records.append(record)
-            batch.hashes.append(digest)
-            batch.nbytes += size + 2
-            waiter = len(batch.waiters)
-            batch.waiters.append(done)
-            if self._idle or self._gathering:
-                self._joined(batch)
-        self._wait(batch, done, waiter)
-        if batch.error is not None:
-            raise _failure(batch.error)
-        return Receipt(batch.first + position, digest)
+        """`submit` for one entry."""
+        return self.submit((entry,))[0]
 
     def _add_future(self, batch: _Batch, loop: _Loop, future: asyncio.Future[None]) -> None:
         waiting = batch.futures.get(loop)
@@ -391,62 +442,28 @@ class Sequencer:
             batch.timers[loop] = loop.call_later(self._timeout, _expire_all, waiting, self._timeout)
         waiting.append(future)
 
-    async def submit_async(self, entries: Sequence[bytes]) -> list[Receipt]:
+    async def submit_async(
+        self, entries: Sequence[bytes], *, side_write: SideWrite | None = None
+    ) -> list[Receipt]:
         """Like `submit`, without blocking the event loop: thousands of tasks can wait at once."""
-        if not entries:
+        records, hashes, nbytes = _prepare(entries)
+        if side_write is not None and not (hashes and self._same_commit):
+            await asyncio.to_thread(self._commit_alone, side_write)
+            side_write = None
+        if not hashes:
             return []
-        hashes = [_leaf_hash(e) for e in entries]
-        records = [_record(e) for e in entries]
-        nbytes = sum(map(len, records))
+        side = None if side_write is None else _Side(side_write)
         loop = _running_loop()
         future: asyncio.Future[None] = loop.create_future()
         with self._lock:
-            batch = self._open_batch(len(records), nbytes)
-            position = len(batch.hashes)
-            batch.records += records
-            batch.hashes += hashes
-            batch.nbytes += nbytes
+            batch, position = self._join(records, hashes, nbytes, side)
             self._add_future(batch, loop, future)
-            self._joined(batch)
         await future
-        return _receipts(batch, position, hashes)
+        return _receipts(batch, position, hashes, side)
 
     async def submit_one_async(self, entry: bytes) -> Receipt:
-        """`submit_async` for one entry: the asyncio hot path."""
-        size = len(entry)
-        if size > MAX_ENTRY_SIZE:
-            _record(entry)  # raises the size error
-        hasher = _LEAF_PREFIX.copy()
-        hasher.update(entry)
-        digest = hasher.digest()
-        record = size.to_bytes(2, "big") + entry
-        loop = _running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        with self._lock:
-            queue = self._queue
-            batch = queue[-1] if queue else None
-            if (
-                batch is None
-                or self._closing
-                or len(batch.hashes) >= self._max_entries
-                or batch.nbytes + size + 2 > self._max_bytes
-            ):
-                batch = self._open_batch(1, size + 2)
-            position = len(batch.hashes)
-            batch.records.append(record)
-            batch.hashes.append(digest)
-            batch.nbytes += size + 2
-            waiting = batch.futures.get(loop)
-            if waiting is None:
-                self._add_future(batch, loop, future)
-            else:
-                waiting.append(future)
-            if self._idle or self._gathering:
-                self._joined(batch)
-        await future
-        if batch.error is not None:
-            raise _failure(batch.error)
-        return Receipt(batch.first + position, digest)
+        """`submit_async` for one entry."""
+        return (await self.submit_async((entry,)))[0]
 
     # --- the sequencer thread ----------------------------------------------------------------
 
@@ -474,8 +491,9 @@ class Sequencer:
                     self._gathering = False
                 batch = queue.popleft()
             started = time.monotonic()
+            end = 0
             try:
-                batch.first = self._commit(batch.records, batch.hashes)
+                batch.first, end = self._commit(batch)
             except BaseException as exc:  # every failure must reach the waiting appenders
                 batch.error = exc
                 if not isinstance(exc, Exception):
@@ -487,10 +505,10 @@ class Sequencer:
                 self._finish(batch)
             if batch.error is None:
                 self.batches += 1
-                self.committed += len(batch.hashes)
+                self.committed += end - batch.first
                 if self._on_commit is not None:
                     try:
-                        self._on_commit(batch.first + len(batch.hashes))
+                        self._on_commit(end)
                     except Exception:
                         log.exception("ledger commit listener failed")
 
@@ -518,45 +536,36 @@ class Sequencer:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_resolve_all, futures, timer)
 
-    def _commit(self, records: list[bytes], hashes: list[bytes]) -> int:
-        """Append the batch after whatever the stored tree holds; return its first index."""
+    def _commit(self, batch: _Batch) -> tuple[int, int]:
+        """Append the batch after whatever the stored tree holds; return its first index and
+        the tree size after it."""
         edge = self._edge
         self._edge = None  # unknown until this commit succeeds
-        if edge is not None and self.db.dialect == "postgresql":
-            # Fast path: one autocommitted statement, conditional on the size we last wrote.
-            if self._appender is None:
-                self._appender = storage.PgAppender.open(self.db)
+        if edge is not None and batch.sides is None:
+            # Fast path: the storage writes conditionally on the size we last wrote.
             old = edge.size
-            writes = edge.integrate(records, hashes)
-            try:
-                appended = self._appender.append(old, edge.size, writes)
-            except BaseException:
-                self._appender.close()  # a fresh connection next time
-                self._appender = None
-                raise
-            if appended:
+            writes = edge.integrate(batch.records, batch.hashes)
+            if self.storage.append(old, edge.size, writes):
                 self._edge = edge
-                return old
+                return old, edge.size
             edge = None  # another process moved the tree: reload under the lock
             self.reloads += 1
-        sqlite = self.db.dialect == "sqlite"
-        with self.db.transaction(lock=storage.SEQUENCER_LOCK) as cur:
-            # The compare-and-swap first (SQLite: one statement fewer than reading the size);
-            # if the tree moved, reload its edge: the lock is held, so it cannot move again.
-            if sqlite and edge is not None and storage.swap_tree_size(cur, edge.size, len(hashes)):
-                size = edge.size
-            else:
-                size = storage.read_tree_size(cur, for_update=not sqlite)
-                if edge is None or edge.size != size:
-                    if edge is not None:
-                        self.reloads += 1
-                    edge = RightEdge.load(cur, size)
-                storage.advance_tree_size(cur, size, size + len(hashes))
+        with self.storage.exclusive() as tx:
+            size = tx.tree_size()
+            if edge is None or edge.size != size:
+                if edge is not None:
+                    self.reloads += 1
+                edge = RightEdge.load(tx, size)
+            records, hashes = batch.records, batch.hashes
+            if batch.sides is not None:
+                cursor = tx.cursor
+                if cursor is None:
+                    raise ConfigError(f"{self.storage.description} cannot run side writes")
+                records, hashes = _run_side_writes(cursor, batch)
             writes = edge.integrate(records, hashes)
-            storage.write_tiles(cur, writes.tiles)
-            storage.write_batch_bundles(cur, writes.bundles, writes.chunks, writes.compacted)
+            tx.write(size, edge.size, writes)
         self._edge = edge
-        return size
+        return size, edge.size
 
     def close(self) -> None:
         """Commit what is queued, then stop the thread."""
@@ -566,9 +575,37 @@ class Sequencer:
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join()
-        appender, self._appender = self._appender, None
-        if appender is not None:
-            appender.close()
+
+
+def _run_side_writes(cur: Cursor, batch: _Batch) -> tuple[list[bytes], list[bytes]]:
+    """Run the batch's side writes, each in a savepoint; return the records and hashes of the
+    submissions whose side write succeeded (all of the batch's other entries included)."""
+    assert batch.sides is not None
+    removed: list[tuple[int, int]] = []
+    for side in batch.sides:
+        cur.execute(f"SAVEPOINT {_SAVEPOINT}")
+        try:
+            side.write(cur)
+        except Exception as exc:
+            cur.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+            cur.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}")
+            side.error = exc
+            removed.append((side.position, side.count))
+        else:
+            cur.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}")
+    if not removed:
+        return batch.records, batch.hashes
+    batch.removed = removed  # in order of position: submissions join in order
+    records: list[bytes] = []
+    hashes: list[bytes] = []
+    start = 0
+    for position, count in removed:
+        records += batch.records[start:position]
+        hashes += batch.hashes[start:position]
+        start = position + count
+    records += batch.records[start:]
+    hashes += batch.hashes[start:]
+    return records, hashes
 
 
 def _expire_all(futures: list[asyncio.Future[None]], timeout: float) -> None:
@@ -595,8 +632,35 @@ def _failure(exc: BaseException) -> LedgerUnavailable:
     return failure
 
 
-def _receipts(batch: _Batch, position: int, hashes: list[bytes]) -> list[Receipt]:
+def _receipts(
+    batch: _Batch, position: int, hashes: list[bytes], side: _Side | None
+) -> list[Receipt]:
+    """A submission's receipts once its batch is over, or its error: its own side write's,
+    else the commit's."""
+    if side is not None and side.error is not None:
+        raise side.error
     if batch.error is not None:
         raise _failure(batch.error)
+    if batch.removed is not None:  # side writes left entries before this one out
+        position -= sum(count for start, count in batch.removed if start < position)
     first = batch.first + position
     return [Receipt(first + i, h) for i, h in enumerate(hashes)]
+
+
+def _prepare(entries: Sequence[bytes]) -> tuple[list[bytes], list[bytes], int]:
+    """(records, leaf hashes, bytes) of a submission: the per-entry work, done by the
+    appender outside the sequencer's critical path."""
+    records: list[bytes] = []
+    hashes: list[bytes] = []
+    nbytes = 0
+    copy = _LEAF_PREFIX.copy
+    for entry in entries:
+        size = len(entry)
+        if size > MAX_ENTRY_SIZE:
+            _record(entry)  # raises the size error
+        hasher = copy()
+        hasher.update(entry)
+        hashes.append(hasher.digest())
+        records.append(size.to_bytes(2, "big") + entry)
+        nbytes += size + 2
+    return records, hashes, nbytes

@@ -1,4 +1,5 @@
-"""The log's tables and the SQL that reads and writes them, on SQLite and PostgreSQL alike.
+"""The log's SQL driver (`SqlLogStorage`): its tables and the SQL that reads and writes them, on
+SQLite and PostgreSQL alike, behind the `log_storage.LogStorage` seam.
 
 Storage follows Tessera's layout rather than one row per entry: the log keeps exactly what the
 C2SP tlog-tiles API serves. A group commit therefore writes a handful of rows however many
@@ -10,21 +11,26 @@ entries it carries:
 - ``ledger_bundle_chunks``: entries as the commits wrote them: one row per commit and bundle
   (the commit's stretch of it), so every entry is written once, however the batches fall.
 - ``ledger_bundles``: whole entry bundles (256 uint16-length-prefixed entries) in one row: a
-  bundle that one batch filled alone, or one that filled through more than `MAX_BUNDLE_CHUNKS`
+  bundle that one batch filled alone, or one that filled through more than
+  `sequencer.MAX_BUNDLE_CHUNKS`
   small commits (rewritten whole when it fills, its chunks deleted in the same transaction, so
   reading it stays one row). Where a bundle has a whole row, that row is the bundle.
 - ``ledger_checkpoints``: every signed checkpoint, with the witness cosignatures it gathered.
 
-Every function takes an open cursor so callers decide the transaction boundaries.
+The functions take an open cursor so callers decide the transaction boundaries; the driver
+(at the end) is what the log uses.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from bastion.errors import IntegrityError, StoreUnavailable
+from bastion.ledger.log_storage import BundleParts, StoredCheckpoint, Writes
+from bastion.ledger.tiles import bundle_prefix
 from bastion.store import Cursor, Database
 
 COMPONENT = "ledger"
@@ -99,23 +105,6 @@ def _tune_pg_storage(db: Database) -> None:
                 cur.execute(f"ALTER TABLE {table} ALTER COLUMN {column} SET COMPRESSION lz4")
 
 
-@dataclass(frozen=True)
-class StoredCheckpoint:
-    """A checkpoint as the log signed it, plus the cosignature lines witnesses returned."""
-
-    tree_size: int
-    root_hash: bytes
-    note: str
-    cosignatures: str
-    witnesses: int
-    created_at: str
-
-    @property
-    def text(self) -> str:
-        """The published note: the log's signed note with the witnesses' lines appended."""
-        return self.note + self.cosignatures
-
-
 # --- tree size -----------------------------------------------------------------------------
 
 
@@ -151,16 +140,6 @@ def read_tile(cur: Cursor, level: int, index: int) -> bytes | None:
         "SELECT hashes FROM ledger_tiles WHERE tile_level = ? AND tile_index = ?", (level, index)
     ).fetchone()
     return None if row is None else bytes(row[0])
-
-
-@dataclass(frozen=True)
-class BundleParts:
-    """A stored entry bundle: its width, its encoded entries, and how many chunk rows hold them
-    (0 when one whole row does)."""
-
-    width: int
-    data: bytes
-    chunks: int
 
 
 def _join_chunks(index: int, chunks: Sequence[tuple[Any, Any, Any]]) -> BundleParts:
@@ -251,31 +230,6 @@ def write_bundles(cur: Cursor, bundles: Sequence[tuple[int, int, bytes]]) -> Non
         )
 
 
-def write_bundle_chunk(cur: Cursor, index: int, first: int, count: int, data: bytes) -> None:
-    """Append `count` encoded entries to partial bundle `index`, starting at entry `first`."""
-    cur.execute(
-        "INSERT INTO ledger_bundle_chunks (bundle_index, first_entry, entry_count, entries)"
-        " VALUES (?, ?, ?, ?)",
-        (index, first, count, data),
-    )
-
-
-MAX_BUNDLE_CHUNKS = 16
-"""A bundle that would lie in more chunk rows than this is rewritten as one row when it fills."""
-
-
-@dataclass(frozen=True)
-class Writes:
-    """What one batch writes: grown or completed tiles (level, index, hashes), whole bundles
-    (index, width, entries), bundle chunks (index, first entry, count, entries), and the bundles
-    whose chunks a whole row now replaces."""
-
-    tiles: list[tuple[int, int, bytes]]
-    bundles: list[tuple[int, int, bytes]]
-    chunks: list[tuple[int, int, int, bytes]]
-    compacted: list[int]
-
-
 def write_batch_bundles(
     cur: Cursor,
     bundles: Sequence[tuple[int, int, bytes]],
@@ -327,13 +281,6 @@ def latest_checkpoint(cur: Cursor, *, min_witnesses: int = 0) -> StoredCheckpoin
         f"SELECT {_CHECKPOINT_COLUMNS} FROM ledger_checkpoints WHERE witnesses >= ?"
         " ORDER BY tree_size DESC LIMIT 1",
         (min_witnesses,),
-    ).fetchone()
-    return _checkpoint(row)
-
-
-def checkpoint_at(cur: Cursor, size: int) -> StoredCheckpoint | None:
-    row = cur.execute(
-        f"SELECT {_CHECKPOINT_COLUMNS} FROM ledger_checkpoints WHERE tree_size = ?", (size,)
     ).fetchone()
     return _checkpoint(row)
 
@@ -444,3 +391,126 @@ class PgAppender:
 
     def close(self) -> None:
         self._conn.close()
+
+
+# --- the driver -------------------------------------------------------------------------------
+
+
+class _SqlTransaction:
+    """`LogTransaction` over one database transaction that holds the sequencer's lock."""
+
+    def __init__(self, cur: Cursor, for_update: bool) -> None:
+        self._cur = cur
+        self._for_update = for_update
+
+    @property
+    def cursor(self) -> Cursor:
+        return self._cur
+
+    def tree_size(self) -> int:
+        return read_tree_size(self._cur, for_update=self._for_update)
+
+    def read_tile(self, level: int, index: int, width: int) -> bytes | None:
+        data = read_tile(self._cur, level, index)
+        return None if data is None or len(data) < width * 32 else data[: width * 32]
+
+    def read_bundle_parts(self, index: int, width: int) -> BundleParts | None:
+        parts = read_bundle_parts(self._cur, index)
+        return None if parts is None or parts.width != width else parts
+
+    def write(self, old: int, new: int, writes: Writes) -> None:
+        advance_tree_size(self._cur, old, new)
+        _write(self._cur, writes)
+
+
+def _write(cur: Cursor, writes: Writes) -> None:
+    write_tiles(cur, writes.tiles)
+    write_batch_bundles(cur, writes.bundles, writes.chunks, writes.compacted)
+
+
+class SqlLogStorage:
+    """`LogStorage` in the tables above, on the shared database (SQLite or PostgreSQL).
+
+    Commits hold the ``ledger:sequencer`` lock and compare-and-swap the state row, so several
+    processes on one database cannot fork the log. On PostgreSQL a commit with a cached right
+    edge is one autocommitted statement on the driver's own connection (`PgAppender`)."""
+
+    side_writes_in_commit = True
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._postgres = db.dialect == "postgresql"
+        self._appender: PgAppender | None = None
+        self._appender_lock = threading.Lock()  # the sequencer thread uses it; close() too
+
+    @property
+    def description(self) -> str:
+        return self.db.description
+
+    def create(self) -> None:
+        create_tables(self.db)
+
+    def append(self, old: int, new: int, writes: Writes) -> bool:
+        if self._postgres:
+            with self._appender_lock:
+                if self._appender is None:
+                    self._appender = PgAppender.open(self.db)
+                try:
+                    return self._appender.append(old, new, writes)
+                except BaseException:
+                    self._appender.close()  # a fresh connection next time
+                    self._appender = None
+                    raise
+        # SQLite: the compare-and-swap first, one statement fewer than reading the size.
+        with self.db.transaction(lock=SEQUENCER_LOCK) as cur:
+            if not swap_tree_size(cur, old, new - old):
+                return False
+            _write(cur, writes)
+        return True
+
+    @contextmanager
+    def exclusive(self) -> Iterator[_SqlTransaction]:
+        with self.db.transaction(lock=SEQUENCER_LOCK) as cur:
+            yield _SqlTransaction(cur, for_update=self._postgres)
+
+    def tree_size(self) -> int:
+        with self.db.transaction() as cur:
+            return read_tree_size(cur)
+
+    def read_tile(self, level: int, index: int, width: int) -> bytes | None:
+        with self.db.transaction() as cur:
+            data = read_tile(cur, level, index)
+        return None if data is None or len(data) < width * 32 else data[: width * 32]
+
+    def read_bundle(self, index: int, width: int) -> bytes | None:
+        with self.db.transaction() as cur:
+            row = read_bundle(cur, index)
+        if row is None or row[0] < width:
+            return None
+        return row[1] if row[0] == width else bundle_prefix(row[1], width)
+
+    def read_bundles(self, first: int, last: int) -> list[tuple[int, int, bytes]]:
+        with self.db.transaction() as cur:
+            return read_bundles(cur, first, last)
+
+    def latest_checkpoint(self, *, min_witnesses: int = 0) -> StoredCheckpoint | None:
+        with self.db.transaction() as cur:
+            return latest_checkpoint(cur, min_witnesses=min_witnesses)
+
+    def store_checkpoint(self, cp: StoredCheckpoint) -> StoredCheckpoint:
+        with self.db.transaction(lock=PUBLISHER_LOCK) as cur:
+            newest = latest_checkpoint(cur)
+            if newest is not None and newest.tree_size >= cp.tree_size:
+                return newest  # another process published meanwhile
+            insert_checkpoint(cur, cp)
+        return cp
+
+    def record_cosignatures(self, size: int, cosignatures: str, witnesses: int) -> None:
+        with self.db.transaction(lock=PUBLISHER_LOCK) as cur:
+            record_cosignatures(cur, size, cosignatures, witnesses)
+
+    def close(self) -> None:
+        with self._appender_lock:
+            appender, self._appender = self._appender, None
+        if appender is not None:
+            appender.close()

@@ -199,6 +199,19 @@ def decode_entry_bundle(data: bytes, width: int | None = None) -> list[bytes]:
     return entries
 
 
+def bundle_prefix(data: bytes, width: int) -> bytes:
+    """The first `width` entries of an encoded bundle, still encoded (a partial bundle is a
+    prefix of the bundle it grows into)."""
+    pos, end = 0, len(data)
+    for _ in range(width):
+        if pos + 2 > end:
+            raise TileError("entry bundle is truncated")
+        pos += 2 + ((data[pos] << 8) | data[pos + 1])
+    if pos > end:
+        raise TileError("entry bundle is truncated")
+    return data[:pos]
+
+
 def encode_tile(hashes: Sequence[bytes]) -> bytes:
     """A tile is its hashes concatenated."""
     if not 1 <= len(hashes) <= TILE_WIDTH:

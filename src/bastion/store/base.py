@@ -62,6 +62,13 @@ class Database(ABC):
         name are serialized across processes until the transaction ends.
         """
 
+    def lock_in(self, cur: Cursor, name: str) -> None:
+        """Take named lock `name` inside an open transaction (one opened with a lock of its
+        own), until it ends: for work that runs inside another's transaction, such as a side
+        write in the ledger's commit. SQLite needs nothing: a transaction opened with a lock
+        already excludes every other writer of the file."""
+        return None
+
     def migrate(self, component: str, statements: Sequence[str]) -> None:
         """Run a component's idempotent DDL (``CREATE ... IF NOT EXISTS``)."""
         with self.transaction(lock=f"migrate:{component}") as cur:

@@ -32,6 +32,11 @@ def _to_pg(sql: str) -> str:
     return _PLACEHOLDER.sub("%s", sql)
 
 
+def _lock_key(name: str) -> int:
+    """The advisory lock a named lock is: 64 bits of the name's SHA-256."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
 class _PgCursor:
     def __init__(self, cur: psycopg.Cursor[Any]) -> None:
         self._cur = cur
@@ -232,16 +237,16 @@ class PostgresDatabase(Database):
         that keeps one apart, such as the ledger's sequencer."""
         return connect_bounded(self.dsn, self.bounds, schema=self.schema, autocommit=autocommit)
 
+    def lock_in(self, cur: Cursor, name: str) -> None:
+        cur.execute("SELECT pg_advisory_xact_lock(?)", (_lock_key(name),))
+
     @contextmanager
     def transaction(self, lock: str | None = None) -> Iterator[Cursor]:
         conn = self._conn()
         try:
             with conn.cursor() as raw:
                 if lock:
-                    key = int.from_bytes(
-                        hashlib.sha256(lock.encode()).digest()[:8], "big", signed=True
-                    )
-                    raw.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+                    raw.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(lock),))
                 yield _PgCursor(raw)
         except BaseException as exc:
             # Lost: the server is unreachable or silent (this client's deadline), ended the

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from bastion.clock import SystemClock
 from bastion.ledger import storage
+from bastion.ledger.http import log_router
 from bastion.ledger.log import Log
 from bastion.ledger.note import NoteSigner
 from bastion.store import open_database
@@ -26,7 +27,7 @@ def main(n: int, port: int) -> None:
         log.publish()
     print(log.vkey, flush=True)
     app = FastAPI()
-    app.include_router(log.router())
+    app.include_router(log_router(log.reader))
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 

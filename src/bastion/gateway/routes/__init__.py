@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from bastion.gateway.runtime import Runtime
+from bastion.ledger.http import log_router
 
 
 def register_routes(app: FastAPI, runtime: Runtime) -> None:
@@ -25,6 +26,4 @@ def register_routes(app: FastAPI, runtime: Runtime) -> None:
     app.include_router(transparency.router)
     app.include_router(policy.router)
     app.include_router(cleanroom.router)
-    log_router = getattr(runtime.ledger, "router", None)
-    if callable(log_router):
-        app.include_router(log_router())
+    app.include_router(log_router(runtime.ledger.reader))
