@@ -21,11 +21,11 @@ CHILD = str(Path(__file__).with_name("_child_appender.py"))
 
 
 def spawn(
-    url: str, schema: str | None, tag: str, threads: int, count: int, skey: str
+    url: str, schema: str | None, tag: str, threads: int, count: int, skey: str, *extra: str
 ) -> subprocess.Popen[str]:
     env = {**os.environ, "LEDGER_TEST_SKEY": skey}
     return subprocess.Popen(
-        [sys.executable, CHILD, url, schema or "-", tag, str(threads), str(count)],
+        [sys.executable, CHILD, url, schema or "-", tag, str(threads), str(count), *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -282,16 +282,20 @@ class Sequencer:
     database (static files), the side write is committed first, in a transaction of its own on
     `side_db`, and then the entries are submitted: the same outcome for a side write that
     raises, and for a failed commit the side write stays (it fails closed: a reservation
-    without a release). For example, counting a release and recording it in one commit::
+    without a release). For example, counting a bulk release and recording it in one commit
+    (through `Log.append_entries`, or `append_entries_async`, which take the same argument)::
 
         def reserve(cur: Cursor) -> None:
-            counter.reserve_in(cur, principal, usage)  # raises BulkThresholdExceeded
+            db.lock_in(cur, f"bulk:{employer}")  # serialize with the counter's other writers
+            ...  # count into bulk_totals with `cur`; raise BulkThresholdExceeded to refuse
 
-        receipts = sequencer.submit(entries, side_write=reserve)
+        receipts = log.append_entries(entries, side_write=reserve)  # raises what reserve raised
 
     A side write that must serialize with other writers of its rows takes their lock itself,
-    on the cursor it is given (`store.Database.lock_in`): the commit already holds the log's
-    own lock, so on SQLite that is the whole database and on PostgreSQL an advisory lock.
+    on the cursor it is given (`store.Database.lock_in`); the commit already holds the log's
+    own lock (``ledger:sequencer``, or ``ledger:side-write`` when it commits alone), so that
+    lock always comes second. Side writes run one after another on the sequencer's thread:
+    keep them to a few statements.
     """
 
     def __init__(
