@@ -83,6 +83,10 @@ class LedgerSettings(Section):
     witnesses: tuple[Text, ...] = ()
     witness_quorum: Annotated[int, Strict(), Field(ge=0)] = 0
     free_text: FreeTextMode = "commit"
+    # Where the log lives: "database" (its tables) or "files" (static C2SP tlog-tiles files
+    # that any web server can serve, in `directory`: default <home>/log, relative to the home).
+    storage: Literal["database", "files"] = "database"
+    directory: Text | None = None
 
 
 class Bounds(Section):

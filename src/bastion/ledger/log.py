@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel
 
 from bastion.clock import Clock, SystemClock
-from bastion.errors import ConfigError, InputError, IntegrityError, KeyUnavailable
+from bastion.errors import InputError, IntegrityError, KeyUnavailable
 from bastion.events import EntryTooLarge, encode_event
 from bastion.home import Bounds, Home
 from bastion.keys.signing import create_signing_key, load_signing_key
@@ -318,24 +318,15 @@ class Log:
 
 # --- composition ------------------------------------------------------------------------------
 
-STORAGE_KINDS = ("database", "files")
-
-
 def storage_for(home: Home, db: Database) -> LogStorage:
-    """The home's log storage, from ``[ledger] storage`` (``"database"``, the default, or
-    ``"files"``) and ``[ledger] directory`` (for files; default ``<home>/log``, relative paths
-    from the home). Read from the raw config until the typed settings carry it."""
-    ledger = home.settings.raw.get("ledger", {})
-    kind = ledger.get("storage", "database") if isinstance(ledger, dict) else "database"
-    if kind == "database":
+    """The home's log storage: ``[ledger] storage`` is ``"database"`` (the default: `db`'s
+    tables) or ``"files"`` (static tlog-tiles files in ``[ledger] directory``, by default
+    ``<home>/log``; a relative path is from the home)."""
+    ledger = home.settings.ledger
+    if ledger.storage == "database":
         return SqlLogStorage(db)
-    if kind != "files":
-        raise ConfigError(f"ledger.storage must be 'database' or 'files', not {kind!r}")
-    directory = ledger.get("directory")
-    if directory is not None and not isinstance(directory, str):
-        raise ConfigError("ledger.directory must be a path")
-    path = home.tiles_dir if directory is None else home.path / Path(directory).expanduser()
-    return FileLogStorage(path, quorum=home.settings.witness_quorum)
+    directory = home.tiles_dir if ledger.directory is None else Path(ledger.directory)
+    return FileLogStorage(home.path / directory.expanduser(), quorum=ledger.witness_quorum)
 
 
 def _load_log_key(storage: LogStorage, keys_dir: Path) -> Ed25519PrivateKey:
