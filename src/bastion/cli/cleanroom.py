@@ -332,8 +332,3 @@ def templates_cmd(as_json: bool = JSON_OPTION) -> None:
 
 
 cleanroom_app.add_typer(budget_app)
-
-
-def register(app: typer.Typer) -> None:
-    """Nothing to add at the top level: the commands live on the shared ``cleanroom`` group."""
-    del app

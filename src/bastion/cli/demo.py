@@ -11,7 +11,7 @@ from bastion.cli.common import HOME_OPTION, JSON_OPTION, console, emit_json, rep
 from bastion.home import default_home_path
 
 
-def register(app: typer.Typer) -> None:
+def mount(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
         home: Path | None = HOME_OPTION,

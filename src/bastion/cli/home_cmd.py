@@ -25,7 +25,7 @@ def init_home(path: Path, origin: str = "bastion.example/log") -> Home:
     return Home.load(path)
 
 
-def register(app: typer.Typer) -> None:
+def mount(app: typer.Typer) -> None:
     @app.command("init")
     def init(
         home: Path | None = HOME_OPTION,

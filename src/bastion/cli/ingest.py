@@ -74,5 +74,5 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def register(app: typer.Typer) -> None:
+def mount(app: typer.Typer) -> None:
     app.command("ingest")(ingest)

@@ -90,7 +90,3 @@ def retire(
             )
         else:
             console.print(f"KEK version {version} retired (destroyed); ledger index {entry.index}.")
-
-
-def register(app: typer.Typer) -> None:
-    """The commands attach to the ``keys`` group when this module is imported."""

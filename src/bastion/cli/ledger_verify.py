@@ -143,7 +143,3 @@ def verify_proof_cmd(
     if verified.cosigners:
         table.add_row("cosigned by", ", ".join(c.name for c in verified.cosigners))
     console.print(table)
-
-
-def register(app: typer.Typer) -> None:
-    """The commands attach to the ledger group on import; nothing else to add."""

@@ -12,7 +12,7 @@ from bastion.cli.common import HOME_OPTION, console, reported_errors
 from bastion.home import Home
 
 
-def register(app: typer.Typer) -> None:
+def mount(app: typer.Typer) -> None:
     @app.command("serve")
     def serve(
         host: str = typer.Option("127.0.0.1", help="Address to listen on."),

@@ -62,5 +62,5 @@ def synth(
         console.print(table)
 
 
-def register(app: typer.Typer) -> None:
+def mount(app: typer.Typer) -> None:
     app.command("synth")(synth)

@@ -147,7 +147,3 @@ def purge(
             emit_json({"ok": True, "purged": n})
         else:
             console.print(f"Purged {n:,} shredded records.")
-
-
-def register(app: typer.Typer) -> None:
-    """The commands attach to the ``vault`` group when this module is imported."""

@@ -167,5 +167,5 @@ def status_cmd(directory: Path = DIR_OPTION, as_json: bool = JSON_OPTION) -> Non
     console.print(table)
 
 
-def register(app: typer.Typer) -> None:
+def mount(app: typer.Typer) -> None:
     app.add_typer(witness_app_cli)
