@@ -25,8 +25,8 @@ def mount(app: typer.Typer) -> None:
         with reported_errors(as_json):
             from rich.console import Console
 
-            from bastion.demo import story
             from bastion.cli.home_cmd import init_home
+            from bastion.demo import story
             from bastion.wiring import initialize, open_store
 
             root = (home or default_home_path()).resolve() / "demo"

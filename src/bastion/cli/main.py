@@ -54,7 +54,9 @@ COMMANDS: dict[str, Entry] = {
         "Run the gateway: policy-checked, logged-before-released access, plus /log/.",
         ("serve",),
     ),
-    "vault": Entry("Sealed records, per-subject keys, shredding, rotation.", ("vault",), "vault_app"),
+    "vault": Entry(
+        "Sealed records, per-subject keys, shredding, rotation.", ("vault",), "vault_app"
+    ),
     "keys": Entry("Key providers: local keyring or PKCS#11 HSM.", ("keys",), "keys_app"),
     "ledger": Entry(
         "The transparency log: append, checkpoints, proofs, verification.",
