@@ -33,6 +33,7 @@ from bastion.gateway.errors import (
     store_unavailable,
 )
 from bastion.gateway.metrics import MetricsMiddleware
+from bastion.gateway.refusals import reject_invalid_request, reject_model_error
 from bastion.gateway.runtime import Runtime
 from bastion.gateway.surrogates import refuse_non_unicode
 
@@ -114,8 +115,6 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        from bastion.gateway.pipeline import reject_invalid_request
-
         err = await reject_invalid_request(runtime, request, exc)
         return await _api_error(request, err)
 
@@ -123,8 +122,6 @@ def create_app(
     async def _model_invalid(request: Request, exc: ValidationError) -> JSONResponse:
         # A part's own model refused a value the API schema let through (e.g. a repeated
         # subject): still the caller's input, so a recorded 422, never a 500.
-        from bastion.gateway.pipeline import reject_model_error
-
         err = await reject_model_error(runtime, request, exc)
         return await _api_error(request, err)
 

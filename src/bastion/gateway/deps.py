@@ -11,66 +11,19 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
-from bastion.clock import iso
-from bastion.events import Actor, AuthFailure
 from bastion.gateway.auth import AuthError, Principal
-from bastion.gateway.errors import ApiError
-from bastion.gateway.pipeline import endpoint_of, new_request_id, receipt_out, record
+from bastion.gateway.recording import endpoint_of, new_request_id
+from bastion.gateway.refusals import record_auth_failure
 from bastion.gateway.runtime import Runtime
 from bastion.policy.registry import Claimed, PrincipalRefused, check_entry
 
 # auto_error=False: a missing header must reach our handler, which records the attempt.
 _bearer = HTTPBearer(auto_error=False, description="An EdDSA JWT from a trusted issuer.")
 
-ANONYMOUS = Actor(id="anonymous", kind="principal")
-
 
 async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
-
-
-def _claimed_subject_ref(rt: Runtime, claimed: str) -> str:
-    if not claimed:
-        return "none"
-    try:
-        return f"ref {rt.lookup.subject_refs([claimed])[0]}"
-    except Exception:  # the vault cannot be read: the refusal is still recorded, without it
-        return "unavailable"
-
-
-def record_auth_failure(rt: Runtime, request: Request, exc: AuthError, endpoint: str) -> ApiError:
-    """Record a refused token and return the 401 to raise (503 if the ledger is down)."""
-    rt.metrics.auth_failures.labels(exc.kind).inc()
-    # The claims of a refused token are unauthenticated text, and the log is public and
-    # append-only: anyone could otherwise write a person's id (or anything) into it for good.
-    # A data subject's token even names them by subject id. So the claimed subject goes in as
-    # its keyed ref (the custodian can match it), and the issuer only when it is one we trust.
-    claimed_sub = _claimed_subject_ref(rt, exc.claimed_subject)
-    trusted = {t.issuer for t in rt.verifier.issuers}
-    claimed_iss = (
-        repr(exc.claimed_issuer)
-        if exc.claimed_issuer in trusted
-        else ("untrusted" if exc.claimed_issuer else "none")
-    )
-    event = AuthFailure(
-        actor=ANONYMOUS,
-        reason=f"bearer token refused: {exc.detail} "
-        f"(claimed sub {claimed_sub}, claimed iss {claimed_iss})",
-        at=iso(rt.clock.now()),
-        endpoint=endpoint[:256],
-        failure=exc.kind,
-    )
-    (receipt,) = record(rt, [event])
-    err = ApiError(
-        401,
-        f"auth-{exc.kind}",
-        f"bearer token refused: {exc.detail}",
-        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-    )
-    err.receipt = receipt_out(receipt)
-    err.request_id = new_request_id(request)
-    return err
 
 
 async def authenticate(

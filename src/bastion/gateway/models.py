@@ -140,6 +140,12 @@ class ReleaseOut(BaseModel):
     )
     next_page_token: str | None = None
     grant_id: str | None = None
+    access_request_id: str | None = Field(
+        default=None,
+        # Sent only when the release opened an access request for the fields it withheld.
+        exclude_if=lambda v: v is None,
+        description="The access request opened for fields that wait for approvers.",
+    )
 
 
 class DatasetOut(BaseModel):

@@ -4,25 +4,30 @@
 authenticate → decide → plan → record → open → transform → respond
 ```
 
-* **authenticate**: ``deps.authenticate`` turns the bearer token into a Principal (401s are
-  recorded as ``AuthFailure``).
-* **decide / plan**: the policy engine gives each field a transform and the request its row
-  filter; a presented grant is verified first. A ticket's row filter keeps the subjects of
-  the open ticket the request names, as a ticketing service registered it (``[gateway]
-  tickets = "registered"``), not the subjects the reader lists.
-* **select**: the records asked for are resolved to vault record keys without decrypting
-  anything; records of subjects outside the row filter are dropped; a grant's use is
-  counted (against its ``max_uses``); the bulk counters of 28 CFR 202.205 are checked and
-  reserved.
-* **record**: an ``AccessDecision`` naming every released (record, field, transform) is
-  durably appended to the ledger (a large release: several entries, each under 64 KiB, in
-  ONE commit). If that fails, nothing is opened.
-* **open**: the vault opens exactly the recorded plan's sealed values: each chunk's
-  ``RecordedPlan`` is bound to its entry, which the vault's check re-hashes against the
-  receipt and requires to list every value opened. Public values and pseudonym tokens come
-  from the vault's clear columns, so a pseudonymized field is never decrypted at all.
-* **transform / respond**: each value takes its planned form; the response carries the
-  receipt (ledger index and leaf hash).
+``Gate.release`` runs these stages in this order, each a method below that takes and gives
+typed values:
+
+* **authenticate** (``deps.authenticate``, before the route runs): the bearer token becomes
+  a Principal; a refused token is recorded as ``AuthFailure``. The gate then checks the names
+  a request uses (``check``): an unknown dataset or field is bad input, recorded, not a
+  policy question.
+* **decide** → :class:`Decision`: a presented grant is verified, the ticket resolved, and
+  the policy engine gives each field a transform and the request its row filter. A ticket's
+  row filter keeps the subjects of the open ticket the request names, as a ticketing service
+  registered it (``[gateway] tickets = "registered"``), not the subjects the reader lists.
+* **plan** → :class:`ReleasePlan`: the records asked for are resolved to vault record keys
+  without decrypting anything; records of subjects outside the row filter are dropped; a
+  grant's use is counted (against its ``max_uses``); the bulk counters of 28 CFR 202.205 are
+  checked and reserved; the records are split over ledger entries.
+* **record** → :class:`Recorded`: an ``AccessDecision`` naming every released (record,
+  field, transform) is durably appended to the ledger (a large release: several entries,
+  each under 64 KiB, in ONE commit). If that fails, nothing is opened.
+* **open** → :class:`Opened`: the vault opens exactly the recorded plan's sealed values: each
+  chunk's ``RecordedPlan`` is bound to its entry, which the vault's check re-hashes against
+  the receipt and requires to list every value opened. Public values and pseudonym tokens
+  come from the vault's clear columns, so a pseudonymized field is never decrypted at all.
+* **transform** → values: each value takes its planned form (mask, generalize, pseudonym).
+* **respond** → :class:`ReleaseOut`: the values with the receipts (ledger index, leaf hash).
 
 Every refusal on the way (bad input, unknown names, a rejected grant, a policy denial, a bulk
 threshold) is recorded too, and answers with the receipt of its entry.
@@ -30,35 +35,36 @@ threshold) is recorded too, and answers with the receipt of its entry.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import Request
-from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ValidationError
-from starlette.concurrency import run_in_threadpool
+from pydantic import BaseModel
 
 from bastion.catalog import Classification, DatasetSpec, to_jsonable
 from bastion.clock import iso
 from bastion.errors import BastionError, InputError, IntegrityError
-from bastion.events import AccessDecision, Actor, Export, RequestRejected, encode_event
-from bastion.gateway.auth import AuthError, Principal, bearer_token
-from bastion.gateway.errors import ApiError, ReceiptOut
-from bastion.gateway.models import AccessContext, Filter
-from bastion.gateway.public_names import (
-    client_request_id,
-    public_dataset,
-    public_field,
-    public_id,
-    public_ticket,
-    scrub,
+from bastion.events import AccessDecision, Actor, Export
+from bastion.gateway.auth import Principal
+from bastion.gateway.errors import ApiError
+from bastion.gateway.models import (
+    AccessContext,
+    FieldPlanOut,
+    RecordOut,
+    ReleaseOut,
 )
+from bastion.gateway.public_names import public_id, public_ticket, scrub
+from bastion.gateway.recording import receipt_out, record, record_entries
+from bastion.gateway.refusals import input_error_kind, reject
 from bastion.gateway.runtime import Runtime
-from bastion.home import FreeTextMode
+from bastion.gateway.selection import (
+    Addressing,
+    Resolved,
+    Selection,
+    check_selection,
+    resolve,
+)
 from bastion.ledger.api import Receipt
 from bastion.policy import (
     AccessPlan,
@@ -77,240 +83,15 @@ from bastion.policy import (
     apply_transform,
 )
 from bastion.policy.thresholds import usage_for
-from bastion.vault import ReadPlan, RecordedPlan
+from bastion.vault import OpenedValues, ReadPlan, RecordedPlan
 
 log = logging.getLogger(__name__)
-
-MAX_FILTER_VALUES = 100
-
-
-def new_request_id(request: Request) -> str:
-    """The caller's ``X-Request-Id`` when it is an id that cannot carry text (a UUID or hex
-    digits; it makes grant uses single-shot), else a fresh one: the log is public, and a
-    header can hold anything (see ``public_names``)."""
-    rid: str | None = getattr(request.state, "request_id", None)
-    if rid is not None:
-        return rid
-    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
-    mode: FreeTextMode = runtime.public_text.mode if runtime is not None else "commit"
-    rid = client_request_id(request.headers.get("x-request-id"), mode)
-    request.state.request_id = rid
-    return rid
-
-
-def receipt_out(receipt: Receipt) -> ReceiptOut:
-    return ReceiptOut(index=receipt.index, leaf_hash=receipt.leaf_hash.hex())
-
-
-def endpoint_of(request: Request) -> str:
-    route = request.scope.get("route")
-    return f"{request.method} {getattr(route, 'path', '<unmatched>')}"
-
-
-# ---------------------------------------------------------------------------- recording
-
-
-def record(rt: Runtime, events: Sequence[BaseModel]) -> list[Receipt]:
-    """Durably append events; any failure becomes a 503 and nothing is released."""
-    return [receipt for receipt, _entry in record_entries(rt, events)]
-
-
-def record_entries(rt: Runtime, events: Sequence[BaseModel]) -> list[tuple[Receipt, bytes]]:
-    """Durably append events; each receipt comes with the exact entry bytes it covers (what
-    ``RecordedPlan.bind`` checks). Any failure becomes a 503 and nothing is released."""
-    import time
-
-    start = time.perf_counter()
-    try:
-        # Encoded once here (canonical JSON of a bulk entry costs milliseconds): the same
-        # bytes are appended and later checked against the receipt's leaf hash.
-        entries = [encode_event(e) for e in events]  # type: ignore[arg-type]
-        receipts = list(rt.writer.append_entries(entries))
-        if len(receipts) != len(entries):
-            raise RuntimeError("the ledger returned a receipt count that does not match")
-    except Exception as exc:
-        rt.metrics.ledger_failures.inc()
-        log.error("ledger append failed: %s", type(exc).__name__)
-        raise ApiError(
-            503,
-            "ledger-unavailable",
-            "the ledger could not record this request, so nothing was released",
-        ) from None
-    rt.metrics.ledger_append.observe(time.perf_counter() - start)
-    return list(zip(receipts, entries, strict=True))
-
-
-def reject(
-    rt: Runtime,
-    actor: Actor,
-    *,
-    request_id: str,
-    endpoint: str,
-    status: int,
-    kind: str,
-    message: str,
-    dataset: str | None = None,
-    field: str | None = None,
-    detail: dict[str, Any] | None = None,
-) -> ApiError:
-    """Record a refused request (nothing released) and return the error to raise.
-
-    The caller gets ``message`` as it is; the log is public, so a dataset or field name the
-    catalog (or the API schema) does not declare is typed text there: a keyed commitment by
-    default, also where the message quotes it."""
-    rt.metrics.input_errors.labels(kind).inc()
-    shown_dataset = public_dataset(rt, dataset[:128] if dataset else None)
-    shown_field = public_field(rt, field[:128] if field else None)
-    typed = {
-        raw: shown
-        for raw, shown in ((dataset, shown_dataset), (field, shown_field))
-        if raw and shown and raw[:128] != shown
-    }
-    event = RequestRejected(
-        actor=actor,
-        reason=scrub(message, typed)[:4096],
-        at=iso(rt.clock.now()),
-        request_id=request_id,
-        endpoint=endpoint[:256],
-        status=status,
-        error=kind,
-        dataset=shown_dataset,
-        field=shown_field,
-    )
-    (receipt,) = record(rt, [event])
-    err = ApiError(status, kind, message, detail=detail)
-    err.receipt = receipt_out(receipt)
-    err.request_id = request_id
-    return err
-
-
-def reject_request(
-    rt: Runtime,
-    principal: Principal,
-    request: Request,
-    *,
-    kind: str,
-    message: str,
-    status: int = 422,
-    dataset: str | None = None,
-    field: str | None = None,
-    detail: dict[str, Any] | None = None,
-) -> ApiError:
-    """``reject`` for a route, which has the request at hand."""
-    return reject(
-        rt,
-        principal.actor(),
-        request_id=new_request_id(request),
-        endpoint=endpoint_of(request),
-        status=status,
-        kind=kind,
-        message=message,
-        dataset=dataset,
-        field=field,
-        detail=detail,
-    )
-
-
-def input_error_kind(exc: InputError) -> tuple[int, str]:
-    message = str(exc)
-    if "unknown dataset" in message:
-        return 404, "unknown-dataset"
-    if exc.field is not None and "no such field" in message:
-        return 422, "unknown-field"
-    return 422, "invalid-input"
-
-
-def _validation_kind(errors: Sequence[Mapping[str, Any]]) -> tuple[int, str, str | None]:
-    """Classify FastAPI's validation errors: (status, kind, field path)."""
-    first = errors[0] if errors else {}
-    loc = [str(p) for p in first.get("loc", ())]
-    path = ".".join(p for p in loc if p not in ("body",)) or None
-    etype = str(first.get("type", ""))
-    if etype == "json_invalid":
-        return 400, "malformed-json", None
-    if "page_size" in loc and etype in ("less_than_equal", "greater_than_equal"):
-        return 422, "page-size-out-of-range", "page_size"
-    if "filters" in loc:
-        return 422, "invalid-filter", path
-    return 422, "invalid-input", path
-
-
-async def reject_invalid_request(
-    rt: Runtime, request: Request, exc: RequestValidationError
-) -> ApiError:
-    """A body or parameter that failed validation: record it, answer 400/422.
-
-    FastAPI parses the JSON body before it runs dependencies, so a malformed body may arrive
-    here unauthenticated: the token is checked now, and a bad token is a recorded 401.
-    """
-    errors = list(exc.errors())
-    status, kind, path = _validation_kind(errors)
-    principal: Principal | None = getattr(request.state, "principal", None)
-    rid = new_request_id(request)
-    if principal is None:
-        from bastion.gateway.deps import record_auth_failure
-
-        token = bearer_token(request.headers.get("authorization"))
-        try:
-            principal = rt.verifier.verify(token)
-        except AuthError as auth_exc:
-            return await run_in_threadpool(
-                record_auth_failure, rt, request, auth_exc, endpoint_of(request)
-            )
-    first = errors[0] if errors else {}
-    # Bounded here, not after: the path may be typed text (a key the schema does not know),
-    # which reject() must find whole in the message to keep it out of the log.
-    path = path[:128] if path else None
-    msg = str(first.get("msg", "invalid request"))[:300]
-    where = f" at {path}" if path else ""
-    message = "the request body is not valid JSON" if kind == "malformed-json" else f"{msg}{where}"
-    dataset = request.path_params.get("dataset")
-    actor = principal.actor()
-    return await run_in_threadpool(
-        lambda: reject(
-            rt,
-            actor,
-            request_id=rid,
-            endpoint=endpoint_of(request),
-            status=status,
-            kind=kind,
-            message=message[:500],
-            dataset=str(dataset) if dataset else None,
-            field=path,
-        )
-    )
-
-
-async def reject_model_error(rt: Runtime, request: Request, exc: ValidationError) -> ApiError:
-    """A value refused by a part's model after the API schema accepted it: a recorded 422."""
-    errors = exc.errors()
-    first: Mapping[str, Any] = errors[0] if errors else {}
-    path = ".".join(str(p) for p in first.get("loc", ()))[:128] or None
-    message = f"{first.get('msg', 'invalid value')}"[:300] + (f" at {path}" if path else "")
-    principal: Principal | None = getattr(request.state, "principal", None)
-    actor = principal.actor() if principal is not None else Actor(id="anonymous")
-    rid = new_request_id(request)
-    dataset = request.path_params.get("dataset")
-    return await run_in_threadpool(
-        lambda: reject(
-            rt,
-            actor,
-            request_id=rid,
-            endpoint=endpoint_of(request),
-            status=422,
-            kind="invalid-input",
-            message=message[:500],
-            dataset=str(dataset) if dataset else None,
-            field=path,
-        )
-    )
-
 
 ENTRY_BUDGET = 40_000  # bytes of record keys and subject refs per ledger entry (max 64 KiB)
 
 
 def chunk_records(
-    keys: Sequence[str], subjects: Mapping[str, str], subject_ref: Any
+    keys: Sequence[str], subjects: Mapping[str, str], subject_ref: Callable[[str], str]
 ) -> list[list[str]]:
     """Split released records so each recording entry stays well under the 64 KiB limit."""
     chunks: list[list[str]] = [[]]
@@ -325,72 +106,135 @@ def chunk_records(
     return chunks
 
 
-# ---------------------------------------------------------------------------- selection
+# ------------------------------------------------------------------ values between stages
 
 
 @dataclass(frozen=True)
-class Selection:
-    """Which records a request is about. Exactly one way of choosing is used."""
+class ReleaseRequest:
+    """What a route asks of the gate: one read, a batch read, a search page or an export."""
 
-    record_ids: tuple[str, ...] = ()
-    filters: tuple[Filter, ...] = ()
-    page_size: int = 0
-    page_token: str | None = None
-    listing: bool = False
-
-
-def encode_page_token(last_key: str) -> str:
-    return base64.urlsafe_b64encode(b"after\x00" + last_key.encode()).decode().rstrip("=")
-
-
-def decode_page_token(token: str) -> str:
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-    except (binascii.Error, ValueError):
-        raise InputError("page_token is not one this gateway issued", field="page_token") from None
-    prefix, sep, key = raw.partition(b"\x00")
-    if prefix != b"after" or not sep:
-        raise InputError("page_token is not one this gateway issued", field="page_token")
-    try:
-        return key.decode()
-    except UnicodeDecodeError:
-        raise InputError("page_token is not one this gateway issued", field="page_token") from None
+    action: Action
+    dataset: str
+    fields: Sequence[str] | None
+    context: AccessContext
+    selection: Selection
+    request_id: str
+    endpoint: str
+    destination: str | None = None
 
 
 @dataclass(frozen=True)
-class Addressing:
-    """Whether a request may name records by raw identifiers (else by pseudonym tokens)."""
+class EventHeader:
+    """What every ``AccessDecision`` of one request says about it. The log is public: the
+    purpose and the justification detail are typed text, so they are keyed commitments by
+    default (``rt.public_text``, the text kept in the database); the justification type is
+    enumerated, so clear; a ticket is in clear only when it is a ticket id (SUP-1042)."""
 
-    raw_record_ids: bool
-    raw_subject_ids: bool
+    actor: Actor
+    request_id: str
+    action: str
+    dataset: str
+    purpose: str | None
+    justification_type: str | None
+    justification_detail: str | None
+    ticket: str | None
+    policy_sha256: str
 
-
-RAW_IDS = Addressing(raw_record_ids=True, raw_subject_ids=True)
+    def fields(self) -> dict[str, Any]:
+        return {
+            "actor": self.actor,
+            "request_id": self.request_id,
+            "action": self.action,
+            "dataset": self.dataset,
+            "purpose": self.purpose,
+            "justification_type": self.justification_type,
+            "justification_detail": self.justification_detail,
+            "ticket": self.ticket,
+            "policy_sha256": self.policy_sha256,
+        }
 
 
 @dataclass(frozen=True)
-class Resolved:
-    """Records resolved to vault keys, with each one's subject token; ``missing`` are the
-    requested ids that do not exist (or belong to a shredded subject)."""
+class Checked:
+    """A request whose names are known: its dataset, and what its entries will say."""
+
+    request: ReleaseRequest
+    spec: DatasetSpec
+    header: EventHeader
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What policy decided: each field's transform and the row filter, under which grant."""
+
+    checked: Checked
+    plan: AccessPlan
+    plan_request: PlanRequest
+    grant: GrantScope | None
+    access_request_id: str | None
+
+    @property
+    def grant_fields(self) -> dict[str, Any]:
+        """What the entries say about the grant used, if one was."""
+        grant = self.grant
+        if grant is None:
+            return {}
+        out: dict[str, Any] = {"grant_id": grant.grant_id, "approval_ids": [grant.grant_id]}
+        if grant.break_glass:
+            out["break_glass"] = True
+        return out
+
+
+@dataclass(frozen=True)
+class ReleasePlan:
+    """Which records leave, and how they are split over ledger entries."""
 
     keys: list[str]
     subjects: dict[str, str]
+    # Requested ids that are absent, then records the row filter kept back.
     missing: list[str]
-    next_page_token: str | None = None
+    next_page_token: str | None
+    chunks: list[list[str]]
 
 
-def _filter_values(f: Filter) -> list[str]:
-    if f.op == "eq":
-        if not isinstance(f.value, str):
-            raise InputError("'eq' takes one string value", field=f"filters.{f.field}")
-        return [f.value]
-    if not isinstance(f.value, list) or not f.value:
-        raise InputError("'in' takes a non-empty list of strings", field=f"filters.{f.field}")
-    if len(f.value) > MAX_FILTER_VALUES:
-        raise InputError(
-            f"'in' takes at most {MAX_FILTER_VALUES} values", field=f"filters.{f.field}"
-        )
-    return list(f.value)
+@dataclass(frozen=True)
+class Recorded:
+    """The durable entries of a release: one per chunk (then an Export entry, if any), each
+    receipt with the exact bytes it covers."""
+
+    entries: list[tuple[Receipt, bytes]]
+    decisions: int  # how many of them are the chunks' AccessDecisions
+
+    @property
+    def receipts(self) -> list[Receipt]:
+        return [receipt for receipt, _entry in self.entries]
+
+
+@dataclass(frozen=True)
+class Opened:
+    """The released values as stored: sealed ones opened (one set per recorded chunk), clear
+    ones (public values, pseudonym tokens) read from the vault's clear column."""
+
+    sealed: list[OpenedValues]
+    clear: dict[str, dict[str, object]]
+    clear_fields: list[str]
+
+
+def sides(spec: DatasetSpec, released: Mapping[str, Transform]) -> tuple[list[str], list[str]]:
+    """Released fields as (clear side, sealed side): a public value released as it is, or a
+    pseudonymized identifier released as its token, is stored in clear and never decrypted."""
+    clear_side: list[str] = []
+    sealed_side: list[str] = []
+    for name, transform in released.items():
+        f = spec.field(name)
+        pseudonym = transform is Transform.PSEUDONYM
+        if (f.classification is Classification.PUBLIC and not pseudonym) or (
+            f.pseudonymize and pseudonym
+        ):
+            clear_side.append(name)
+        else:
+            sealed_side.append(name)
+    return clear_side, sealed_side
 
 
 class Gate:
@@ -399,94 +243,140 @@ class Gate:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
 
-    # -- records ---------------------------------------------------------------------------
+    def release(self, principal: Principal, request: ReleaseRequest) -> ReleaseOut:
+        checked = self.check(principal, request)
+        decision = self.decide(principal, checked)
+        planned = self.plan(principal, decision)
+        recorded = self.record(decision, planned)
+        opened = self.open(decision, planned, recorded)
+        values = self.transform(decision, opened, planned.keys)
+        return self.respond(decision, planned, recorded, values)
 
-    def resolve(
-        self, spec: DatasetSpec, selection: Selection, addressing: Addressing = RAW_IDS
-    ) -> Resolved:
-        vault, lookup = self.rt.vault, self.rt.lookup
-        if selection.record_ids:
-            ids = list(dict.fromkeys(selection.record_ids))
-            if not addressing.raw_record_ids:
-                # Pseudonym tokens only: a token names a record key, and nothing says whether
-                # a raw id (an account) exists, so there is no `missing` to report.
-                live = lookup.live_subjects(spec.name, ids)
-                return Resolved([k for k in ids if k in live], live, [])
-            # One read transaction in the vault: ids -> keys -> live subjects.
-            by_id = lookup.resolve(spec.name, ids)
-            keys = [by_id[rid][0] for rid in ids if rid in by_id]
-            missing = [rid for rid in ids if rid not in by_id]
-            return Resolved(keys, dict(by_id.values()), missing)
-        # Search / export: structured filters on identifying keys only.
-        candidates: list[str] | None = None
-        for f in selection.filters:
-            values = _filter_values(f)
-            if f.field == "subject" and not addressing.raw_subject_ids:
-                found = vault.records_of_subject_tokens(values, spec.name, limit=100_000)
-            elif f.field == "subject":
-                found = []
-                for subject in values:
-                    found += [
-                        r.record for r in vault.subject_records(subject, spec.name, limit=100_000)
-                    ]
-            elif not addressing.raw_record_ids:
-                found = list(values)  # record keys (tokens); unknown ones match nothing
-            else:
-                found = [k for v in values if (k := vault.record_key(spec.name, v)) is not None]
-            found = sorted(set(found))
-            candidates = found if candidates is None else sorted(set(candidates) & set(found))
-        after = decode_page_token(selection.page_token) if selection.page_token else None
-        size = selection.page_size
-        if candidates is None:
-            page = vault.list_records(spec.name, after=after, limit=size + 1)
-        else:
-            page = [k for k in candidates if after is None or k > after][: size + 1]
-        more = len(page) > size
-        page = page[:size]
-        subjects = lookup.live_subjects(spec.name, page)
-        token = encode_page_token(page[-1]) if more and page else None
-        return Resolved([k for k in page if k in subjects], subjects, [], token)
+    # -- check: names first ----------------------------------------------------------------
 
-    def addressing(
-        self, principal: Principal, spec: DatasetSpec, action: Action, request: PlanRequest
-    ) -> Addressing:
-        """How this principal may name records: by raw record and subject ids only if policy
-        lets it see those identifiers in clear. A principal that sees them as pseudonyms (or not
-        at all) names records by the tokens it was given; otherwise a batch of raw ids would
-        map each account to its pseudonym, and `missing` would say which accounts exist."""
-        names = tuple(dict.fromkeys((spec.record_id, spec.subject_key)))
-        plan = self.rt.engine().plan(
-            principal,
-            PlanRequest(
-                dataset=spec.name,
-                action=action,
-                fields=names,
-                purpose=request.purpose,
-                justification=request.justification,
-                ticket=request.ticket,
-                ticket_subjects=request.ticket_subjects,
-                subject_count=request.subject_count,
+    def check(self, principal: Principal, request: ReleaseRequest) -> Checked:
+        """An unknown dataset or field, or a malformed filter, is bad input (recorded), not
+        a policy question."""
+        rt, fields = self.rt, request.fields
+        try:
+            spec = rt.catalog.dataset(request.dataset)
+            if fields is not None:
+                if not fields:
+                    raise InputError("no fields requested", dataset=spec.name, field="fields")
+                if len(set(fields)) != len(fields):
+                    raise InputError("fields repeat a name", dataset=spec.name, field="fields")
+                for name in fields:
+                    spec.field(name)
+        except InputError as exc:
+            status, kind = input_error_kind(exc)
+            raise self._invalid(principal, request, status, kind, exc) from None
+        try:
+            check_selection(request.selection)
+        except InputError as exc:
+            raise self._invalid(principal, request, 422, "invalid-filter", exc) from None
+        context = request.context
+        public = rt.public_text
+        justification = context.justification
+        header = EventHeader(
+            actor=principal.actor(),
+            request_id=request.request_id,
+            action=request.action.value,
+            dataset=spec.name,
+            purpose=public.publish(context.purpose) if context.purpose else None,
+            justification_type=justification.type if justification else None,
+            justification_detail=public.publish(justification.detail) if justification else None,
+            ticket=public_ticket(rt, context.ticket),
+            policy_sha256=rt.engine().sha256,
+        )
+        return Checked(request, spec, header)
+
+    def _invalid(
+        self, principal: Principal, request: ReleaseRequest, status: int, kind: str, exc: InputError
+    ) -> ApiError:
+        return reject(
+            self.rt,
+            principal.actor(),
+            request_id=request.request_id,
+            endpoint=request.endpoint,
+            status=status,
+            kind=kind,
+            message=str(exc),
+            dataset=request.dataset,
+            field=exc.field,
+        )
+
+    # -- decide ----------------------------------------------------------------------------
+
+    def decide(self, principal: Principal, checked: Checked) -> Decision:
+        """Verify a presented grant, resolve the ticket, ask policy; refuse (recorded) what
+        policy does not allow."""
+        rt, request, spec = self.rt, checked.request, checked.spec
+        context = request.context
+        # A presented grant is verified before deciding: its use is single-shot per request.
+        try:
+            grant = self._grant(principal, request.action, spec.name, context)
+        except GrantRejected as exc:
+            status = 409 if exc.kind == "replayed" else 403
+            # The grant id as presented: one Bastion issued in clear, anything else as text.
+            grant_id = public_id(rt, context.grant_id)
+            typed = {context.grant_id: grant_id} if context.grant_id and grant_id else {}
+            reason = scrub(str(exc), typed)
+            raise self._deny(
+                checked, status, f"grant-{exc.kind}", reason, grant_id=grant_id
+            ) from None
+        ticket_subjects, ticket_refused = self.ticket_subjects(principal, context)
+        fields = request.fields
+        plan_request = PlanRequest(
+            dataset=spec.name,
+            action=request.action,
+            fields=tuple(fields) if fields is not None else None,
+            purpose=context.purpose,
+            justification=(
+                JustificationType(context.justification.type) if context.justification else None
             ),
+            ticket=context.ticket or "",
+            ticket_subjects=ticket_subjects,
+            subject_count=len(request.selection.record_ids),
         )
+        try:
+            plan = rt.engine().plan(principal, plan_request, grant=grant)
+        except InputError as exc:
+            status, kind = input_error_kind(exc)
+            raise self._invalid(principal, request, status, kind, exc) from None
+        decision = Decision(checked, plan, plan_request, grant, None)
 
-        def raw_ok(name: str) -> bool:
-            if not spec.field(name).pseudonymize:
-                return True  # not an identifier of a person
-            return plan.field(name).transform is Transform.CLEAR
+        # A field released under a ticket's row filter needs the ticket to be one it may use
+        # (registered, open, assigned to this reader): else it is refused, and recorded.
+        # The ticket as named goes to the public log as the event's own ticket field does.
+        if ticket_refused is not None and _needs_ticket(plan):
+            shown = public_ticket(rt, context.ticket)
+            typed = {context.ticket: shown} if context.ticket and shown else {}
+            reason = scrub(ticket_refused.detail, typed)
+            raise self._deny_decided(decision, 403, ticket_refused.kind, reason)
 
-        return Addressing(
-            raw_record_ids=raw_ok(spec.record_id), raw_subject_ids=raw_ok(spec.subject_key)
-        )
+        access_request_id: str | None = None
+        if plan.needs_approval and context.justification is not None and grant is None:
+            access_request_id = self._request_approval(principal, plan, context, ticket_subjects)
+        decision = Decision(checked, plan, plan_request, grant, access_request_id)
 
-    # -- the path --------------------------------------------------------------------------
+        if not plan.allowed:
+            kind = "approval-required" if plan.needs_approval else "denied"
+            reason = plan.denied_reason or "denied by policy"
+            if plan.needs_approval:
+                reason = f"needs {plan.approval.approvers if plan.approval else 2} approvers: " + (
+                    f"access request {access_request_id} opened"
+                    if access_request_id
+                    else "ask with POST /access-requests and a justification"
+                )
+            extra = {"access_request_id": access_request_id} if access_request_id else {}
+            err = self._deny_decided(decision, 403, kind, reason, **extra)
+            if access_request_id and err.detail is not None:
+                err.detail["access_request_id"] = access_request_id
+            raise err
+        return decision
 
     def _grant(
-        self,
-        principal: Principal,
-        action: Action,
-        dataset: str,
-        context: AccessContext,
-        request_id: str,
+        self, principal: Principal, action: Action, dataset: str, context: AccessContext
     ) -> GrantScope | None:
         if context.grant_token is None and context.grant_id is None:
             return None
@@ -516,286 +406,6 @@ class Gate:
         except TicketRefused as exc:
             return (), exc
         return subjects, None
-
-    def release(
-        self,
-        principal: Principal,
-        *,
-        action: Action,
-        dataset: str,
-        fields: Sequence[str] | None,
-        context: AccessContext,
-        selection: Selection,
-        request_id: str,
-        endpoint: str,
-        destination: str | None = None,
-    ) -> dict[str, Any]:
-        rt = self.rt
-        actor = principal.actor()
-
-        def refuse(status: int, kind: str, message: str, **kw: Any) -> ApiError:
-            return reject(
-                rt,
-                actor,
-                request_id=request_id,
-                endpoint=endpoint,
-                status=status,
-                kind=kind,
-                message=message,
-                **kw,
-            )
-
-        # Names first: an unknown dataset or field is bad input, not a policy question.
-        try:
-            spec = rt.catalog.dataset(dataset)
-            if fields is not None:
-                if not fields:
-                    raise InputError("no fields requested", dataset=dataset, field="fields")
-                if len(set(fields)) != len(fields):
-                    raise InputError("fields repeat a name", dataset=dataset, field="fields")
-                for name in fields:
-                    spec.field(name)
-        except InputError as exc:
-            status, kind = input_error_kind(exc)
-            raise refuse(status, kind, str(exc), dataset=dataset, field=exc.field) from None
-        try:
-            for f in selection.filters:
-                _filter_values(f)
-            if selection.page_token is not None:
-                decode_page_token(selection.page_token)
-        except InputError as exc:
-            raise refuse(
-                422, "invalid-filter", str(exc), dataset=dataset, field=exc.field
-            ) from None
-        engine = rt.engine()
-        justification = (
-            JustificationType(context.justification.type) if context.justification else None
-        )
-        # The log is public: the purpose and the justification detail are typed text, so they
-        # go in as keyed commitments by default (rt.public_text; the text kept in the
-        # database). The justification type is enumerated: clear. A ticket is in clear only
-        # when it is a ticket id (SUP-1042); anything else given as one (a name, a subject id)
-        # is typed text too.
-        public = rt.public_text
-        purpose = public.publish(context.purpose) if context.purpose else None
-        detail = public.publish(context.justification.detail) if context.justification else None
-        base_event: dict[str, Any] = {
-            "actor": actor,
-            "request_id": request_id,
-            "action": action.value,
-            "dataset": spec.name,
-            "purpose": purpose,
-            "justification_type": justification.value if justification else None,
-            "justification_detail": detail,
-            "ticket": public_ticket(rt, context.ticket),
-            "policy_sha256": engine.sha256,
-        }
-
-        def deny(
-            status: int, kind: str, reason: str, *, plan: AccessPlan | None = None, **extra: Any
-        ) -> ApiError:
-            event = AccessDecision(
-                **base_event,
-                reason=reason[:4096],
-                at=iso(rt.clock.now()),
-                decision="deny",
-                policies=list(plan.policies) if plan else [],
-                denied_reason=reason[:1024],
-                # The subjects an attempt named, so they see refused attempts on their data too.
-                subjects=self._attempted_subjects(spec, selection),
-                **extra,
-            )
-            (receipt,) = record(rt, [event])
-            rt.metrics.decisions.labels(action.value, "deny").inc()
-            detail: dict[str, Any] = {}
-            if plan is not None:
-                detail["plan"] = [f.to_json() for f in plan.fields]
-                if plan.approval is not None:
-                    detail["approval"] = plan.approval.to_json()
-            err = ApiError(status, kind, reason, detail=detail or None)
-            err.receipt = receipt_out(receipt)
-            err.request_id = request_id
-            return err
-
-        # A presented grant is verified before deciding: its use is single-shot per request.
-        try:
-            grant = self._grant(principal, action, spec.name, context, request_id)
-        except GrantRejected as exc:
-            status = 409 if exc.kind == "replayed" else 403
-            # The grant id as presented: one Bastion issued in clear, anything else as text.
-            grant_id = public_id(rt, context.grant_id)
-            typed = {context.grant_id: grant_id} if context.grant_id and grant_id else {}
-            reason = scrub(str(exc), typed)
-            raise deny(status, f"grant-{exc.kind}", reason, grant_id=grant_id) from None
-        ticket_subjects, ticket_refused = self.ticket_subjects(principal, context)
-        plan_request = PlanRequest(
-            dataset=spec.name,
-            action=action,
-            fields=tuple(fields) if fields is not None else None,
-            purpose=context.purpose,
-            justification=justification,
-            ticket=context.ticket or "",
-            ticket_subjects=ticket_subjects,
-            subject_count=len(selection.record_ids),
-        )
-        try:
-            plan = engine.plan(principal, plan_request, grant=grant)
-        except InputError as exc:
-            status, kind = input_error_kind(exc)
-            raise refuse(status, kind, str(exc), dataset=dataset, field=exc.field) from None
-        grant_fields: dict[str, Any] = (
-            {"grant_id": grant.grant_id, "approval_ids": [grant.grant_id]} if grant else {}
-        )
-        if grant is not None and grant.break_glass:
-            grant_fields["break_glass"] = True
-
-        # A field released under a ticket's row filter needs the ticket to be one it may use
-        # (registered, open, assigned to this reader): else it is refused, and recorded.
-        # The ticket as named goes to the public log as the event's own ticket field does.
-        if ticket_refused is not None and _needs_ticket(plan):
-            shown = public_ticket(rt, context.ticket)
-            typed = {context.ticket: shown} if context.ticket and shown else {}
-            reason = scrub(ticket_refused.detail, typed)
-            raise deny(403, ticket_refused.kind, reason, plan=plan, **grant_fields)
-
-        access_request_id: str | None = None
-        if plan.needs_approval and context.justification is not None and grant is None:
-            access_request_id = self._request_approval(principal, plan, context, ticket_subjects)
-
-        if not plan.allowed:
-            extra = {"access_request_id": access_request_id} if access_request_id else {}
-            kind = "approval-required" if plan.needs_approval else "denied"
-            reason = plan.denied_reason or "denied by policy"
-            if plan.needs_approval:
-                reason = f"needs {plan.approval.approvers if plan.approval else 2} approvers: " + (
-                    f"access request {access_request_id} opened"
-                    if access_request_id
-                    else "ask with POST /access-requests and a justification"
-                )
-            err = deny(403, kind, reason, plan=plan, **grant_fields, **extra)
-            if access_request_id and err.detail is not None:
-                err.detail["access_request_id"] = access_request_id
-            raise err
-
-        # Select the records, keep those the row filter allows.
-        try:
-            addressing = self.addressing(principal, spec, action, plan_request)
-            resolved = self.resolve(spec, selection, addressing)
-        except InputError as exc:
-            raise refuse(
-                422, "invalid-filter", str(exc), dataset=dataset, field=exc.field
-            ) from None
-        keys = resolved.keys
-        filtered_out: list[str] = []
-        allowed_subjects = plan.allowed_subjects
-        if allowed_subjects is not None:
-            allowed_tokens = set(rt.lookup.tokens(sorted(allowed_subjects)).values())
-            filtered_out = [k for k in keys if resolved.subjects[k] not in allowed_tokens]
-            keys = [k for k in keys if resolved.subjects[k] in allowed_tokens]
-        released = plan.released
-        subject_tokens = list(dict.fromkeys(resolved.subjects[k] for k in keys))
-
-        # One use of the grant: checked against its max_uses and counted in one transaction
-        # (on any gateway of the database), only when records are about to leave under it.
-        if grant is not None and keys and released:
-            try:
-                rt.approvals.use(grant, request_id)
-            except GrantRejected as exc:
-                status = 409 if exc.kind == "replayed" else 403
-                raise deny(
-                    status, f"grant-{exc.kind}", str(exc), plan=plan, **grant_fields
-                ) from None
-
-        # 28 CFR 202.205 bulk thresholds, per employer and per principal.
-        if keys and released:
-            usage = usage_for(plan, subject_tokens)
-            if usage:
-                try:
-                    rt.bulk_batcher.reserve(principal.id, principal.employer or "", usage)
-                except BulkThresholdExceeded as exc:
-                    rt.metrics.bulk_refusals.labels(exc.category.value).inc()
-                    raise deny(429, "bulk-threshold", str(exc), plan=plan, **grant_fields) from None
-
-        # Record BEFORE opening anything: one AccessDecision per chunk of records (a ledger
-        # entry holds at most 64 KiB), all appended in ONE commit.
-        chunks = chunk_records(keys, resolved.subjects, rt.subject_ref) if released else [[]]
-        decisions: list[BaseModel] = []
-        at = iso(rt.clock.now())
-        for chunk in chunks:
-            tokens = dict.fromkeys(resolved.subjects[k] for k in chunk)
-            decisions.append(
-                AccessDecision(
-                    **base_event,
-                    reason=(purpose or "access")[:4096],
-                    at=at,
-                    decision="allow",
-                    policies=list(plan.policies),
-                    subjects=[rt.subject_ref(t) for t in tokens],
-                    released_fields={f: t.value for f, t in released.items()} if chunk else {},
-                    released_records=list(chunk),
-                    row_filter=plan.row_filter.kind.value if plan.row_filter else None,
-                    access_request_id=access_request_id,
-                    **grant_fields,
-                )
-            )
-        events = list(decisions)
-        if action is Action.EXPORT and destination:
-            events.append(
-                Export(
-                    actor=actor,
-                    reason=(purpose or "export")[:4096],
-                    at=at,
-                    dataset=spec.name,
-                    # Where the caller said it goes: typed text (a commitment by default).
-                    destination=public.publish(destination),
-                    records=len(keys),
-                    fields=list(released),
-                )
-            )
-        recorded = record_entries(rt, events)
-        receipts = [r for r, _entry in recorded]
-        receipt = receipts[0]
-        rt.metrics.decisions.labels(action.value, "allow").inc()
-
-        values: dict[str, dict[str, Any]] = {}
-        # Each chunk opens bound to the one entry that lists its records (zip stops before a
-        # trailing Export entry).
-        for chunk, chunk_recorded in zip(chunks, recorded, strict=False):
-            if chunk:
-                values.update(self._open(spec, plan, chunk, chunk_recorded))
-        for transform in released.values():
-            rt.metrics.released_values.labels(transform.value).inc(len(keys))
-        out: dict[str, Any] = {
-            "request_id": request_id,
-            "dataset": spec.name,
-            "decision": "allow",
-            "receipt": {"index": receipt.index, "leaf_hash": receipt.leaf_hash.hex()},
-            "receipts": [
-                {"index": r.index, "leaf_hash": r.leaf_hash.hex()} for r in receipts[: len(chunks)]
-            ],
-            "plan": [
-                {"field": f.field, "transform": f.transform.value, "policies": list(f.policies)}
-                for f in plan.fields
-            ],
-            "records": [{"record_id": k, "values": values.get(k, {})} for k in keys],
-            "missing": resolved.missing + filtered_out,
-            "next_page_token": resolved.next_page_token,
-            "grant_id": grant.grant_id if grant else None,
-        }
-        if access_request_id:
-            out["access_request_id"] = access_request_id
-        return out
-
-    def _attempted_subjects(self, spec: DatasetSpec, selection: Selection) -> list[str]:
-        """Keyed subject hashes of the records a refused request named (ids only, no search)."""
-        if not selection.record_ids:
-            return []
-        try:
-            resolved = self.resolve(spec, Selection(record_ids=selection.record_ids))
-        except BastionError:
-            return []
-        tokens = dict.fromkeys(resolved.subjects[k] for k in resolved.keys)
-        return [self.rt.subject_ref(t) for t in tokens]
 
     def _request_approval(
         self,
@@ -828,45 +438,249 @@ class Gate:
             return None
         return outcome.request.id
 
-    def _open(
-        self,
-        spec: DatasetSpec,
-        plan: AccessPlan,
-        keys: Sequence[str],
-        recorded: tuple[Receipt, bytes],
-    ) -> dict[str, dict[str, Any]]:
-        """Open the recorded plan's values and put each in its planned form.
+    # -- denials ---------------------------------------------------------------------------
 
-        The read plan is bound to the ledger entry that recorded it: the vault refuses it
-        unless that entry (checked against its receipt) lists every value opened."""
+    def _deny_decided(
+        self, decision: Decision, status: int, kind: str, reason: str, **extra: Any
+    ) -> ApiError:
+        """``_deny`` once policy has decided: the entry names the plan's policies and the
+        grant presented."""
+        return self._deny(
+            decision.checked,
+            status,
+            kind,
+            reason,
+            plan=decision.plan,
+            **decision.grant_fields,
+            **extra,
+        )
+
+    def _deny(
+        self,
+        checked: Checked,
+        status: int,
+        kind: str,
+        reason: str,
+        *,
+        plan: AccessPlan | None = None,
+        **extra: Any,
+    ) -> ApiError:
+        """Record a denial (an ``AccessDecision`` that releases nothing) and return the error
+        to raise."""
         rt = self.rt
+        event = AccessDecision(
+            **checked.header.fields(),
+            reason=reason[:4096],
+            at=iso(rt.clock.now()),
+            decision="deny",
+            policies=list(plan.policies) if plan else [],
+            denied_reason=reason[:1024],
+            # The subjects an attempt named, so they see refused attempts on their data too.
+            subjects=self._attempted_subjects(checked),
+            **extra,
+        )
+        (receipt,) = record(rt, [event])
+        rt.metrics.decisions.labels(checked.header.action, "deny").inc()
+        detail: dict[str, Any] = {}
+        if plan is not None:
+            detail["plan"] = [f.to_json() for f in plan.fields]
+            if plan.approval is not None:
+                detail["approval"] = plan.approval.to_json()
+        err = ApiError(status, kind, reason, detail=detail or None)
+        err.receipt = receipt_out(receipt)
+        err.request_id = checked.request.request_id
+        return err
+
+    def _attempted_subjects(self, checked: Checked) -> list[str]:
+        """Keyed subject hashes of the records a refused request named (ids only, no search)."""
+        record_ids = checked.request.selection.record_ids
+        if not record_ids:
+            return []
+        rt = self.rt
+        try:
+            resolved = resolve(rt.vault, rt.lookup, checked.spec, Selection(record_ids=record_ids))
+        except BastionError:
+            return []
+        tokens = dict.fromkeys(resolved.subjects[k] for k in resolved.keys)
+        return [rt.subject_ref(t) for t in tokens]
+
+    # -- plan: which records, in which entries ---------------------------------------------
+
+    def plan(self, principal: Principal, decision: Decision) -> ReleasePlan:
+        """Select the records, keep those the row filter allows, count the grant's use and
+        the bulk thresholds, and split the records over ledger entries."""
+        rt, checked, plan = self.rt, decision.checked, decision.plan
+        spec = checked.spec
+        try:
+            addressing = self.addressing(principal, spec, decision.plan_request)
+            resolved = resolve(rt.vault, rt.lookup, spec, checked.request.selection, addressing)
+        except InputError as exc:
+            raise self._invalid(principal, checked.request, 422, "invalid-filter", exc) from None
+        keys, filtered_out = self._row_filtered(plan, resolved)
         released = plan.released
-        clear_side: list[str] = []  # public values and pseudonym tokens: no decryption
-        sealed_side: list[str] = []
-        for name, transform in released.items():
-            f = spec.field(name)
-            pseudonym = transform is Transform.PSEUDONYM
-            if (f.classification is Classification.PUBLIC and not pseudonym) or (
-                f.pseudonymize and pseudonym
-            ):
-                clear_side.append(name)
-            else:
-                sealed_side.append(name)
-        out: dict[str, dict[str, Any]] = {k: {} for k in keys}
+        if keys and released:
+            self._use_grant(decision)
+            self._reserve_bulk(principal, decision, keys, resolved.subjects)
+        chunks = chunk_records(keys, resolved.subjects, rt.subject_ref) if released else [[]]
+        return ReleasePlan(
+            keys=keys,
+            subjects=resolved.subjects,
+            missing=resolved.missing + filtered_out,
+            next_page_token=resolved.next_page_token,
+            chunks=chunks,
+        )
+
+    def addressing(
+        self, principal: Principal, spec: DatasetSpec, request: PlanRequest
+    ) -> Addressing:
+        """How this principal may name records: by raw record and subject ids only if policy
+        lets it see those identifiers in clear. A principal that sees them as pseudonyms (or not
+        at all) names records by the tokens it was given; otherwise a batch of raw ids would
+        map each account to its pseudonym, and `missing` would say which accounts exist."""
+        names = tuple(dict.fromkeys((spec.record_id, spec.subject_key)))
+        plan = self.rt.engine().plan(
+            principal,
+            PlanRequest(
+                dataset=spec.name,
+                action=request.action,
+                fields=names,
+                purpose=request.purpose,
+                justification=request.justification,
+                ticket=request.ticket,
+                ticket_subjects=request.ticket_subjects,
+                subject_count=request.subject_count,
+            ),
+        )
+
+        def raw_ok(name: str) -> bool:
+            if not spec.field(name).pseudonymize:
+                return True  # not an identifier of a person
+            return plan.field(name).transform is Transform.CLEAR
+
+        return Addressing(
+            raw_record_ids=raw_ok(spec.record_id), raw_subject_ids=raw_ok(spec.subject_key)
+        )
+
+    def _row_filtered(self, plan: AccessPlan, resolved: Resolved) -> tuple[list[str], list[str]]:
+        """(records the row filter keeps, records it keeps back)."""
+        allowed_subjects = plan.allowed_subjects
+        if allowed_subjects is None:
+            return resolved.keys, []
+        allowed = set(self.rt.lookup.tokens(sorted(allowed_subjects)).values())
+        subjects = resolved.subjects
+        return (
+            [k for k in resolved.keys if subjects[k] in allowed],
+            [k for k in resolved.keys if subjects[k] not in allowed],
+        )
+
+    def _use_grant(self, decision: Decision) -> None:
+        """One use of the grant: checked against its max_uses and counted in one transaction
+        (on any gateway of the database), only when records are about to leave under it."""
+        grant = decision.grant
+        if grant is None:
+            return
+        try:
+            self.rt.approvals.use(grant, decision.checked.request.request_id)
+        except GrantRejected as exc:
+            status = 409 if exc.kind == "replayed" else 403
+            raise self._deny_decided(decision, status, f"grant-{exc.kind}", str(exc)) from None
+
+    def _reserve_bulk(
+        self,
+        principal: Principal,
+        decision: Decision,
+        keys: Sequence[str],
+        subjects: Mapping[str, str],
+    ) -> None:
+        """28 CFR 202.205 bulk thresholds, per employer and per principal."""
+        usage = usage_for(decision.plan, dict.fromkeys(subjects[k] for k in keys))
+        if not usage:
+            return
+        rt = self.rt
+        try:
+            rt.bulk_batcher.reserve(principal.id, principal.employer or "", usage)
+        except BulkThresholdExceeded as exc:
+            rt.metrics.bulk_refusals.labels(exc.category.value).inc()
+            raise self._deny_decided(decision, 429, "bulk-threshold", str(exc)) from None
+
+    # -- record ----------------------------------------------------------------------------
+
+    def record(self, decision: Decision, planned: ReleasePlan) -> Recorded:
+        """Record BEFORE opening anything: one AccessDecision per chunk of records (a ledger
+        entry holds at most 64 KiB), all appended in ONE commit."""
+        rt, checked, plan = self.rt, decision.checked, decision.plan
+        header = checked.header.fields()
+        grant_fields = decision.grant_fields
+        released = plan.released
+        released_fields = {f: t.value for f, t in released.items()}
+        row_filter = plan.row_filter.kind.value if plan.row_filter else None
+        reason = (header["purpose"] or "access")[:4096]
+        at = iso(rt.clock.now())
+        events: list[BaseModel] = []
+        for chunk in planned.chunks:
+            tokens = dict.fromkeys(planned.subjects[k] for k in chunk)
+            events.append(
+                AccessDecision(
+                    **header,
+                    reason=reason,
+                    at=at,
+                    decision="allow",
+                    policies=list(plan.policies),
+                    subjects=[rt.subject_ref(t) for t in tokens],
+                    released_fields=released_fields if chunk else {},
+                    released_records=list(chunk),
+                    row_filter=row_filter,
+                    access_request_id=decision.access_request_id,
+                    **grant_fields,
+                )
+            )
+        request = checked.request
+        if request.action is Action.EXPORT and request.destination:
+            events.append(
+                Export(
+                    actor=checked.header.actor,
+                    reason=(header["purpose"] or "export")[:4096],
+                    at=at,
+                    dataset=checked.spec.name,
+                    # Where the caller said it goes: typed text (a commitment by default).
+                    destination=rt.public_text.publish(request.destination),
+                    records=len(planned.keys),
+                    fields=list(released),
+                )
+            )
+        recorded = Recorded(record_entries(rt, events), decisions=len(planned.chunks))
+        rt.metrics.decisions.labels(request.action.value, "allow").inc()
+        return recorded
+
+    # -- open ------------------------------------------------------------------------------
+
+    def open(self, decision: Decision, planned: ReleasePlan, recorded: Recorded) -> Opened:
+        """Open exactly what was recorded. Each chunk's read plan is bound to the one entry
+        that lists its records (zip stops before a trailing Export entry): the vault refuses
+        it unless that entry (checked against its receipt) lists every value opened."""
+        rt, spec = self.rt, decision.checked.spec
+        clear_side, sealed_side = sides(spec, decision.plan.released)
+        sealed: list[OpenedValues] = []
         if sealed_side:
-            read_plan = ReadPlan.of(spec.name, ((k, f) for k in keys for f in sealed_side))
-            try:
-                bound = RecordedPlan.bind(read_plan, *recorded)
-            except InputError:
-                # The gateway's own entry does not list what it is about to open: a bug here,
-                # never the caller's doing. Refuse (500) rather than open an unrecorded value.
-                log.error("a recorded plan did not match its ledger entry; nothing opened")
-                raise IntegrityError(
-                    "the ledger entry does not list every value to open; nothing was released"
-                ) from None
-            opened = rt.vault.open(bound)
-            pseudonymize = self._pseudonymizer()
-            for ref, value in opened.items():
+            for chunk, entry in zip(planned.chunks, recorded.entries, strict=False):
+                if chunk:
+                    sealed.append(rt.vault.open(_bound(spec, chunk, sealed_side, entry)))
+        clear: dict[str, dict[str, object]] = {}
+        if clear_side and planned.keys:
+            clear = rt.vault.clear_values(spec.name, planned.keys, clear_side)
+        return Opened(sealed, clear, clear_side)
+
+    # -- transform -------------------------------------------------------------------------
+
+    def transform(
+        self, decision: Decision, opened: Opened, keys: Sequence[str]
+    ) -> dict[str, dict[str, Any]]:
+        """Each value in its planned form, by record key."""
+        rt, plan = self.rt, decision.plan
+        out: dict[str, dict[str, Any]] = {k: {} for k in keys}
+        pseudonymize = self._pseudonymizer()
+        for values in opened.sealed:
+            for ref, value in values.items():
                 fp = plan.field(ref.field)
                 try:
                     shaped = apply_transform(
@@ -875,20 +689,24 @@ class Gate:
                 except PseudonymUnavailable:
                     shaped = None
                 out[ref.record][ref.field] = to_jsonable(shaped)
-        if clear_side:
-            clear = rt.vault.clear_values(spec.name, keys, clear_side)
+        if opened.clear_fields:
+            field_plans = [plan.field(name) for name in opened.clear_fields]
             for key in keys:
-                row = clear.get(key, {})
-                for name in clear_side:
-                    fp = plan.field(name)
-                    stored = row.get(name)
+                row = opened.clear.get(key, {})
+                shaped_row = out[key]
+                for fp in field_plans:
+                    stored = row.get(fp.field)
                     if fp.transform is Transform.PSEUDONYM or fp.transform is Transform.CLEAR:
-                        out[key][name] = stored
+                        shaped_row[fp.field] = stored
                     else:
-                        out[key][name] = to_jsonable(apply_transform(fp.transform, fp.kind, stored))
+                        shaped_row[fp.field] = to_jsonable(
+                            apply_transform(fp.transform, fp.kind, stored)
+                        )
+        for transform in decision.plan.released.values():
+            rt.metrics.released_values.labels(transform.value).inc(len(keys))
         return out
 
-    def _pseudonymizer(self) -> Any:
+    def _pseudonymizer(self) -> Callable[[Any], str]:
         vault = self.rt.vault
 
         def pseudonymize(value: Any) -> str:
@@ -899,18 +717,55 @@ class Gate:
 
         return pseudonymize
 
+    # -- respond ---------------------------------------------------------------------------
+
+    def respond(
+        self,
+        decision: Decision,
+        planned: ReleasePlan,
+        recorded: Recorded,
+        values: Mapping[str, dict[str, Any]],
+    ) -> ReleaseOut:
+        receipts = [receipt_out(r) for r in recorded.receipts]
+        grant = decision.grant
+        return ReleaseOut(
+            request_id=decision.checked.request.request_id,
+            dataset=decision.checked.spec.name,
+            decision="allow",
+            receipt=receipts[0],
+            receipts=receipts[: recorded.decisions],
+            plan=[
+                FieldPlanOut(field=f.field, transform=f.transform.value, policies=list(f.policies))
+                for f in decision.plan.fields
+            ],
+            # Built by this code from values it shaped: not validated again.
+            records=[
+                RecordOut.model_construct(record_id=k, values=values.get(k, {}))
+                for k in planned.keys
+            ],
+            missing=planned.missing,
+            next_page_token=planned.next_page_token,
+            grant_id=grant.grant_id if grant else None,
+            access_request_id=decision.access_request_id,
+        )
+
+
+def _bound(
+    spec: DatasetSpec, chunk: Sequence[str], fields: Sequence[str], entry: tuple[Receipt, bytes]
+) -> RecordedPlan:
+    """A chunk's read plan bound to its ledger entry. An entry that does not list what is
+    about to open is the gateway's own bug, never the caller's doing: refuse (500) rather
+    than open an unrecorded value."""
+    read_plan = ReadPlan.of(spec.name, ((k, f) for k in chunk for f in fields))
+    try:
+        return RecordedPlan.bind(read_plan, *entry)
+    except InputError:
+        log.error("a recorded plan did not match its ledger entry; nothing opened")
+        raise IntegrityError(
+            "the ledger entry does not list every value to open; nothing was released"
+        ) from None
+
 
 def _needs_ticket(plan: AccessPlan) -> bool:
     """Whether a field is released under a ticket's row filter."""
     return any(RowFilterKind.TICKET_SUBJECTS in f.row_filters for f in plan.fields if f.released)
-
-
-def subjects_of(values: Iterable[str]) -> list[str]:
-    return list(dict.fromkeys(values))
-
-
-def as_api_error(exc: BastionError) -> ApiError:
-    from bastion.gateway.errors import status_for
-
-    status, kind = status_for(exc)
-    return ApiError(status, kind, str(exc))

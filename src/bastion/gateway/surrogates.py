@@ -132,9 +132,10 @@ async def refuse_non_unicode(request: Request) -> None:
 
 def _refusal(rt: Runtime, request: Request, where: Location) -> ApiError:
     """Record the refusal (a recorded 401 if the token is refused) and return it to raise."""
+    # Here, not at the top: auth imports this module (find_surrogate), and refusals auth.
     from bastion.gateway.auth import AuthError, bearer_token
-    from bastion.gateway.deps import record_auth_failure
-    from bastion.gateway.pipeline import endpoint_of, new_request_id, reject
+    from bastion.gateway.recording import endpoint_of, new_request_id
+    from bastion.gateway.refusals import record_auth_failure, reject
 
     rid = new_request_id(request)
     endpoint = endpoint_of(request)

@@ -16,7 +16,8 @@ from bastion.errors import InputError
 from bastion.events import AccessDecision
 from bastion.gateway.deps import CurrentPrincipal, RuntimeDep
 from bastion.gateway.errors import ERROR_RESPONSES, ApiError
-from bastion.gateway.pipeline import new_request_id, receipt_out, record, reject_request
+from bastion.gateway.recording import new_request_id, receipt_out, record
+from bastion.gateway.refusals import reject_request
 from bastion.policy import Action, PlanRequest
 
 router = APIRouter(tags=["clean room"])

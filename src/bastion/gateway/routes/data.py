@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
@@ -19,8 +18,11 @@ from bastion.gateway.models import (
     ReleaseOut,
     SearchRequest,
 )
-from bastion.gateway.pipeline import Gate, Selection, endpoint_of, new_request_id, reject_request
+from bastion.gateway.pipeline import Gate, ReleaseRequest
+from bastion.gateway.recording import endpoint_of, new_request_id
+from bastion.gateway.refusals import reject_request
 from bastion.gateway.runtime import Runtime
+from bastion.gateway.selection import Selection
 from bastion.policy import Action
 
 router = APIRouter(tags=["data"])
@@ -44,16 +46,18 @@ def _release(
 ) -> Response:
     out = Gate(rt).release(
         principal,
-        action=action,
-        dataset=dataset,
-        fields=body.fields,
-        context=body.context,
-        selection=selection,
-        request_id=new_request_id(request),
-        endpoint=endpoint_of(request),
-        destination=destination,
+        ReleaseRequest(
+            action=action,
+            dataset=dataset,
+            fields=body.fields,
+            context=body.context,
+            selection=selection,
+            request_id=new_request_id(request),
+            endpoint=endpoint_of(request),
+            destination=destination,
+        ),
     )
-    return Response(orjson.dumps(out), media_type="application/json")
+    return Response(out.model_dump_json(), media_type="application/json")
 
 
 @router.post("/datasets/{dataset}/read", responses=_RESPONSES, response_model=None)

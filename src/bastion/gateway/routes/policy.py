@@ -13,13 +13,8 @@ from bastion.events import AccessDecision
 from bastion.gateway.deps import CurrentPrincipal, RuntimeDep
 from bastion.gateway.errors import ERROR_RESPONSES, ApiError
 from bastion.gateway.models import AccessContext
-from bastion.gateway.pipeline import (
-    input_error_kind,
-    new_request_id,
-    receipt_out,
-    record,
-    reject_request,
-)
+from bastion.gateway.recording import new_request_id, receipt_out, record
+from bastion.gateway.refusals import input_error_kind, reject_request
 from bastion.policy import (
     Action,
     JustificationType,

@@ -19,7 +19,8 @@ from bastion.gateway.auth import Principal
 from bastion.gateway.deps import CurrentPrincipal, RuntimeDep
 from bastion.gateway.errors import ERROR_RESPONSES, ApiError
 from bastion.gateway.models import ID
-from bastion.gateway.pipeline import new_request_id, receipt_out, reject_request
+from bastion.gateway.recording import new_request_id, receipt_out
+from bastion.gateway.refusals import reject_request
 from bastion.gateway.runtime import Runtime
 from bastion.policy import Action, TicketOutcome, TicketRecord, TicketRefused, TicketSpec
 from bastion.policy.tickets import MAX_ASSIGNEES, MAX_TICKET_SUBJECTS, TICKET_ID

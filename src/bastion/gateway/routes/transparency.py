@@ -17,7 +17,7 @@ from bastion.events import AccessDecision
 from bastion.gateway.deps import CurrentPrincipal, RuntimeDep
 from bastion.gateway.errors import ERROR_RESPONSES, ApiError, ReceiptOut
 from bastion.gateway.models import ID
-from bastion.gateway.pipeline import new_request_id, receipt_out, record
+from bastion.gateway.recording import new_request_id, receipt_out, record
 from bastion.policy import Action
 
 router = APIRouter(tags=["transparency"])
