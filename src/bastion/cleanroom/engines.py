@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bastion.cleanroom.config import DEFAULT_MEASURES
+from bastion.cleanroom.plan import QueryPlan
 from bastion.cleanroom.sql import Dialect, build_sql
-from bastion.cleanroom.templates import QueryPlan
 from bastion.errors import ConfigError, InputError
 
 GroupKey = tuple[str, ...]

@@ -6,7 +6,9 @@ private values (campaigns) only through OpenDP's Laplace threshold mechanism (DP
 selection, which costs a small delta). Every calibration is checked against the mechanism's
 own privacy map: the epsilon we charge is at least what OpenDP says was spent.
 
-Sensitivities (per user, after bounding with G groups and R rows of weight W):
+Each template's ``release`` (``cleanroom/builtins/``) picks the mechanisms and calibrates them
+to its sensitivities; ``Releaser`` gives it the aggregates and records every charge. The shipped
+templates' sensitivities (per user, after bounding with G groups and R rows of weight W):
 
 ===============  =================  ==============  ==========
 aggregate        per group (Linf)   all groups (L1)  groups (L0)
@@ -24,16 +26,14 @@ from __future__ import annotations
 import functools
 import itertools
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from statistics import NormalDist
 from typing import Any
 
 import opendp.prelude as dp
 
 from bastion.cleanroom.engines import BoundedAggregate, GroupKey
-from bastion.cleanroom.templates import QueryPlan, Template
+from bastion.cleanroom.plan import QueryPlan
 
 dp.enable_features("contrib")
 
@@ -165,16 +165,16 @@ def _key_text(key: GroupKey) -> str:
     return json.dumps(list(key), separators=(",", ":"))
 
 
-def _group(plan: QueryPlan, key: GroupKey) -> dict[str, str]:
+def group(plan: QueryPlan, key: GroupKey) -> dict[str, str]:
     return dict(zip(plan.group_by, key, strict=True))
 
 
-def _public_keys(plan: QueryPlan) -> list[GroupKey]:
+def public_keys(plan: QueryPlan) -> list[GroupKey]:
     domains = [d for d in plan.domains if d is not None]
     return [tuple(k) for k in itertools.product(*domains)]
 
 
-def _ratio_interval(
+def ratio_interval(
     num: float,
     num_acc: float,
     den: float,
@@ -193,7 +193,10 @@ def _ratio_interval(
     return max(lo, offset + min(corners)), min(hi, offset + max(corners))
 
 
-class _Releaser:
+class Releaser:
+    """One query's release: its bounded aggregates, the mechanisms (each charge recorded) and
+    the helpers a template's ``release`` builds its answer from."""
+
     def __init__(self, plan: QueryPlan, agg: BoundedAggregate, selection_share: float) -> None:
         self.plan = plan
         self.selection_share = selection_share
@@ -208,7 +211,7 @@ class _Releaser:
         m = plan.measure
         self.max_v = max(abs(plan.clamp_units[0]), abs(plan.clamp_units[1])) if m else 0
 
-    def _charge(self, eps: float, delta: float = 0.0) -> None:
+    def charge(self, eps: float, delta: float = 0.0) -> None:
         self.eps_spent += eps
         self.delta_spent += delta
 
@@ -223,7 +226,7 @@ class _Releaser:
 
     def noised(self, values: list[int], name: str, l1: int, eps: float) -> Noisy:
         noisy = laplace(values, l1, eps)
-        self._charge(noisy.epsilon)
+        self.charge(noisy.epsilon)
         self.mechanisms.append(f"discrete_laplace({name}, scale={noisy.scale:g})")
         return noisy
 
@@ -233,26 +236,18 @@ class _Releaser:
         """DP partition selection over the keys present in the bounded data."""
         counts = {_key_text(k): self.value(k, name) for k in self.agg.groups}
         chosen = laplace_threshold(counts, l0=self.G, linf=linf, epsilon=eps, delta=self.plan.delta)
-        self._charge(chosen.epsilon, chosen.delta)
+        self.charge(chosen.epsilon, chosen.delta)
         self.mechanisms.append(
             f"laplace_threshold({name}, scale={chosen.scale:g}, threshold={chosen.threshold})"
         )
         keys = sorted(tuple(json.loads(k)) for k in chosen.values)
         return keys, {tuple(json.loads(k)): v for k, v in chosen.values.items()}, chosen.scale
 
-    # ---- templates --------------------------------------------------------------------------
+    # ---- what templates build their release from --------------------------------------------
 
     def run(self) -> Release:
         p = self.plan
-        method = {
-            Template.COUNT: self.count,
-            Template.DISTINCT_USERS: self.distinct_users,
-            Template.SUM: self.sum,
-            Template.MEAN: self.mean,
-            Template.QUANTILES: self.quantiles,
-            Template.CTR: self.ctr,
-        }[p.template]
-        rows, keys = method()
+        rows, keys = p.template.release(self)
         if self.eps_spent > p.epsilon * (1 + _EPS_SLACK):
             raise CalibrationError("composed epsilon exceeds the query's epsilon")
         return Release(
@@ -264,17 +259,20 @@ class _Releaser:
             mechanisms=self.mechanisms,
         )
 
-    def _split(self) -> tuple[float, float]:
+    def split(self) -> tuple[float, float]:
+        """The query's epsilon as (partition selection's share, the rest)."""
         share = self.plan.epsilon * self.selection_share
         return share, self.plan.epsilon - share
 
-    def _counts(self, name: str, linf: int, unit: float, label: str) -> tuple[list[ResultRow], int]:
+    def counts(self, name: str, linf: int, unit: float, label: str) -> tuple[list[ResultRow], int]:
+        """One noisy count per group of the aggregate ``name`` (per-group sensitivity ``linf``),
+        in ``unit``s; private keys only through selection on the same counts."""
         p = self.plan
         if p.private_keys:
             keys, noisy, scale = self.select(name, linf, p.epsilon)
             values = [noisy[k] for k in keys]
         else:
-            keys = _public_keys(p)
+            keys = public_keys(p)
             n = self.vector(keys, name, self.G * linf, p.epsilon)
             values, scale = list(n.values), n.scale
         acc = laplace_accuracy(scale, self.alpha)
@@ -283,128 +281,19 @@ class _Releaser:
             v = max(raw, 0) / unit
             rows.append(
                 ResultRow(
-                    _group(p, key), label, v, scale / unit, max(0.0, v - acc / unit), v + acc / unit
+                    group(p, key), label, v, scale / unit, max(0.0, v - acc / unit), v + acc / unit
                 )
             )
         return rows, len(keys)
 
-    def count(self) -> tuple[list[ResultRow], int]:
-        return self._counts("rows_w", self.R * self.W, float(self.W), "count")
-
-    def distinct_users(self) -> tuple[list[ResultRow], int]:
-        return self._counts("users", 1, 1.0, "distinct_users")
-
-    def _keys_for_statistic(self) -> tuple[list[GroupKey], float]:
-        """Public groups from the domains; private ones by selection on distinct users."""
+    def keys_for_statistic(self) -> tuple[list[GroupKey], float]:
+        """Public groups from the domains; private ones by selection on distinct users. With
+        the epsilon left for the statistic."""
         if not self.plan.private_keys:
-            return _public_keys(self.plan), self.plan.epsilon
-        sel_eps, rest = self._split()
+            return public_keys(self.plan), self.plan.epsilon
+        sel_eps, rest = self.split()
         keys, _, _ = self.select("users", 1, sel_eps)
         return keys, rest
-
-    def sum(self) -> tuple[list[ResultRow], int]:
-        p = self.plan
-        assert p.measure is not None
-        keys, eps = self._keys_for_statistic()
-        n = self.vector(keys, "total", self.G * self.R * self.max_v, eps)
-        unit = p.measure.unit
-        acc = laplace_accuracy(n.scale, self.alpha) * unit
-        rows = [
-            ResultRow(
-                _group(p, k),
-                "sum",
-                max(v, 0) * unit,
-                n.scale * unit,
-                max(0.0, max(v, 0) * unit - acc),
-                max(v, 0) * unit + acc,
-            )
-            for k, v in zip(keys, n.values, strict=True)
-        ]
-        return rows, len(keys)
-
-    def mean(self) -> tuple[list[ResultRow], int]:
-        """Noisy row count and noisy sum of the values *centred* on the clamp range's midpoint.
-
-        A user's rows in a group shifted by the midpoint move the centred sum by at most
-        R x half the range, half of what the raw values could move it by, so the sum's noise is
-        halved for the same epsilon (Tumult Analytics' average does the same). The count and
-        the centred sum are the bounded data's own aggregates (``rows_w`` is a multiple of W
-        per user), so the shift costs no privacy; mean = midpoint + centred sum / count.
-        """
-        p = self.plan
-        assert p.measure is not None
-        half = p.epsilon / 2
-        lo_u, hi_u = p.clamp_units
-        mid = (lo_u + hi_u) // 2
-        spread = max(hi_u - mid, mid - lo_u)
-        unit, W = p.measure.unit, self.W
-        lo, hi = lo_u * unit, hi_u * unit
-        if p.private_keys:
-            keys, counts, c_scale = self.select("rows_w", self.R * W, half)
-            den_raw = [counts[k] for k in keys]
-        else:
-            keys = _public_keys(p)
-            c = self.vector(keys, "rows_w", self.G * self.R * W, half)
-            den_raw, c_scale = list(c.values), c.scale
-        centred = [self.value(k, "total") - mid * (self.value(k, "rows_w") // W) for k in keys]
-        s = self.noised(centred, "total-centred", self.G * self.R * spread, p.epsilon - half)
-        a2 = self.alpha / 2
-        c_acc, s_acc = laplace_accuracy(c_scale, a2) / W, laplace_accuracy(s.scale, a2) * unit
-        centre = mid * unit
-        rows = []
-        for key, d, num in zip(keys, den_raw, s.values, strict=True):
-            den = d / W
-            total = num * unit
-            value = min(max(centre + total / den, lo), hi) if den > 0 else None
-            ci = _ratio_interval(total, s_acc, den, c_acc, lo, hi, offset=centre)
-            scale = s.scale * unit / max(den, 1.0)
-            rows.append(ResultRow(_group(p, key), "mean", value, scale, *ci))
-        return rows, len(keys)
-
-    def ctr(self) -> tuple[list[ResultRow], int]:
-        p = self.plan
-        keys, eps = self._keys_for_statistic()
-        # Clicks and impressions of one user in one group sum to at most R rows, so the joint
-        # vector has the same L1 sensitivity as one count: both get the whole epsilon.
-        imps = [self.value(k, "rows_w") - self.value(k, "clicks_w") for k in keys]
-        clicks = [self.value(k, "clicks_w") for k in keys]
-        n = self.noised([*imps, *clicks], "[impressions, clicks]", self.G * self.R * self.W, eps)
-        acc = laplace_accuracy(n.scale, self.alpha / 2)
-        rows = []
-        for i, key in enumerate(keys):
-            imp, clk = n.values[i] / self.W, max(n.values[len(keys) + i], 0) / self.W
-            value = min(max(clk / imp, 0.0), 1.0) if imp > 0 else None
-            ci = _ratio_interval(clk, acc / self.W, imp, acc / self.W, 0.0, 1.0)
-            scale = n.scale / self.W / max(imp, 1.0)
-            rows.append(ResultRow(_group(p, key), "ctr", value, scale, *ci))
-        return rows, len(keys)
-
-    def quantiles(self) -> tuple[list[ResultRow], int]:
-        p = self.plan
-        assert p.measure is not None
-        keys, eps = self._keys_for_statistic()
-        B = p.bins
-        flat: list[int] = []
-        for key in keys:
-            flat.extend(self.agg.histograms.get(key, (0,) * B))
-        # Each user's rows in a group weigh at most R*W across all bins: one L1 for the lot.
-        n = laplace(flat, self.G * self.R * self.W, eps)
-        self._charge(n.epsilon)
-        self.mechanisms.append(f"discrete_laplace(histogram[{B}], scale={n.scale:g})")
-        lo_u, hi_u = p.clamp_units
-        width = (hi_u - lo_u) / B * p.measure.unit
-        lo = lo_u * p.measure.unit
-        # A simultaneous bound on the noise of all B prefix sums (normal approximation of a sum
-        # of discrete Laplace draws, union bound over prefixes); approximate, see CLEANROOM.md.
-        z = NormalDist().inv_cdf(1 - self.alpha / (2 * B))
-        prefix_err = z * math.sqrt(2 * B) * n.scale
-        rows = []
-        for i, key in enumerate(keys):
-            hist = n.values[i * B : (i + 1) * B]
-            for q in p.quantiles:
-                value, ci = _quantile(hist, q, lo, width, prefix_err)
-                rows.append(ResultRow(_group(p, key), f"p{q * 100:g}", value, width, ci[0], ci[1]))
-        return rows, len(keys)
 
 
 def _crossing(cum: list[float], target: float) -> int:
@@ -415,7 +304,7 @@ def _crossing(cum: list[float], target: float) -> int:
     return len(cum)
 
 
-def _quantile(
+def quantile_on_grid(
     hist: Sequence[int], q: float, lo: float, width: float, err: float
 ) -> tuple[float | None, tuple[float | None, float | None]]:
     """The q-quantile on the grid of bin edges, like the candidate lists of OpenDP and Tumult.
@@ -437,4 +326,8 @@ def _quantile(
 
 def release(plan: QueryPlan, agg: BoundedAggregate, *, selection_share: float = 1 / 3) -> Release:
     """Release a template's answer from bounded aggregates with OpenDP noise."""
-    return _Releaser(plan, agg, selection_share).run()
+    return Releaser(plan, agg, selection_share).run()
+
+
+# The name the release tests know it by.
+_quantile = quantile_on_grid

@@ -26,9 +26,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bastion.catalog import Catalog, default_catalog
-from bastion.cleanroom.budget import Budget, BudgetStore, Scope, check_principal, check_scope
+from bastion.cleanroom.budget import (
+    MAX_DELTA_LIMIT,
+    MAX_EPSILON_LIMIT,
+    Budget,
+    BudgetStore,
+    Scope,
+    check_principal,
+    check_scope,
+)
 from bastion.cleanroom.config import CleanRoomConfig
-from bastion.cleanroom.engines import Engine
+from bastion.cleanroom.engines import Engine, LazyEngine
 from bastion.cleanroom.release import Release, ResultRow, release
 from bastion.cleanroom.templates import QueryPlan, QueryRequest, compile_plan, parse_request
 from bastion.clock import Clock, iso
@@ -145,7 +153,7 @@ class CleanRoom:
                     at=iso(self.clock.now()),
                     analyst=analyst,
                     organization=organization,
-                    template=plan.template.value,
+                    template=plan.template.name,
                     parameters=params,
                     epsilon_spent=eps,
                     delta_spent=delta,
@@ -162,7 +170,7 @@ class CleanRoom:
             query_id=query_id,
             analyst=analyst,
             organization=organization,
-            template=plan.template.value,
+            template=plan.template.name,
             epsilon=plan.epsilon,
             delta=plan.delta,
             at=iso(self.clock.now()),
@@ -186,7 +194,7 @@ class CleanRoom:
         self._pad(started)
         return QueryResult(
             query_id=query_id,
-            template=plan.template.value,
+            template=plan.template.name,
             parameters=params,
             rows=released.rows,
             keys_released=released.keys_released,
@@ -267,8 +275,6 @@ class CleanRoom:
 
     @staticmethod
     def _check_limits(epsilon: float, delta: float) -> None:
-        from bastion.cleanroom.budget import MAX_DELTA_LIMIT, MAX_EPSILON_LIMIT
-
         if not 0 <= epsilon <= MAX_EPSILON_LIMIT:
             raise InputError(f"epsilon limit must be in [0, {MAX_EPSILON_LIMIT:g}]")
         if not 0 <= delta <= MAX_DELTA_LIMIT:
@@ -296,8 +302,6 @@ def open_cleanroom(
     For the gateway: ``open_cleanroom(home, db, log, clock).run_query(body, analyst=principal.id,
     organization=principal.org)``.
     """
-    from bastion.cleanroom.engines import LazyEngine
-
     config = CleanRoomConfig.from_settings(home.settings.raw)
     data_dir = default_data_dir(home.path, home.settings.raw)
     return CleanRoom(db, ledger, clock, LazyEngine(engine, data_dir), config=config)

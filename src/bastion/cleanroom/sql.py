@@ -16,7 +16,8 @@ per user. Bounding, in order:
 
 So one user changes any group's ``rows`` by at most ``R*W``, its ``total`` by at most
 ``R*max|value|`` and its ``users`` by 1, in at most G groups: the sensitivities the release
-layer calibrates its noise to.
+layer calibrates its noise to. Which aggregates a query computes (a measure's total, the rows
+matching a flag, a histogram of the measure) is what its template asks for (``Aggregates``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from bastion.cleanroom.templates import CTR_CLICK, EVENT_TYPE, QueryPlan, Template
+from bastion.cleanroom.plan import QueryPlan
 
 Dialect = Literal["duckdb", "spark"]
 TABLE = "events"
@@ -67,6 +68,7 @@ class BoundingSql:
 
 
 def build_sql(plan: QueryPlan, dialect: Dialect, salt: str, *, table: str = TABLE) -> BoundingSql:
+    """The bounding query of the aggregates ``plan.template`` asks for, in one dialect."""
     if not _SALT.match(salt):
         raise ValueError("salt must be 16-64 lower-case hex characters")
 
@@ -75,6 +77,7 @@ def build_sql(plan: QueryPlan, dialect: Dialect, salt: str, *, table: str = TABL
 
     groups = [f"g{i}" for i in range(len(plan.group_by))]
     R, W, G = plan.max_rows, plan.row_weight, plan.max_groups
+    wanted = plan.template.aggregates(plan)
 
     select = [f"CAST({q(plan.subject)} AS STRING) AS uid"]
     conds = [f"{q(plan.subject)} IS NOT NULL"]
@@ -100,23 +103,28 @@ def build_sql(plan: QueryPlan, dialect: Dialect, salt: str, *, table: str = TABL
         conds.append(f"{q(m.column)} IS NOT NULL")
         conds.append(f"NOT isnan({x})")
         conds.append(f"ABS({x}) < {_double(math.inf)}")
-    if plan.template is Template.CTR:
-        select.append(f"CASE WHEN {q(EVENT_TYPE)} = {_lit(CTR_CLICK)} THEN 1 ELSE 0 END AS clk")
-    if plan.template is Template.QUANTILES:
+    if wanted.flag is not None:
+        column, value = wanted.flag
+        select.append(f"CASE WHEN {q(column)} = {_lit(value)} THEN 1 ELSE 0 END AS clk")
+    if wanted.histogram:
+        if plan.measure is None:
+            raise ValueError("a histogram is of a measure")
         lo_u, hi_u = plan.clamp_units
         b = _idiv(f"(v - {lo_u}) * {plan.bins}", str(hi_u - lo_u), dialect)
 
     gl = "".join(f", {g}" for g in groups)
     ctes = [f"base AS (SELECT {', '.join(select)} FROM {table} WHERE {' AND '.join(conds)})"]
-    if plan.template is Template.QUANTILES:
+    if wanted.histogram:
         ctes[0] = (
             f"base0 AS (SELECT {', '.join(select)} FROM {table} WHERE {' AND '.join(conds)}), "
             f"base AS (SELECT base0.*, LEAST({b}, {plan.bins - 1}) AS b FROM base0)"
         )
     ug_cols = ["COUNT(*) AS n"]
-    if plan.measure is not None and plan.template is not Template.QUANTILES:
+    if wanted.total:
+        if plan.measure is None:
+            raise ValueError("a total is of a measure")
         ug_cols.append("SUM(v) AS s")
-    if plan.template is Template.CTR:
+    if wanted.flag is not None:
         ug_cols.append("SUM(clk) AS c")
     ctes.append(f"ug AS (SELECT uid{gl}, {', '.join(ug_cols)} FROM base GROUP BY uid{gl})")
 
@@ -144,7 +152,7 @@ def build_sql(plan: QueryPlan, dialect: Dialect, salt: str, *, table: str = TABL
     gsel = "".join(f"{g}, " for g in groups)
     aggregates: str | None = None
     histogram: str | None = None
-    if plan.template is Template.QUANTILES:
+    if wanted.histogram:
         join = " AND ".join(["h.uid = sel.uid", *(f"h.{g} = sel.{g}" for g in groups)])
         hscaled = (
             f"CASE WHEN sel.n <= {R} THEN h.cnt * {W} "
@@ -160,7 +168,7 @@ def build_sql(plan: QueryPlan, dialect: Dialect, salt: str, *, table: str = TABL
         )
     else:
         cols = [f"SUM({scaled('n', W)}) AS rows_w", "COUNT(*) AS users"]
-        cols.append(f"SUM({scaled('s', 1)}) AS total" if "SUM(v) AS s" in ug_cols else "0")
-        cols.append(f"SUM({scaled('c', W)}) AS clicks_w" if plan.template is Template.CTR else "0")
+        cols.append(f"SUM({scaled('s', 1)}) AS total" if wanted.total else "0")
+        cols.append(f"SUM({scaled('c', W)}) AS clicks_w" if wanted.flag is not None else "0")
         aggregates = f"{with_clause} SELECT {gsel}{', '.join(cols)} FROM sel{order}"
     return BoundingSql(aggregates=aggregates, histogram=histogram)

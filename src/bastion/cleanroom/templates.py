@@ -1,153 +1,53 @@
-"""The fixed catalog of query templates, and the check that turns a request into a plan.
+"""The check that turns a request into a plan, over the registered templates.
 
 There is no free SQL and no user-defined function: a request names a template and fills in
 parameters, each checked against the catalog's declared domains and the clean room's limits.
 Errors here depend only on the request and on public declarations, never on the data, so
-they can afford to be precise.
+they can afford to be precise. The checks every template shares are here; each template's
+own are in its file (``cleanroom/builtins/``), which registers it (``plan.register_template``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from datetime import date
-from enum import StrEnum
-from typing import Any
+from typing import Final
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from bastion.catalog import Catalog, DatasetSpec, FieldType
+from bastion.catalog import Catalog, FieldType
+from bastion.cleanroom.builtins import (
+    count,
+    ctr,
+    distinct_users,
+    measure_mean,
+    measure_sum,
+    quantiles,
+)
 from bastion.cleanroom.config import CleanRoomConfig, Measure
+from bastion.cleanroom.plan import (
+    QueryPlan,
+    QueryRequest,
+    QueryTemplate,
+    domain_text,
+    parse_request,
+    registered_templates,
+    template_named,
+)
 from bastion.errors import InputError
 
 
-class Template(StrEnum):
-    COUNT = "count"
-    DISTINCT_USERS = "distinct_users"
-    SUM = "sum"
-    MEAN = "mean"
-    QUANTILES = "quantiles"
-    CTR = "ctr"
+class Template:
+    """The shipped templates, for code that names one (``plan.template is Template.CTR``)."""
+
+    COUNT: Final[QueryTemplate] = count.TEMPLATE
+    DISTINCT_USERS: Final[QueryTemplate] = distinct_users.TEMPLATE
+    SUM: Final[QueryTemplate] = measure_sum.TEMPLATE
+    MEAN: Final[QueryTemplate] = measure_mean.TEMPLATE
+    QUANTILES: Final[QueryTemplate] = quantiles.TEMPLATE
+    CTR: Final[QueryTemplate] = ctr.TEMPLATE
 
 
-TEMPLATE_HELP: dict[Template, str] = {
-    Template.COUNT: "number of events",
-    Template.DISTINCT_USERS: "number of distinct users (reach)",
-    Template.SUM: "sum of a measure (clamped)",
-    Template.MEAN: "mean of a measure (clamped)",
-    Template.QUANTILES: "quantiles of a measure, e.g. median and p90 (clamped)",
-    Template.CTR: "click-through rate: ad clicks / ad impressions",
-}
-
-# The parameters each template accepts besides template, epsilon, group_by, where, confidence.
-_EXTRA_PARAMS: dict[Template, frozenset[str]] = {
-    Template.COUNT: frozenset({"max_groups_per_user", "max_rows_per_group"}),
-    Template.DISTINCT_USERS: frozenset({"max_groups_per_user"}),
-    Template.SUM: frozenset({"max_groups_per_user", "max_rows_per_group", "measure", "clamp"}),
-    Template.MEAN: frozenset({"max_groups_per_user", "max_rows_per_group", "measure", "clamp"}),
-    Template.QUANTILES: frozenset(
-        {"max_groups_per_user", "max_rows_per_group", "measure", "clamp", "quantiles", "bins"}
-    ),
-    Template.CTR: frozenset({"max_groups_per_user", "max_rows_per_group"}),
-}
 _COMMON = frozenset({"template", "epsilon", "group_by", "where", "confidence"})
-
-CTR_CLICK = "ad_click"
-CTR_IMPRESSION = "ad_impression"
-EVENT_TYPE = "event_type"
-
-
-class QueryRequest(BaseModel):
-    """What an analyst sends. Anything not declared here is refused."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    template: str = Field(max_length=64)
-    epsilon: float
-    group_by: list[str] = Field(default_factory=list, max_length=8)
-    where: dict[str, list[str]] = Field(default_factory=dict)
-    measure: str | None = Field(default=None, max_length=64)
-    quantiles: list[float] | None = Field(default=None, max_length=9)
-    clamp: tuple[float, float] | None = None
-    bins: int | None = None
-    max_groups_per_user: int | None = None
-    max_rows_per_group: int | None = None
-    confidence: float | None = None
-
-
-def parse_request(data: object) -> QueryRequest:
-    """Validate raw JSON-like input into a request, with a clear error for the first problem."""
-    try:
-        return QueryRequest.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "request"
-        if err["type"] == "extra_forbidden":
-            raise InputError(f"unknown parameter {where!r}") from None
-        if err["type"] == "missing":
-            raise InputError(f"missing parameter {where!r}") from None
-        raise InputError(f"parameter {where!r}: {err['msg'].lower()}") from None
-
-
-@dataclass(frozen=True)
-class QueryPlan:
-    """A checked query: everything the engines and the release layer need, nothing else."""
-
-    template: Template
-    dataset: str
-    subject: str
-    group_by: tuple[str, ...]
-    # For each public grouping column its declared domain (as text); private keys map to None.
-    domains: tuple[tuple[str, ...] | None, ...]
-    where: tuple[tuple[str, tuple[str, ...]], ...]
-    measure: Measure | None
-    clamp_units: tuple[int, int]
-    quantiles: tuple[float, ...]
-    bins: int
-    max_groups: int
-    max_rows: int
-    row_weight: int
-    epsilon: float
-    delta: float
-    confidence: float
-
-    @property
-    def private_keys(self) -> bool:
-        return any(d is None for d in self.domains)
-
-    @property
-    def public_group_count(self) -> int:
-        return math.prod(len(d) for d in self.domains if d is not None)
-
-    def parameters(self) -> dict[str, Any]:
-        """The plan as recorded in the ledger (no data, only the request's resolved form)."""
-        out: dict[str, Any] = {
-            "dataset": self.dataset,
-            "group_by": list(self.group_by),
-            "where": {k: list(v) for k, v in self.where},
-            "max_groups_per_user": self.max_groups,
-            "epsilon": self.epsilon,
-            "delta": self.delta,
-        }
-        if self.template is not Template.DISTINCT_USERS:
-            out["max_rows_per_group"] = self.max_rows
-        if self.measure is not None:
-            out["measure"] = self.measure.column
-            out["clamp"] = [u * self.measure.unit for u in self.clamp_units]
-        if self.template is Template.QUANTILES:
-            out["quantiles"] = list(self.quantiles)
-            out["bins"] = self.bins
-        return out
-
-
-def _text(value: object) -> str:
-    return value.isoformat() if isinstance(value, date) else str(value)
-
-
-def _domain_text(ds: DatasetSpec, column: str) -> tuple[str, ...]:
-    domain = ds.field(column).domain
-    assert domain is not None  # the catalog loader guarantees it for public dimensions
-    return tuple(_text(v) for v in domain.members())
+# Every template bounds the groups a user contributes to.
+_ALWAYS = frozenset({"max_groups_per_user"})
 
 
 def _bound(value: int | None, default: int, limit: int, name: str) -> int:
@@ -160,14 +60,10 @@ def _bound(value: int | None, default: int, limit: int, name: str) -> int:
 
 def compile_plan(request: QueryRequest, catalog: Catalog, config: CleanRoomConfig) -> QueryPlan:
     """Check a request against the templates, the catalog and the limits; return its plan."""
-    try:
-        template = Template(request.template)
-    except ValueError:
-        known = ", ".join(t.value for t in Template)
-        raise InputError(f"unknown template {request.template!r} (known: {known})") from None
+    template = template_named(request.template)
     given = {k for k, v in request.model_dump().items() if v not in (None, [], {})}
-    for name in sorted(given - _COMMON - _EXTRA_PARAMS[template]):
-        raise InputError(f"parameter {name!r} does not apply to template {template.value!r}")
+    for name in sorted(given - _COMMON - _ALWAYS - template.parameters):
+        raise InputError(f"parameter {name!r} does not apply to template {template.name!r}")
 
     eps = request.epsilon
     if math.isnan(eps) or eps <= 0:
@@ -189,7 +85,7 @@ def compile_plan(request: QueryRequest, catalog: Catalog, config: CleanRoomConfi
     domains: list[tuple[str, ...] | None] = []
     for col in group_by:
         if col in ds.public_dimensions:
-            domains.append(_domain_text(ds, col))
+            domains.append(domain_text(ds, col))
         elif col in ds.private_keys:
             domains.append(None)
         else:
@@ -200,8 +96,11 @@ def compile_plan(request: QueryRequest, catalog: Catalog, config: CleanRoomConfi
                 dataset=ds.name,
                 field=col,
             )
-    if template is Template.CTR and EVENT_TYPE in group_by:
-        raise InputError("the ctr template cannot be grouped by event type", field=EVENT_TYPE)
+    for col in sorted(template.fixed_columns.intersection(group_by)):
+        raise InputError(
+            f"the {template.name} template cannot be grouped by {col.replace('_', ' ')}",
+            field=col,
+        )
     public_groups = math.prod(len(d) for d in domains if d is not None)
     if public_groups > config.max_public_groups:
         raise InputError(
@@ -214,28 +113,25 @@ def compile_plan(request: QueryRequest, catalog: Catalog, config: CleanRoomConfi
     for col, values in sorted(request.where.items()):
         if col not in ds.public_dimensions:
             raise InputError("filters may only use public dimensions", dataset=ds.name, field=col)
-        if template is Template.CTR and col == EVENT_TYPE:
-            raise InputError("the ctr template fixes the event type", field=col)
-        domain = set(_domain_text(ds, col))
+        if col in template.fixed_columns:
+            raise InputError(
+                f"the {template.name} template fixes the {col.replace('_', ' ')}", field=col
+            )
+        domain = set(domain_text(ds, col))
         if not values:
             raise InputError("a filter needs at least one value", field=col)
         for v in values:
             if v not in domain:
                 raise InputError("filter value is outside the declared domain", field=col)
         where.append((col, tuple(sorted(set(values)))))
-    if template is Template.CTR:
-        domain = set(_domain_text(ds, EVENT_TYPE))
-        if not {CTR_CLICK, CTR_IMPRESSION} <= domain:
-            raise InputError("the catalog declares no ad click/impression event types")
-        where.append((EVENT_TYPE, (CTR_CLICK, CTR_IMPRESSION)))
 
     measure: Measure | None = None
     clamp_units = (0, 0)
-    if template in (Template.SUM, Template.MEAN, Template.QUANTILES):
+    if "measure" in template.parameters:
         declared = config.measures.get(ds.name, {})
         if request.measure is None:
             raise InputError(
-                f"template {template.value!r} needs a measure "
+                f"template {template.name!r} needs a measure "
                 f"({', '.join(declared) or 'none declared'})",
                 field="measure",
             )
@@ -260,21 +156,6 @@ def compile_plan(request: QueryRequest, catalog: Catalog, config: CleanRoomConfi
         if clamp_units[0] >= clamp_units[1]:
             raise InputError("clamp range is narrower than the measure's unit", field="clamp")
 
-    quantiles: tuple[float, ...] = ()
-    bins = 0
-    if template is Template.QUANTILES:
-        quantiles = tuple(request.quantiles or (0.5, 0.9))
-        for q in quantiles:
-            if not 0 < q < 1:
-                raise InputError("quantiles must be strictly between 0 and 1", field="quantiles")
-        bins = request.bins if request.bins is not None else config.default_quantile_bins
-        width = clamp_units[1] - clamp_units[0]
-        if not 2 <= bins <= min(config.max_quantile_bins, width):
-            raise InputError(
-                f"bins must be between 2 and {min(config.max_quantile_bins, width)}",
-                field="bins",
-            )
-
     limits = config.bounds
     max_groups = _bound(
         request.max_groups_per_user,
@@ -283,17 +164,17 @@ def compile_plan(request: QueryRequest, catalog: Catalog, config: CleanRoomConfi
         "max_groups_per_user",
     )
     max_rows = (
-        1
-        if template is Template.DISTINCT_USERS
-        else _bound(
+        _bound(
             request.max_rows_per_group,
             limits.default_max_rows,
             limits.max_rows,
             "max_rows_per_group",
         )
+        if "max_rows_per_group" in template.parameters
+        else 1
     )
     private = any(d is None for d in domains)
-    return QueryPlan(
+    plan = QueryPlan(
         template=template,
         dataset=ds.name,
         subject=ds.subject_key,
@@ -302,8 +183,8 @@ def compile_plan(request: QueryRequest, catalog: Catalog, config: CleanRoomConfi
         where=tuple(where),
         measure=measure,
         clamp_units=clamp_units,
-        quantiles=quantiles,
-        bins=bins,
+        quantiles=(),
+        bins=0,
         max_groups=max_groups,
         max_rows=max_rows,
         row_weight=config.row_weight,
@@ -311,3 +192,15 @@ def compile_plan(request: QueryRequest, catalog: Catalog, config: CleanRoomConfi
         delta=config.delta_per_query if private else 0.0,
         confidence=confidence,
     )
+    return template.finish(plan, request, ds, config)
+
+
+__all__ = [
+    "QueryPlan",
+    "QueryRequest",
+    "QueryTemplate",
+    "Template",
+    "compile_plan",
+    "parse_request",
+    "registered_templates",
+]

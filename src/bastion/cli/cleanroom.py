@@ -290,7 +290,7 @@ def templates_cmd(as_json: bool = JSON_OPTION) -> None:
     """List the query templates, the groupable dimensions and the measures."""
     from bastion.catalog import default_catalog
     from bastion.cleanroom import CleanRoomConfig
-    from bastion.cleanroom.templates import TEMPLATE_HELP
+    from bastion.cleanroom.templates import registered_templates
 
     config = CleanRoomConfig()
     ds = default_catalog().dataset(config.dataset)
@@ -305,7 +305,7 @@ def templates_cmd(as_json: bool = JSON_OPTION) -> None:
     if as_json:
         emit_json(
             {
-                "templates": {t.value: h for t, h in TEMPLATE_HELP.items()},
+                "templates": {t.name: t.summary for t in registered_templates()},
                 "public_dimensions": dims,
                 "private_keys": list(ds.private_keys),
                 "measures": measures,
@@ -316,8 +316,8 @@ def templates_cmd(as_json: bool = JSON_OPTION) -> None:
     t = Table(title="Templates")
     t.add_column("template")
     t.add_column("answers")
-    for tpl, text in TEMPLATE_HELP.items():
-        t.add_row(tpl.value, text)
+    for tpl in registered_templates():
+        t.add_row(tpl.name, tpl.summary)
     console.print(t)
     groups = Table(title="Group by")
     groups.add_column("column")
