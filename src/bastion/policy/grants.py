@@ -14,7 +14,7 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from cryptography.exceptions import InvalidSignature
@@ -113,8 +113,6 @@ class GrantClaims:
 
     @staticmethod
     def from_json(obj: Any) -> GrantClaims:
-        from datetime import UTC
-
         if not isinstance(obj, dict) or obj.get("v") != 1:
             raise GrantRejected("malformed", "unknown grant format")
         try:

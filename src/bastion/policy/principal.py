@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bastion.errors import InputError
 from bastion.events import Actor
@@ -104,8 +104,6 @@ class PrincipalSpec(BaseModel):
 
     @classmethod
     def parse(cls, data: Mapping[str, Any], *, source: str = "principal") -> PrincipalSpec:
-        from pydantic import ValidationError
-
         try:
             return cls.model_validate(dict(data))
         except ValidationError as exc:

@@ -48,7 +48,7 @@ from typing import Any, Literal
 import cedarpy
 from ortools.sat.python import cp_model
 
-from bastion.policy.compiler import NAMESPACE, CompiledPolicies, cedar_id_order
+from bastion.policy.compiler import NAMESPACE, CompiledPolicies, cedar_id_order, schema_text
 from bastion.policy.principal import (
     _STRONG_AMR,
     CLEARANCE_LEVELS,
@@ -661,8 +661,6 @@ class Domain:
 
 
 def _enum_values(type_name: str) -> list[str]:
-    from bastion.policy.compiler import schema_text
-
     text = schema_text()
     start = text.index(f"entity {type_name} enum [")
     body = text[start : text.index("]", start)]
