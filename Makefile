@@ -3,20 +3,29 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
 
 .PHONY: demo test lint typecheck unit bench system clean
 
+# `make test` installs everything (every extra and the tools); `make demo` only the core and
+# what the demo uses (pyproject.toml, [project.optional-dependencies]).
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO_STAMP)
+
+$(DEMO_STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[demo]'
+	touch $(DEMO_STAMP)
 
 # SoftHSM2 is the real PKCS#11 token the HSM backend is tested against.
 system:
 	@bash scripts/install-system-deps.sh
 
-demo: $(STAMP) system
+demo: $(DEMO_STAMP) system
 	$(BIN)/bastion demo
 
 lint: $(STAMP)

@@ -15,6 +15,7 @@ from rich.table import Table
 from bastion.cli.common import HOME_OPTION, JSON_OPTION, console, emit_json, reported_errors
 from bastion.cli.groups import cleanroom_app
 from bastion.errors import InputError
+from bastion.extras import require
 
 budget_app = typer.Typer(
     name="budget",
@@ -42,6 +43,9 @@ def opened_cleanroom(
     """A CleanRoom on the home's database and log. ``engine`` is opened before anything is
     charged (a missing data directory is a configuration error, not a failed query); without
     one, the room can manage budgets but not answer queries."""
+    require("analytics", "the clean room")
+    if engine == "spark":
+        require("spark", "the Spark engine")
     from bastion.cleanroom import CleanRoom, CleanRoomConfig, LazyEngine, default_data_dir
     from bastion.clock import SystemClock
     from bastion.home import Home
@@ -152,6 +156,8 @@ def query_cmd(
 ) -> None:
     """Run a differentially private query and print the released table."""
     with reported_errors(as_json):
+        if chart is not None:
+            require("charts", "--chart")  # before any budget is spent
         clamp_values = _floats(clamp, "clamp")
         if clamp_values is not None and len(clamp_values) != 2:
             raise InputError("--clamp takes LOW,HIGH", field="clamp")

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from bastion.cli.common import JSON_OPTION, console, emit_json, progress_bar, reported_errors
 from bastion.errors import InputError
+from bastion.extras import require
 
 
 class OutputFormat(StrEnum):
@@ -31,10 +32,10 @@ def synth(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Generate users, videos and events (deterministic for a seed, streamed in chunks)."""
-    # Imported here: pyarrow and numpy are only needed by this command; the CLI starts faster.
-    from bastion.synth import SynthSpec, generate
-
     with reported_errors(as_json):
+        require("analytics", "bastion synth")
+        from bastion.synth import SynthSpec, generate
+
         try:
             spec = SynthSpec(
                 seed=seed, users=users, videos=videos, events=events, campaigns=campaigns

@@ -28,6 +28,7 @@ from functools import cache
 
 from pydantic import BaseModel
 
+from bastion.extras import installed
 from bastion.gateway.runtime import Runtime
 from bastion.home import FreeTextMode
 
@@ -50,6 +51,8 @@ _LOCATION_WORDS = frozenset(
     | {"request_id", "grant_id", "review_id"}
 )
 _INDEX = re.compile(r"^[0-9]{1,9}$")
+# module -> the extra it needs (bastion/extras.py).
+_OPTIONAL_SCHEMA_MODULES = {"bastion.cleanroom.templates": "analytics"}
 _SCHEMA_MODULES = (
     "bastion.gateway.models",
     *(
@@ -104,6 +107,8 @@ def _schema_names() -> frozenset[str]:
     # The request schemas themselves, whatever was imported first (the routes load with the
     # app; the clean room's query on first use).
     for module in _SCHEMA_MODULES:
+        if module in _OPTIONAL_SCHEMA_MODULES and not installed(_OPTIONAL_SCHEMA_MODULES[module]):
+            continue  # not installed: no request can name its fields
         importlib.import_module(module)
 
     names: set[str] = set()

@@ -14,8 +14,8 @@ from typing import Any
 from bastion.catalog import Catalog, SensitiveCategory
 from bastion.clock import Clock, SystemClock
 from bastion.errors import ConfigError, InputError
+from bastion.extras import require
 from bastion.gateway.auth import TokenIssuer, TokenVerifier, TrustedIssuer
-from bastion.gateway.bulk import BulkBatcher
 from bastion.gateway.config import GatewayConfig, load_external_issuers
 from bastion.gateway.metrics import GatewayMetrics
 from bastion.gateway.transparency import SubjectIndex, migrate_index
@@ -104,14 +104,11 @@ class Runtime:
     owns_db: bool = False
     owns_ledger: bool = True
     _cleanroom: Any = None
-    bulk_batcher: BulkBatcher = field(init=False)
     lookup: VaultLookup = field(init=False)
     _closed: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        # Reads self.bulk at each batch, so a replaced counter (tests) takes effect at once.
-        self.bulk_batcher = BulkBatcher(lambda: self.bulk)
         # The vault's public, non-decrypting lookups (ids -> keys -> live subjects, refs).
         self.lookup = VaultLookup(self.vault)
 
@@ -137,6 +134,7 @@ class Runtime:
         response padding): the same limits ``bastion cleanroom query`` applies."""
         with self._lock:
             if self._cleanroom is None:
+                require("analytics", "the clean room")  # a 503 naming the extra, not a 500
                 from bastion.cleanroom import (
                     CleanRoom,
                     CleanRoomConfig,
@@ -260,7 +258,6 @@ class Runtime:
             if self._closed:
                 return
             self._closed = True
-        self.bulk_batcher.close()
         close_log = getattr(self.ledger, "close", None)
         if self.owns_ledger and callable(close_log):
             close_log()

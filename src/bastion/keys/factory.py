@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from bastion.clock import Clock
+from bastion.errors import KeyUnavailable
+from bastion.extras import MissingExtra, require
 from bastion.home import Home
 from bastion.keys.local import LocalKeyring
 from bastion.keys.provider import KeyProvider
@@ -24,6 +26,7 @@ def create_key_provider(home: Home, *, clock: Clock | None = None) -> KeyProvide
     """Create the provider's keys for a new home (idempotent) and open it."""
     s = home.settings
     if s.key_provider == "pkcs11":
+        require("hsm", "the PKCS#11 key provider")
         from bastion.keys.pkcs11 import Pkcs11Provider
 
         return Pkcs11Provider.create(
@@ -44,6 +47,10 @@ def open_key_provider(home: Home, *, clock: Clock | None = None) -> KeyProvider:
     """
     s = home.settings
     if s.key_provider == "pkcs11":
+        try:
+            require("hsm", "the PKCS#11 key provider")
+        except MissingExtra as exc:
+            raise KeyUnavailable(str(exc)) from None  # fail closed, like an unplugged HSM
         from bastion.keys.pkcs11 import Pkcs11Provider
 
         return Pkcs11Provider(

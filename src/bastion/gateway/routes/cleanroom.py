@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 from bastion.clock import iso
 from bastion.errors import InputError
 from bastion.events import AccessDecision
+from bastion.extras import require
 from bastion.gateway.deps import CurrentPrincipal, RuntimeDep
 from bastion.gateway.errors import ERROR_RESPONSES, ApiError
 from bastion.gateway.recording import new_request_id, receipt_out, record
@@ -34,6 +35,7 @@ def cleanroom_query(
     The body is the clean room's query request: ``template``, ``epsilon``, ``group_by``,
     ``where``, ``measure``, ``clamp``, ... (unknown parameters are refused).
     """
+    require("analytics", "the clean room")  # not installed: a 503 that names the extra
     from bastion.cleanroom import QueryFailed, QueryRefused
 
     rid = new_request_id(request)
