@@ -87,7 +87,8 @@ SCENARIO = textwrap.dedent(
     with TestClient(create_app(rt)) as http:
         def token(name):
             attrs = PRINCIPALS[name]
-            return {"Authorization": "Bearer " + rt.issuer.issue(name, attrs, ttl=timedelta(hours=1))}
+            jwt = rt.issuer.issue(name, attrs, ttl=timedelta(hours=1))
+            return {"Authorization": "Bearer " + jwt}
         body = ReadRequest(
             record_id="u00001", fields=["country"], context=Context(purpose="support")
         ).model_dump(mode="json")
