@@ -315,7 +315,10 @@ def witnesses(home: Home, clock: Clock) -> Iterator[tuple[Home, list[str]]]:
             url = stack.enter_context(serving(witness_app(witness), free_port()))
             specs.append(f"{url} {signer.vkey}")
             vkeys.append(signer.vkey)
-        settings = replace(home.settings, witnesses=tuple(specs), witness_quorum=len(specs))
+        ledger = home.settings.ledger.model_copy(
+            update={"witnesses": tuple(specs), "witness_quorum": len(specs)}
+        )
+        settings = home.settings.model_copy(update={"ledger": ledger})
         yield replace(home, settings=settings), vkeys
 
 
