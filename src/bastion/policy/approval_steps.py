@@ -47,6 +47,11 @@ def new_id(prefix: str) -> str:
 
 
 class ApprovalSteps:
+    """The context and helpers every step shares. The steps subclass it, and
+    ``ApprovalService`` combines them, so one instance carries one database, ledger, clock,
+    engine source and key (tests swap ``ledger`` or ``public_text`` on it and every step sees
+    the change)."""
+
     def __init__(
         self,
         db: Database,
