@@ -213,7 +213,7 @@ def test_a_lost_postgresql_connection_fails_the_append_and_the_next_reconnects(
 def test_the_sequencers_tile_root_is_the_rfc6962_subtree_root() -> None:
     import os
 
-    from bastion.ledger.sequencer import full_tile_root
+    from bastion.ledger.tiles import full_tile_root
     from bastion.ledger.tiles import TILE_WIDTH, tile_hashes, tile_root
 
     for _ in range(3):

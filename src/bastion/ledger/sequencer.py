@@ -49,6 +49,7 @@ from bastion.ledger.tiles import (
     MAX_ENTRY_SIZE,
     TILE_HEIGHT,
     TILE_WIDTH,
+    full_tile_root,
     level_width,
     tile_levels,
 )
@@ -63,7 +64,6 @@ log = logging.getLogger(__name__)
 # Copying a hash state that has already absorbed the RFC 6962 prefix byte is cheaper than
 # creating a new one (and concatenating the prefix) for every leaf and node.
 _LEAF_PREFIX = hashlib.sha256(b"\x00")
-_NODE_PREFIX = hashlib.sha256(b"\x01")
 _allocate_lock = threading.Lock
 _running_loop = asyncio.get_running_loop
 
@@ -123,23 +123,6 @@ class _Side:
         self.position = 0
         self.count = 0
         self.error: Exception | None = None
-
-
-def full_tile_root(tile: bytes) -> bytes:
-    """The root of the perfect 256-leaf subtree whose hashes a full tile holds (RFC 6962 node
-    hashes, level by level): what the tile contributes to the tile level above."""
-    if len(tile) != _TILE_BYTES:
-        raise ValueError("only full tiles are hashed into the level above")
-    copy = _NODE_PREFIX.copy
-    level = tile
-    while len(level) > 32:
-        parents = []
-        for pair in range(0, len(level), 64):
-            hasher = copy()
-            hasher.update(level[pair : pair + 64])
-            parents.append(hasher.digest())
-        level = b"".join(parents)
-    return level
 
 
 def _record(entry: bytes) -> bytes:

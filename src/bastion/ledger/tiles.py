@@ -11,6 +11,7 @@ proofs (and the root) can be computed from tiles alone, by the log and by audito
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -228,6 +229,55 @@ def tile_hashes(data: bytes, width: int | None = None) -> list[bytes]:
     if width is not None and len(data) != width * HASH_SIZE:
         raise TileError(f"tile holds {len(data) // HASH_SIZE} hashes; expected {width}")
     return [data[i : i + HASH_SIZE] for i in range(0, len(data), HASH_SIZE)]
+
+
+# Copying a hash state that has already absorbed the RFC 6962 prefix byte is cheaper than
+# creating a new one (and concatenating the prefix) for every leaf and node.
+_LEAF_PREFIX = hashlib.sha256(b"\x00")
+_NODE_PREFIX = hashlib.sha256(b"\x01")
+_FULL_TILE_BYTES = TILE_WIDTH * HASH_SIZE
+
+
+def bundle_leaf_hashes(data: bytes, width: int) -> bytes:
+    """The level-0 tile an entry bundle must have: the RFC 6962 leaf hashes of its entries,
+    concatenated. Strict: TileError unless the bundle holds exactly `width` entries.
+
+    One tight loop over the encoded bundle (no list of entries, no per-entry bytes copies):
+    what lets a verifier check a million entries in about the time of the bare hash loop."""
+    copy = _LEAF_PREFIX.copy
+    view = memoryview(data)
+    hashes = []
+    pos = 0
+    try:
+        for _ in range(width):
+            end = pos + 2 + ((data[pos] << 8) | data[pos + 1])
+            hasher = copy()
+            hasher.update(view[pos + 2 : end])  # a short last slice makes pos overshoot below
+            hashes.append(hasher.digest())
+            pos = end
+    except IndexError:
+        raise TileError(f"entry bundle ends inside entry {len(hashes)} of {width}") from None
+    if pos != len(data):
+        what = "is truncated" if pos > len(data) else f"holds more than {width} entries"
+        raise TileError(f"entry bundle {what}")
+    return b"".join(hashes)
+
+
+def full_tile_root(tile: bytes) -> bytes:
+    """The root of the perfect 256-leaf subtree whose hashes a full tile holds (RFC 6962 node
+    hashes, level by level): what the tile contributes to the tile level above."""
+    if len(tile) != _FULL_TILE_BYTES:
+        raise ValueError("only full tiles are hashed into the level above")
+    copy = _NODE_PREFIX.copy
+    level = tile
+    while len(level) > HASH_SIZE:
+        parents = []
+        for pair in range(0, len(level), 2 * HASH_SIZE):
+            hasher = copy()
+            hasher.update(level[pair : pair + 2 * HASH_SIZE])
+            parents.append(hasher.digest())
+        level = b"".join(parents)
+    return level
 
 
 def tile_root(hashes: Sequence[bytes]) -> bytes:
