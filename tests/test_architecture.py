@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import ast
+from dataclasses import dataclass
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "bastion"
 
-FOUNDATION = {"clock", "errors", "home", "events"}
+FOUNDATION = {"clock", "errors", "home", "settings", "extras", "events"}
 
 # part -> parts it may import (besides the foundation and itself)
 ALLOWED: dict[str, set[str]] = {
@@ -35,19 +36,82 @@ VERIFIER_MODULES = {
 }
 
 
+@dataclass(frozen=True)
+class Import:
+    target: str  # the module it loads: ``from bastion import vault`` is bastion.vault
+    deferred: bool  # inside a function: loaded when called, not when imported
+    type_only: bool  # under ``if TYPE_CHECKING``: never loaded at run time
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_module(name: str, root: Path) -> bool:
+    base = root.joinpath(*name.split("."))
+    return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
+
+
+class _Reader(ast.NodeVisitor):
+    """Every import of one file, resolved: relative ones against its package, and
+    ``from package import name`` to the submodule when ``name`` is one."""
+
+    def __init__(self, module: str, is_package: bool, root: Path) -> None:
+        self.package = module.split(".") if is_package else module.split(".")[:-1]
+        self.root = root
+        self.depth = 0
+        self.type_checking = 0
+        self.found: list[Import] = []
+
+    def _add(self, target: str) -> None:
+        self.found.append(Import(target, self.depth > 0, self.type_checking > 0))
+
+    def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        self.depth += 1
+        self.generic_visit(node)
+        self.depth -= 1
+
+    visit_AsyncFunctionDef = visit_FunctionDef  # type: ignore[assignment]
+
+    def visit_If(self, node: ast.If) -> None:
+        test = node.test
+        if (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+            isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+        ):
+            self.type_checking += 1
+            for stmt in node.body:
+                self.visit(stmt)
+            self.type_checking -= 1
+            for stmt in node.orelse:
+                self.visit(stmt)
+        else:
+            self.generic_visit(node)
+
+    def visit_Import(self, node: ast.Import) -> None:
+        for alias in node.names:
+            self._add(alias.name)
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        if node.level:
+            base = self.package[: len(self.package) - (node.level - 1)]
+            module = ".".join([*base, *([node.module] if node.module else [])])
+        else:
+            module = node.module or ""
+        for alias in node.names:
+            candidate = f"{module}.{alias.name}"
+            self._add(candidate if _is_module(candidate, self.root) else module)
+
+
+def read_imports(path: Path, root: Path = SRC.parent) -> list[Import]:
+    """The ``bastion`` imports of one file under ``root`` (the folder holding ``bastion``)."""
+    reader = _Reader(module_name(path, root), path.name == "__init__.py", root)
+    reader.visit(ast.parse(path.read_text()))
+    return [i for i in reader.found if i.target == "bastion" or i.target.startswith("bastion.")]
+
+
 def imports_of(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            # `from bastion.ledger import merkle` imports bastion.ledger.merkle.
-            if node.module.count(".") == 1:
-                found.update(f"{node.module}.{a.name}" for a in node.names)
-            else:
-                found.add(node.module)
-    return {m for m in found if m == "bastion" or m.startswith("bastion.")}
+    return {i.target for i in read_imports(path)}
 
 
 def allowed(part: str, target: str) -> bool:
@@ -110,4 +174,105 @@ def test_only_the_cli_renders_with_rich() -> None:
             )
             if any(n == "rich" or n.startswith("rich.") for n in names):
                 offenders.append(str(path.relative_to(SRC)))
+    assert offenders == []
+
+
+# ---- the reader itself: the holes it used to have -----------------------------------------
+
+
+def _tree(root: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def test_the_reader_resolves_package_and_relative_imports(tmp_path: Path) -> None:
+    _tree(
+        tmp_path,
+        {
+            "bastion/__init__.py": "",
+            "bastion/vault/__init__.py": "",
+            "bastion/vault/plan.py": "",
+            "bastion/policy/__init__.py": "",
+            "bastion/policy/engine.py": "",
+            "bastion/policy/x.py": (
+                "from typing import TYPE_CHECKING\n"
+                "from bastion import vault\n"
+                "from .. import vault as v2\n"
+                "from ..vault.plan import ReadPlan\n"
+                "from . import engine\n"
+                "from .engine import Engine\n"
+                "if TYPE_CHECKING:\n"
+                "    from bastion.gateway import app\n"
+                "def f():\n"
+                "    from bastion.ledger import log\n"
+            ),
+        },
+    )
+    found = read_imports(tmp_path / "bastion/policy/x.py", tmp_path)
+    assert [(i.target, i.deferred, i.type_only) for i in found] == [
+        ("bastion.vault", False, False),  # was recorded as just "bastion", and allowed
+        ("bastion.vault", False, False),  # relative imports were ignored
+        ("bastion.vault.plan", False, False),
+        ("bastion.policy.engine", False, False),
+        ("bastion.policy.engine", False, False),
+        ("bastion.gateway", False, True),
+        ("bastion.ledger", True, False),
+    ]
+    assert not allowed("policy", "bastion.vault")  # so the layering test now sees it
+
+
+def _graph() -> dict[str, list[Import]]:
+    return {module_name(p, SRC.parent): read_imports(p) for p in SRC.rglob("*.py")}
+
+
+def _reaches(eager: dict[str, set[str]], start: str, goal: str) -> bool:
+    seen: set[str] = set()
+    stack = [start]
+    while stack:
+        node = stack.pop()
+        if node == goal:
+            return True
+        if node not in seen:
+            seen.add(node)
+            stack.extend(eager.get(node, ()))
+    return False
+
+
+def test_no_import_cycles_and_no_deferred_import_that_hides_one() -> None:
+    """A cycle of module-level imports is a tangle; an import moved into a function only so
+    that a cycle does not fail at import time is the same tangle, hidden. Deferred imports
+    that keep start-up light (the CLI's, an optional extra's) close no cycle and are fine."""
+    graph = _graph()
+    eager = {
+        m: {i.target for i in imps if not i.deferred and not i.type_only}
+        for m, imps in graph.items()
+    }
+    cycles = sorted(
+        f"{m} -> {t}"
+        for m, targets in eager.items()
+        for t in targets
+        if t != m and _reaches(eager, t, m)
+    )
+    assert cycles == []
+    hidden = sorted(
+        {
+            f"{m} -> {i.target}"
+            for m, imps in graph.items()
+            for i in imps
+            if i.deferred and not i.type_only and i.target != m and _reaches(eager, i.target, m)
+        }
+    )
+    assert hidden == []
+
+
+def test_nothing_in_the_library_imports_the_demo() -> None:
+    offenders = [
+        f"{m} imports {i.target}"
+        for m, imps in _graph().items()
+        if m.split(".")[1:2] not in (["cli"], ["demo"])
+        for i in imps
+        if i.target == "bastion.demo" or i.target.startswith("bastion.demo.")
+    ]
     assert offenders == []

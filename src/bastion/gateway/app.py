@@ -35,7 +35,7 @@ from bastion.gateway.errors import (
 from bastion.gateway.metrics import MetricsMiddleware
 from bastion.gateway.refusals import reject_invalid_request, reject_model_error
 from bastion.gateway.runtime import Runtime
-from bastion.gateway.surrogates import refuse_non_unicode
+from bastion.gateway.unicode_guard import refuse_non_unicode
 
 log = logging.getLogger(__name__)
 

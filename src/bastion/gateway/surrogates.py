@@ -4,10 +4,11 @@ JSON can spell a lone surrogate (``"\\ud800"``), and Python's ``json`` decodes o
 escape or from its raw three-byte form (``ED A0 80``, which it reads with ``surrogatepass``).
 Such a string cannot be written as UTF-8, so RFC 8785 refuses to canonicalize any entry that
 quotes it: the refusal of the request could never be recorded, the caller got a 503 and the
-ledger-failure metric a false alarm. ``refuse_non_unicode``, a dependency of every route, runs
-before authentication and before any parameter is validated or used, and refuses such a request
-with a recorded 422 (``invalid-unicode``) that names where the string was (``body`` and its
-JSON path, ``path``, or ``query`` and the parameter's name), never the string itself.
+ledger-failure metric a false alarm. ``unicode_guard.refuse_non_unicode``, a dependency of
+every route, runs before authentication and before any parameter is validated or used, and
+refuses such a request with a recorded 422 (``invalid-unicode``) that names where the string
+was (``body`` and its JSON path, ``path``, or ``query`` and the parameter's name), never the
+string itself.
 
 Headers are bytes in ASGI and Starlette decodes them as Latin-1, which cannot produce a
 surrogate; the one header read as JSON, the bearer token, is checked by the token verifier
@@ -19,17 +20,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
 from starlette.types import Scope
-
-from bastion.gateway.errors import ApiError
-
-if TYPE_CHECKING:
-    from bastion.gateway.runtime import Runtime
 
 KIND = "invalid-unicode"
 MESSAGE = "the request holds text that is not valid Unicode (a lone surrogate or bad UTF-8)"
@@ -115,47 +109,5 @@ def body_location(body: bytes) -> Location | None:
     return find_surrogate(value, ("body",))
 
 
-def _path_text(where: Location) -> str:
+def path_text(where: Location) -> str:
     return ".".join(str(p) for p in where)[:128]
-
-
-async def refuse_non_unicode(request: Request) -> None:
-    """An app-wide dependency: it runs once the route is known and the body read, before
-    authentication and before any parameter is validated or used."""
-    where = url_location(request.scope)
-    if where is None:
-        where = body_location(await request.body())
-    if where is not None:
-        runtime: Runtime = request.app.state.runtime
-        raise await run_in_threadpool(_refusal, runtime, request, where)
-
-
-def _refusal(rt: Runtime, request: Request, where: Location) -> ApiError:
-    """Record the refusal (a recorded 401 if the token is refused) and return it to raise."""
-    # Here, not at the top: auth imports this module (find_surrogate), and refusals auth.
-    from bastion.gateway.auth import AuthError, bearer_token
-    from bastion.gateway.recording import endpoint_of, new_request_id
-    from bastion.gateway.refusals import record_auth_failure, reject
-
-    rid = new_request_id(request)
-    endpoint = endpoint_of(request)
-    try:
-        principal = rt.verifier.verify(bearer_token(request.headers.get("authorization")))
-    except AuthError as exc:
-        return record_auth_failure(rt, request, exc, endpoint)
-    location = _path_text(where)
-    # Named by its place (a JSON path, "path", "query.<name>"), never by the text itself; the
-    # dataset of the path unless the path is what holds the bad text.
-    field = _path_text(where[1:]) if where[0] == "body" and len(where) > 1 else location
-    dataset = request.path_params.get("dataset") if where[0] != "path" else None
-    return reject(
-        rt,
-        principal.actor(),
-        request_id=rid,
-        endpoint=endpoint,
-        status=422,
-        kind=KIND,
-        message=f"{MESSAGE}, in {location}",
-        dataset=str(dataset) if dataset is not None else None,
-        field=field,
-    )

@@ -5,6 +5,7 @@ Every part writes portable SQL with ``?`` placeholders and owns its own tables t
 names differ between the dialects.
 """
 
-from bastion.store.base import Cursor, Database, DuplicateKey, open_database
+from bastion.store.backends import open_database
+from bastion.store.base import Cursor, Database, DuplicateKey
 
 __all__ = ["Cursor", "Database", "DuplicateKey", "open_database"]

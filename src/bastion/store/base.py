@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
-from bastion.errors import BastionError, ConfigError
+from bastion.errors import BastionError
 from bastion.home import Bounds
 
 Params = Sequence[Any]
@@ -117,17 +117,3 @@ class Database(ABC):
     @abstractmethod
     def description(self) -> str:
         """Where the data lives, without credentials."""
-
-
-def open_database(url: str, *, schema: str | None = None, bounds: Bounds | None = None) -> Database:
-    """Open ``sqlite:///path`` or ``postgresql://...``. ``schema`` isolates PostgreSQL tests;
-    ``bounds`` (default: ``Bounds()``) limits every wait on the database."""
-    if url.startswith("sqlite:///"):
-        from bastion.store.sqlite import SqliteDatabase
-
-        return SqliteDatabase(url.removeprefix("sqlite:///"), bounds=bounds)
-    if url.startswith(("postgresql://", "postgres://")):
-        from bastion.store.postgres import PostgresDatabase
-
-        return PostgresDatabase(url, schema=schema, bounds=bounds)
-    raise ConfigError(f"unsupported database URL scheme in {url.split(':', 1)[0]!r}")
