@@ -337,3 +337,47 @@ def test_a_file_tampered_on_disk_is_detected(
         app, ["ledger", "verify", static_url, "--vkey", vkey, "--state", str(tmp_path / "cli")]
     )
     assert res.exit_code == 6, res.output
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_worker_processes_check_what_the_verifier_checks(
+    tmp_path: Path, signer: NoteSigner, monkeypatch: pytest.MonkeyPatch, processes: int
+) -> None:
+    """A large log's bundles are hashed in worker processes: same result as in-process, and a
+    tampered bundle is reported from there just the same (over file:// and over HTTP)."""
+    from bastion.ledger import verifier as verifier_module
+
+    monkeypatch.setattr(verifier_module, "_PROCESS_CHUNK", 1)  # 6 bundles are "large" now
+    www = tmp_path / "www"
+    log = file_log(www / "log", signer)
+    log.append_entries([f"p{i}".encode() for i in range(1400)])
+    log.publish()
+    log.close()
+    port = free_port()
+    static = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        cwd=www,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(f"http://127.0.0.1:{port}/log/checkpoint", static)
+        for url in (f"file://{www}/log", f"http://127.0.0.1:{port}"):
+            state = tmp_path / f"state-{processes}-{url[:4]}"
+            with LogVerifier(url, signer.vkey, state, processes=processes) as verifier:
+                result = verifier.verify()
+            assert result.size == result.entries_checked == 1400
+            assert result.root_hash == merkle.root_from_leaf_hashes(
+                [merkle.leaf_hash(f"p{i}".encode()) for i in range(1400)]
+            )
+        bundle = www / "log" / entries_path(4)
+        bundle.write_bytes(bundle.read_bytes().replace(b"p1100", b"p1101"))
+        for url in (f"file://{www}/log", f"http://127.0.0.1:{port}"):
+            with (
+                LogVerifier(url, signer.vkey, tmp_path / "fresh", processes=processes) as verifier,
+                pytest.raises(IntegrityError, match=r"entry 1100 .* does not hash"),
+            ):
+                verifier.verify()
+    finally:
+        static.terminate()
+        static.wait(timeout=10)

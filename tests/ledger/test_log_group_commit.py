@@ -210,11 +210,10 @@ def test_a_lost_postgresql_connection_fails_the_append_and_the_next_reconnects(
     assert [e for _, e in log.entries(0, 4)] == [b"x0", b"x1", b"x2", b"x3"]
 
 
-def test_the_sequencers_tile_root_is_the_rfc6962_subtree_root() -> None:
+def test_full_tile_root_is_the_rfc6962_subtree_root() -> None:
     import os
 
-    from bastion.ledger.tiles import full_tile_root
-    from bastion.ledger.tiles import TILE_WIDTH, tile_hashes, tile_root
+    from bastion.ledger.tiles import TILE_WIDTH, full_tile_root, tile_hashes, tile_root
 
     for _ in range(3):
         tile = os.urandom(32 * TILE_WIDTH)

@@ -204,3 +204,25 @@ def test_tile_reader_rejects_wrong_width_tile() -> None:
 
     with pytest.raises(TileError):
         merkle.root(300, TileNodeReader(300, fetch))
+
+
+@given(st.lists(st.binary(max_size=300), min_size=1, max_size=TILE_WIDTH))
+def test_bundle_leaf_hashes_are_the_leaf_hashes_of_the_decoded_entries(
+    entries: list[bytes],
+) -> None:
+    data = encode_entry_bundle(entries)
+    assert tiles.bundle_leaf_hashes(data, len(entries)) == b"".join(map(leaf_hash, entries))
+
+
+def test_bundle_leaf_hashes_is_as_strict_as_decoding() -> None:
+    entries = [b"a", b"bb", b"", b"dddd"]
+    data = encode_entry_bundle(entries)
+    for bad, width in [
+        (data[:-1], 4),  # truncated inside the last entry
+        (data[:-5], 4),  # ends after a whole entry, one short
+        (data + b"\x00", 4),  # a dangling half length prefix
+        (data, 3),  # more entries than the width
+        (data, 5),  # fewer
+    ]:
+        with pytest.raises(tiles.TileError):
+            tiles.bundle_leaf_hashes(bad, width)

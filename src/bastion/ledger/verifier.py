@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import re
 import socket
@@ -32,7 +33,7 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol, TypeVar
@@ -407,24 +408,33 @@ class LogVerifier:
         http: httpx.Client | None = None,
         *,
         workers: int = 8,
+        processes: int | None = None,
         clock: Clock | None = None,
     ) -> None:
+        """`workers`: fetching threads (each with one keep-alive connection). `processes`:
+        worker processes that fetch and hash the entry bundles of a large log in parallel
+        (default: one per CPU, at most 4; 1 = all in this process). A caller's own `http`
+        client stays in this process."""
         self.prefix = log_prefix(base_url)
         self.log_verifier = NoteVerifier.from_vkey(vkey)
         self.witnesses = [CosignatureVerifier.from_vkey(w) for w in witness_vkeys]
         self.quorum = quorum
         self.state_dir = Path(state_dir)
         self.workers = max(1, workers)
+        cpus = min(os.cpu_count() or 1, 4)
+        self.processes = 1 if http is not None else max(1, cpus if processes is None else processes)
         self.clock: Clock = clock or SystemClock()
-        self._fetcher: _Fetcher
-        if http is not None:
-            self._fetcher = _HttpxFetcher(self.prefix, http)
-        elif self.prefix.startswith("file:"):
-            self._fetcher = _FileFetcher(self.prefix)
-        else:
-            self._fetcher = _PooledFetcher(self.prefix, timeout=30.0)
+        self._http = http
+        self._fetcher = self._new_fetcher()
         self._bytes = 0
         self._bytes_lock = threading.Lock()
+
+    def _new_fetcher(self) -> _Fetcher:
+        if self._http is not None:
+            return _HttpxFetcher(self.prefix, self._http)
+        if self.prefix.startswith("file:"):
+            return _FileFetcher(self.prefix)
+        return _PooledFetcher(self.prefix, timeout=30.0)
 
     def close(self) -> None:
         self._fetcher.close()
@@ -470,17 +480,29 @@ class LogVerifier:
                 raise VerificationError(f"entry bundle {entries_path(index)}: {exc}") from None
         return data
 
-    def _get_level0(self, index: int, width: int) -> tuple[bytes, bytes]:
-        """An entry bundle and its level-0 tile, asked for together (pipelined)."""
-        paths = [entries_path(index, width), tile_path(0, index, width)]
-        (bundle_status, bundle), (tile_status, tile) = self._fetcher.get_many(paths)
-        partial = width < TILE_WIDTH
-        got_bundle = self._accept(paths[0], bundle_status, bundle, partial)
-        got_tile = self._accept(paths[1], tile_status, tile, partial)
-        return (
-            self._get_bundle(index, width) if got_bundle is None else got_bundle,
-            self._get_tile(0, index, width) if got_tile is None else got_tile,
-        )
+    def _level0_chunk(self, chunk: Sequence[tuple[int, int, bool]]) -> _Level0:
+        """Check a run of entry bundles (index, width, keep) against their level-0 tiles:
+        both asked for at once (pipelined), each bundle's leaf hashes compared with its tile
+        whole. Returns (index, root of the tile if full, its hashes if `keep`) for each, and
+        the bytes fetched. Runs on a fetching thread, or in a worker process."""
+        paths = []
+        for index, width, _ in chunk:
+            paths += [entries_path(index, width), tile_path(0, index, width)]
+        answers = self._fetcher.get_many(paths)
+        checked: list[tuple[int, bytes | None, bytes | None]] = []
+        nbytes = 0
+        for k, (index, width, keep) in enumerate(chunk):
+            partial = width < TILE_WIDTH
+            (bundle_status, bundle), (tile_status, tile) = answers[2 * k], answers[2 * k + 1]
+            got = self._accept(paths[2 * k], bundle_status, bundle, partial)
+            bundle = self._get_bundle(index, width) if got is None else got
+            got = self._accept(paths[2 * k + 1], tile_status, tile, partial)
+            tile = self._get_tile(0, index, width) if got is None else got
+            nbytes += len(bundle) + len(tile)
+            leaves = _check_level0(index, width, bundle, tile)
+            root = full_tile_root(leaves) if width == TILE_WIDTH else None
+            checked.append((index, root, leaves if keep else None))
+        return checked, nbytes
 
     def fetch_checkpoint(self) -> str:
         data = self._get("checkpoint", fresh=True)  # mutable: never from a stale cache
@@ -631,6 +653,40 @@ class LogVerifier:
             cosigners=cosigned.cosigners,
         )
 
+    def _level0(
+        self,
+        pool: ThreadPoolExecutor,
+        bundles: Sequence[tuple[int, int, bool]],
+        tick: Callable[[], None],
+    ) -> Iterator[_Level0]:
+        """`_level0_chunk` over all the bundles, in order: in worker processes for a large
+        log (each fetches and hashes its own runs of bundles: hashing is what a verifier
+        spends its time on, and it holds the GIL), else on the fetching threads."""
+
+        def ticks(n: int) -> Callable[[], None]:
+            def done() -> None:
+                for _ in range(2 * n):  # a bundle and its tile
+                    tick()
+
+            return done
+
+        if self.processes > 1 and len(bundles) >= 4 * _PROCESS_CHUNK:
+            chunks = [
+                bundles[i : i + _PROCESS_CHUNK] for i in range(0, len(bundles), _PROCESS_CHUNK)
+            ]
+            global _WORKER
+            _WORKER = self  # what the forked workers inherit (they open their own connections)
+            context = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(
+                self.processes, mp_context=context, initializer=_start_worker
+            ) as processes:
+                for chunk, result in zip(chunks, processes.map(_run_level0, chunks), strict=True):
+                    ticks(len(chunk))()
+                    yield result
+            return
+        jobs = [_bind_chunk(self._level0_chunk, [b]) for b in bundles]
+        yield from self._fetch_ordered(pool, jobs, ticks(1))
+
     def _check_tiles(
         self,
         pool: ThreadPoolExecutor,
@@ -651,49 +707,25 @@ class LogVerifier:
             if progress is not None:
                 progress(done, total)
 
-        def tick2() -> None:  # a level-0 job fetches a bundle and its tile
-            tick()
-            tick()
-
         if progress is not None:
             progress(0, total)
 
         reader = TileNodeReader(size, self._get_tile)
         keep_level0 = _level0_tiles_needed(size, old_size)
-        entries_checked = 0
 
-        # Level 0: each entry bundle's leaf hashes against its tile, compared whole.
-        level0 = [r for r in refs if r.level == 0]
-        jobs = [_bind2(self._get_level0, ref.index, ref.width) for ref in level0]
-        # Roots of the full tiles checked in this run: what the level above must hold.
+        # Level 0: each entry bundle's leaf hashes against its tile, compared whole; the roots
+        # of the full tiles checked in this run are what the level above must hold.
+        level0 = [(r.index, r.width, (0, r.index) in keep_level0) for r in refs if r.level == 0]
         roots: dict[int, bytes] = {}
-        for ref, (bundle_data, tile_data) in zip(
-            level0, self._fetch_ordered(pool, jobs, tick2), strict=True
-        ):
-            if len(tile_data) != ref.width * merkle.HASH_SIZE:
-                raise VerificationError(
-                    f"tile {ref.path}: {len(tile_data)} bytes, expected {ref.width} hashes"
-                )
-            try:
-                leaves = bundle_leaf_hashes(bundle_data, ref.width)
-            except TileError as exc:
-                where = entries_path(ref.index, ref.width)
-                raise VerificationError(f"entry bundle {where}: {exc}") from None
-            if leaves != tile_data:
-                bad = next(
-                    i
-                    for i in range(ref.width)
-                    if leaves[32 * i : 32 * i + 32] != tile_data[32 * i : 32 * i + 32]
-                )
-                raise VerificationError(
-                    f"entry {ref.index * TILE_WIDTH + bad} ({entries_path(ref.index, ref.width)})"
-                    f" does not hash to its level-0 tile ({ref.path})"
-                )
-            entries_checked += ref.width
-            if ref.is_full:
-                roots[ref.index] = full_tile_root(leaves)
-            if (0, ref.index) in keep_level0:
-                reader.add_tile(0, ref.index, tile_hashes(leaves))
+        for checked, nbytes in self._level0(pool, level0, tick):
+            with self._bytes_lock:
+                self._bytes += nbytes
+            for index, root, leaves in checked:
+                if root is not None:
+                    roots[index] = root
+                if leaves is not None:
+                    reader.add_tile(0, index, tile_hashes(leaves))
+        entries_checked = sum(width for _, width, _ in level0)
 
         # Levels >= 1: each hash is the root of a full tile below, checked in this run, or an
         # old one (incremental mode) pinned by the stored root.
@@ -727,15 +759,53 @@ class LogVerifier:
 
 T = TypeVar("T")
 
+_Level0 = tuple[list[tuple[int, bytes | None, bytes | None]], int]
+"""(index, root if full, tile hashes if kept) per bundle, and the bytes fetched."""
+
+_PROCESS_CHUNK = 32  # bundles a worker process fetches (pipelined) and hashes per task
+_WORKER: LogVerifier | None = None  # in a worker process: its (forked) copy of the verifier
+
+
+def _start_worker() -> None:
+    """In a new worker process: connections of its own (never the parent's sockets)."""
+    assert _WORKER is not None
+    _WORKER._fetcher = _WORKER._new_fetcher()
+
+
+def _run_level0(chunk: Sequence[tuple[int, int, bool]]) -> _Level0:
+    assert _WORKER is not None
+    return _WORKER._level0_chunk(chunk)
+
+
+def _bind_chunk(
+    fn: Callable[[Sequence[tuple[int, int, bool]]], _Level0], chunk: list[tuple[int, int, bool]]
+) -> Callable[[], _Level0]:
+    return lambda: fn(chunk)
+
+
+def _check_level0(index: int, width: int, bundle: bytes, tile: bytes) -> bytes:
+    """The bundle's leaf hashes, if they are exactly its level-0 tile; else VerificationError
+    naming the first entry that differs."""
+    where = entries_path(index, width)
+    if len(tile) != width * merkle.HASH_SIZE:
+        raise VerificationError(
+            f"tile {tile_path(0, index, width)}: {len(tile)} bytes, expected {width} hashes"
+        )
+    try:
+        leaves = bundle_leaf_hashes(bundle, width)
+    except TileError as exc:
+        raise VerificationError(f"entry bundle {where}: {exc}") from None
+    if leaves != tile:
+        bad = _first_difference(leaves, tile) // merkle.HASH_SIZE
+        raise VerificationError(
+            f"entry {index * TILE_WIDTH + bad} ({where}) does not hash to its level-0 tile"
+            f" ({tile_path(0, index, width)})"
+        )
+    return leaves
+
 
 def _bind(fn: Callable[..., bytes], *args: int) -> Callable[[], bytes]:
     return lambda: fn(*args)
-
-
-def _bind2(
-    fn: Callable[[int, int], tuple[bytes, bytes]], index: int, width: int
-) -> Callable[[], tuple[bytes, bytes]]:
-    return lambda: fn(index, width)
 
 
 def _tile(data: bytes, ref: TileRef) -> list[bytes]:
