@@ -12,7 +12,7 @@ from bastion.catalog import default_catalog
 from bastion.clock import FixedClock
 from bastion.errors import IntegrityError, LedgerUnavailable, NotInitialized
 from bastion.events import SYSTEM, Actor, PolicyChange
-from bastion.ledger.api import Receipt
+from bastion.ledger.api import Receipt, SideWrite
 from bastion.ledger.log import Log
 from bastion.policy import (
     PlanRequest,
@@ -43,7 +43,9 @@ class DownLedger:
     def append_many(self, events: Sequence[BaseModel]) -> list[Receipt]:
         raise LedgerUnavailable("ledger is down")
 
-    def append_entries(self, entries: Sequence[bytes]) -> list[Receipt]:
+    def append_entries(
+        self, entries: Sequence[bytes], *, side_write: SideWrite | None = None
+    ) -> list[Receipt]:
         raise LedgerUnavailable("ledger is down")
 
 

@@ -21,7 +21,6 @@ from typing import Any
 
 from bastion.errors import IntegrityError
 from bastion.events import decode_event
-from bastion.ledger import storage
 from bastion.ledger.api import LedgerWriter
 from bastion.ledger.tiles import TILE_WIDTH, decode_entry_bundle
 from bastion.store import Database
@@ -138,8 +137,7 @@ class SubjectIndex:
         """Entries start..end-1 straight from the stored bundles, 64 bundles per query."""
         first, last = start // TILE_WIDTH, (end - 1) // TILE_WIDTH
         for lo in range(first, last + 1, 64):
-            with self.db.transaction() as cur:
-                bundles = storage.read_bundles(cur, lo, min(lo + 63, last))
+            bundles = self.log.storage.read_bundles(lo, min(lo + 63, last))
             for bundle_index, _width, data in bundles:
                 base = bundle_index * TILE_WIDTH
                 for offset, entry in enumerate(decode_entry_bundle(data)):

@@ -5,11 +5,18 @@ Parts below the gateway depend on this protocol, never on the log's implementati
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from pydantic import BaseModel
+
+from bastion.store import Cursor
+
+SideWrite = Callable[[Cursor], object]
+"""A write of the caller's own that becomes durable exactly when its entries do; it gets the
+transaction's cursor. If it raises, its entries are not recorded, whatever it wrote is rolled
+back, and the caller gets the exception (see `bastion.ledger.sequencer.Sequencer`)."""
 
 
 @dataclass(frozen=True)
@@ -32,8 +39,11 @@ class LedgerWriter(Protocol):
         """Durably record several events in one commit, in order."""
         ...
 
-    def append_entries(self, entries: Sequence[bytes]) -> list[Receipt]:
+    def append_entries(
+        self, entries: Sequence[bytes], *, side_write: SideWrite | None = None
+    ) -> list[Receipt]:
         """Durably record already-encoded entries (an event's canonical JSON, as
         `bastion.events.encode_event` gives it) in one commit, in order. For a caller that
-        must keep the exact bytes a receipt covers, and so encodes them itself."""
+        must keep the exact bytes a receipt covers, and so encodes them itself. `side_write`
+        commits with them, or the call fails with what it raised."""
         ...

@@ -29,10 +29,10 @@ from bastion.events import EntryTooLarge, encode_event
 from bastion.home import Bounds, Home
 from bastion.keys.signing import create_signing_key, load_signing_key
 from bastion.ledger import merkle
-from bastion.ledger.api import Receipt
+from bastion.ledger.api import Receipt, SideWrite
 from bastion.ledger.checkpoint import CheckpointError, open_checkpoint
 from bastion.ledger.file_storage import FileLogStorage
-from bastion.ledger.log_storage import LogStorage, SideWrite, StoredCheckpoint
+from bastion.ledger.log_storage import LogStorage, StoredCheckpoint
 from bastion.ledger.note import NoteError, NoteSigner
 from bastion.ledger.publish import Publisher, WitnessEndpoint
 from bastion.ledger.reader import LogReader
@@ -317,6 +317,7 @@ class Log:
 
 
 # --- composition ------------------------------------------------------------------------------
+
 
 def storage_for(home: Home, db: Database) -> LogStorage:
     """The home's log storage: ``[ledger] storage`` is ``"database"`` (the default: `db`'s

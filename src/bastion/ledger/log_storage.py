@@ -13,25 +13,20 @@ Drivers:
 - `file_storage.FileLogStorage`: static files in the tlog-tiles layout, so that any web server
   or CDN can serve the log without Bastion.
 
-A *side write* is a caller's own database write that must become durable exactly when its
-entries do (the gateway's bulk-counter reservation, say). A driver over the database runs it
-inside the commit's transaction (`LogTransaction.cursor`); for one that is not a database, the
-sequencer commits it first in a transaction of its own (`Sequencer`).
+A *side write* (`api.SideWrite`) is a caller's own database write that must become durable
+exactly when its entries do (the gateway's bulk-counter reservation, say). A driver over the
+database runs it inside the commit's transaction (`LogTransaction.cursor`); for one that is
+not a database, the sequencer commits it first in a transaction of its own (`Sequencer`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
+from bastion.ledger.api import SideWrite as SideWrite  # re-exported: defined with the API
 from bastion.store import Cursor
-
-SideWrite = Callable[[Cursor], object]
-"""A write that rides along with a submission's entries; it gets the transaction's cursor. If
-it raises, its submission's entries are left out of the commit and the submitter gets the
-exception; whatever it wrote is rolled back."""
 
 
 @dataclass(frozen=True)

@@ -43,8 +43,8 @@ from dataclasses import dataclass
 
 from bastion.errors import BastionError, ConfigError, InputError, IntegrityError, LedgerUnavailable
 from bastion.home import Bounds
-from bastion.ledger.api import Receipt
-from bastion.ledger.log_storage import EdgeSource, LogStorage, SideWrite, Writes
+from bastion.ledger.api import Receipt, SideWrite
+from bastion.ledger.log_storage import EdgeSource, LogStorage, Writes
 from bastion.ledger.tiles import (
     MAX_ENTRY_SIZE,
     TILE_HEIGHT,
@@ -256,7 +256,7 @@ class Sequencer:
     Every submission joins the open batch the same way (`_join`), synchronous or not, one
     entry or many, and gets its receipts or its error the same way (`_receipts`).
 
-    A submission may carry a *side write* (`log_storage.SideWrite`): a write of the caller's
+    A submission may carry a *side write* (`api.SideWrite`): a write of the caller's
     own that becomes durable exactly when its entries do. Where the log's storage is the
     database, it runs inside the commit's transaction, in a savepoint of its own, before the
     batch's entries are integrated; if it raises, only that submission's entries are left out
