@@ -1,22 +1,17 @@
 """Every wait on the database is bounded (``[bounds]``, ``home.Bounds``): the settings, the
-per-connection PostgreSQL limits, SQLite's busy wait, and the bulk counter's group wait."""
+per-connection PostgreSQL limits and SQLite's busy wait."""
 
 from __future__ import annotations
 
 import sqlite3
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from bastion.catalog import SensitiveCategory
-from bastion.clock import FixedClock
 from bastion.errors import ConfigError, StoreUnavailable
-from bastion.gateway.bulk import BulkBatcher
 from bastion.home import Bounds, settings_from
-from bastion.policy import BulkCounter, migrate_thresholds
 from bastion.store import open_database
 from bastion.store.postgres import PostgresDatabase, bounded_conninfo
 
@@ -120,28 +115,4 @@ def test_sqlite_waits_for_the_write_lock_only_as_long_as_bounded(tmp_path: Path)
         holder.close()
     with db.transaction(lock="x") as cur:  # free again: works as before
         assert cur.execute("SELECT 1").fetchone() == (1,)
-    db.close()
-
-
-@pytest.mark.timeout(30)
-def test_bulk_reservation_wait_is_bounded(tmp_path: Path) -> None:
-    path = tmp_path / "bastion.db"
-    # The counter's own lock wait (SQLite's busy wait) is long here; the request's wait for the
-    # batcher is what must end it.
-    db = open_database(
-        f"sqlite:///{path}", bounds=Bounds(sqlite_busy_timeout_s=8, commit_wait_s=0.5)
-    )
-    migrate_thresholds(db)
-    counter = BulkCounter(db, FixedClock())
-    batcher = BulkBatcher(lambda: counter)
-    usage = {SensitiveCategory.PRECISE_GEOLOCATION: [f"u{uuid.uuid4().hex}"]}
-    holder = _hold_write_lock(path)
-    try:
-        with pytest.raises(StoreUnavailable, match="bulk-threshold counter"):
-            batcher.reserve("alice", "custodian", usage)
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
-    batcher.reserve("alice", "custodian", usage)  # the lock is free: reserved as before
-    batcher.close()
     db.close()

@@ -49,9 +49,9 @@ class OpenSpy:
         self.calls = 0
         original = rt.vault.open
 
-        def spy(recorded: Any) -> Any:
+        def spy(recorded: Any, *stored: Any) -> Any:
             self.calls += 1
-            return original(recorded)
+            return original(recorded, *stored)
 
         monkeypatch.setattr(rt.vault, "open", spy)
 

@@ -42,9 +42,9 @@ class OpenSpy:
         self.plans: list[RecordedPlan] = []
         original = rt.vault.open
 
-        def spy(recorded: RecordedPlan) -> Any:
+        def spy(recorded: RecordedPlan, *stored: Any) -> Any:
             self.plans.append(recorded)
-            return original(recorded)
+            return original(recorded, *stored)
 
         monkeypatch.setattr(rt.vault, "open", spy)
 
@@ -110,8 +110,8 @@ def test_a_receipt_paired_with_another_entry_releases_nothing(
     monkeypatch.setattr(pipeline, "ENTRY_BUDGET", 300)
     real = pipeline.record_entries
 
-    def crossed(rt: Runtime, events: Any) -> list[tuple[Any, bytes]]:
-        recorded = real(rt, events)
+    def crossed(rt: Runtime, events: Any, **kw: Any) -> list[tuple[Any, bytes]]:
+        recorded = real(rt, events, **kw)
         if len(recorded) >= 2:  # each receipt now travels with its neighbour's entry
             (r0, e0), (r1, e1), *rest = recorded
             recorded = [(r0, e1), (r1, e0), *rest]

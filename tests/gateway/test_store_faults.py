@@ -3,7 +3,9 @@
 The faults are real: SQLite runs out of room (``PRAGMA max_page_count`` pinned to the file's
 size, the free pages filled: SQLITE_FULL, as on a full disk) under the bulk counter's write; a
 PostgreSQL backend is terminated with ``pg_terminate_backend`` from another connection while
-the gateway's bulk-counter transaction waits inside it for its lock.
+the ledger commit that counts the release (its bulk-counter side write) waits inside it for
+the counter's lock. A full store is ``store-unavailable``; a commit whose connection died is
+``ledger-unavailable`` (the ledger could not record): a 503 either way, nothing released.
 """
 
 from __future__ import annotations
@@ -34,15 +36,19 @@ class OpenSpy:
         self.calls = 0
         original = rt.vault.open
 
-        def spy(recorded: Any) -> Any:
+        def spy(recorded: Any, *stored: Any) -> Any:
             self.calls += 1
-            return original(recorded)
+            return original(recorded, *stored)
 
         monkeypatch.setattr(rt.vault, "open", spy)
 
 
 def _store_failures(rt: Runtime) -> float:
     return rt.metrics.registry.get_sample_value("bastion_store_failures_total") or 0.0
+
+
+def _ledger_failures(rt: Runtime) -> float:
+    return rt.metrics.registry.get_sample_value("bastion_ledger_append_failures_total") or 0.0
 
 
 def _fill(db: Database) -> None:
@@ -66,8 +72,8 @@ def test_a_full_sqlite_database_is_a_503_and_releases_nothing(
 ) -> None:
     ingest(runtime, "users", [sample_user(n) for n in range(USERS + 1, USERS + EXTRA + 1)])
     alice = connect("alice")
-    # Warm-up: every thread the request path uses holds its connection (the bulk counter's
-    # batcher thread too), so each one gets the limit.
+    # Warm-up: every thread the request path uses holds its connection (the ledger's
+    # sequencer thread, where the bulk count is written, too), so each one gets the limit.
     alice.read("users", "u00001", fields=["user_id"], context=CTX)
     spy = OpenSpy(runtime, monkeypatch)
     size = runtime.ledger.size()
@@ -96,7 +102,7 @@ def test_a_postgresql_backend_killed_mid_request_is_a_503(
     spy = OpenSpy(runtime, monkeypatch)
     size = runtime.ledger.size()
     # Hold the bulk counter's lock for alice's employer, so the gateway's reservation waits
-    # inside its transaction; terminate that backend there; then let go.
+    # inside the ledger commit's transaction; terminate that backend there; then let go.
     ours = {c.info.backend_pid for c in runtime.db._all if not c.closed}  # type: ignore[attr-defined]
     holder = psycopg.connect(runtime.db.dsn, autocommit=False)  # type: ignore[attr-defined]
     result: dict[str, Any] = {}
@@ -133,10 +139,10 @@ def test_a_postgresql_backend_killed_mid_request_is_a_503(
     thread.join(timeout=60)
     assert "error" in result, result
     err = result["error"]
-    assert err.status == 503 and err.kind == "store-unavailable", err
+    assert err.status == 503 and err.kind == "ledger-unavailable", err
     assert spy.calls == 0
     assert runtime.ledger.size() == size
-    assert _store_failures(runtime) == 1
+    assert _ledger_failures(runtime) == 1
     # The broken connection is replaced: the next request is served.
     out = alice.read("users", "u00002", fields=["user_id"], context=CTX)
     assert out.records[0].values == {"user_id": "u00002"}

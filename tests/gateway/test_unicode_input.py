@@ -149,9 +149,9 @@ def test_a_lone_surrogate_anywhere_is_a_recorded_422(
     opened: list[Any] = []
     original_open = runtime.vault.open
 
-    def spy(plan: Any) -> Any:
+    def spy(plan: Any, *stored: Any) -> Any:
         opened.append(plan)
-        return original_open(plan)
+        return original_open(plan, *stored)
 
     monkeypatch.setattr(runtime.vault, "open", spy)
     failures = _ledger_failures(runtime)

@@ -32,9 +32,10 @@ from bastion.gateway.errors import (
     status_for,
     store_unavailable,
 )
-from bastion.gateway.metrics import MetricsMiddleware
+from bastion.gateway.metrics import MetricsMiddleware, route_template
 from bastion.gateway.refusals import reject_invalid_request, reject_model_error
 from bastion.gateway.runtime import Runtime
+from bastion.gateway.tracing import TracingMiddleware
 from bastion.gateway.unicode_guard import refuse_non_unicode
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,8 @@ def app_from_environment() -> FastAPI:
     keep them consistent) and closes it at shutdown."""
     import os
 
-    from bastion.home import Home
+    from bastion.logs import request_scope, traceback_summary
+from bastion.home import Home
 
     runtime = Runtime.open(Home.load())
     return create_app(
@@ -108,6 +110,8 @@ def create_app(
     # Starlette wraps the last-added middleware outermost: metrics see SafeErrors' 500s.
     app.add_middleware(SafeErrorsMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=runtime.metrics)
+    # Outermost: the request span is the parent of the stage spans (``tracing``).
+    app.add_middleware(TracingMiddleware)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -139,7 +143,8 @@ def create_app(
         if not is_store_failure(exc):
             raise exc  # a bug, not an outage: SafeErrorsMiddleware answers a generic 500
         runtime.metrics.store_failures.inc()
-        log.error("store failure: %s on %s", type(exc).__name__, request.url.path)
+        # The route's template, never the path: a path can carry a subject or record id.
+        log.error("store failure: %s on %s", type(exc).__name__, route_template(request.scope))
         return error_response(store_unavailable(exc), _rid(request))
 
     # Driver errors that mean the database is down, full or its connection broken (the bulk
@@ -181,9 +186,11 @@ class SafeErrorsMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_wrapper)
+            with request_scope():  # log lines of this request carry its request id
+                await self.app(scope, receive, send_wrapper)
         except Exception as exc:
-            log.error("unexpected %s on %s", type(exc).__name__, scope.get("path", "?"))
+            # Where it failed (type and frames), never what the data was (message, locals).
+            log.error("unexpected error on %s: %s", route_template(scope), traceback_summary(exc))
             if started:
                 raise RuntimeError("response aborted after an internal error") from None
             body = ErrorOut(error="internal", message="internal error").model_dump_json()

@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
+from bastion.gateway import tracing
 from bastion.gateway.auth import AuthError, Principal
 from bastion.gateway.recording import endpoint_of, new_request_id
 from bastion.gateway.refusals import record_auth_failure
@@ -35,13 +36,14 @@ async def authenticate(
     rt: Runtime = request.app.state.runtime
     new_request_id(request)
     token = credentials.credentials if credentials is not None else None
-    try:
-        principal = rt.verifier.verify(token)
-        if rt.config.principals == "registered":
-            await _admit(rt, principal)
-    except AuthError as exc:
-        endpoint = endpoint_of(request)
-        raise await run_in_threadpool(record_auth_failure, rt, request, exc, endpoint) from None
+    with tracing.span(tracing.stage("authenticate")):
+        try:
+            principal = rt.verifier.verify(token)
+            if rt.config.principals == "registered":
+                await _admit(rt, principal)
+        except AuthError as exc:
+            endpoint = endpoint_of(request)
+            raise await run_in_threadpool(record_auth_failure, rt, request, exc, endpoint) from None
     request.state.principal = principal
     return principal
 

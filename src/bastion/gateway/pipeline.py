@@ -17,11 +17,12 @@ typed values:
   registered it (``[gateway] tickets = "registered"``), not the subjects the reader lists.
 * **plan** → :class:`ReleasePlan`: the records asked for are resolved to vault record keys
   without decrypting anything; records of subjects outside the row filter are dropped; a
-  grant's use is counted (against its ``max_uses``); the bulk counters of 28 CFR 202.205 are
-  checked and reserved; the records are split over ledger entries.
+  grant's use is counted (against its ``max_uses``); what the bulk counters of 28 CFR
+  202.205 will count is worked out; the records are split over ledger entries.
 * **record** → :class:`Recorded`: an ``AccessDecision`` naming every released (record,
   field, transform) is durably appended to the ledger (a large release: several entries,
-  each under 64 KiB, in ONE commit). If that fails, nothing is opened.
+  each under 64 KiB, in ONE commit), and in that same commit the bulk counters are checked
+  and counted (a side write of the commit). If either fails, nothing is opened.
 * **open** → :class:`Opened`: the vault opens exactly the recorded plan's sealed values: each
   chunk's ``RecordedPlan`` is bound to its entry, which the vault's check re-hashes against
   the receipt and requires to list every value opened. Public values and pseudonym tokens
@@ -42,10 +43,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from bastion.catalog import Classification, DatasetSpec, to_jsonable
+from bastion.catalog import Classification, DatasetSpec, SensitiveCategory, to_jsonable
 from bastion.clock import iso
 from bastion.errors import BastionError, InputError, IntegrityError
 from bastion.events import AccessDecision, Actor, Export
+from bastion.gateway import tracing
 from bastion.gateway.auth import Principal
 from bastion.gateway.errors import ApiError
 from bastion.gateway.models import (
@@ -66,6 +68,7 @@ from bastion.gateway.selection import (
     resolve,
 )
 from bastion.ledger.api import Receipt
+from bastion.ledger.log_storage import SideWrite
 from bastion.policy import (
     AccessPlan,
     AccessRequestSpec,
@@ -83,7 +86,8 @@ from bastion.policy import (
     apply_transform,
 )
 from bastion.policy.thresholds import usage_for
-from bastion.vault import OpenedValues, ReadPlan, RecordedPlan
+from bastion.store import Cursor
+from bastion.vault import OpenedValues, ReadPlan, RecordedPlan, StoredRecords
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +199,11 @@ class ReleasePlan:
     missing: list[str]
     next_page_token: str | None
     chunks: list[list[str]]
+    # The records' rows as the vault read them while selecting (the one read of
+    # vault_records): clear values, and sealed ones that open only once recorded.
+    stored: StoredRecords
+    # The subjects (devices) the release counts per sensitive category (28 CFR 202.205).
+    usage: dict[SensitiveCategory, list[str]]
 
 
 @dataclass(frozen=True)
@@ -244,13 +253,42 @@ class Gate:
         self.rt = rt
 
     def release(self, principal: Principal, request: ReleaseRequest) -> ReleaseOut:
-        checked = self.check(principal, request)
-        decision = self.decide(principal, checked)
-        planned = self.plan(principal, decision)
-        recorded = self.record(decision, planned)
-        opened = self.open(decision, planned, recorded)
-        values = self.transform(decision, opened, planned.keys)
-        return self.respond(decision, planned, recorded, values)
+        # One span per stage; its attributes are counts, enumerations, catalog names and
+        # ledger indexes only (``tracing``).
+        with tracing.span(tracing.RELEASE) as root:
+            tracing.attributes(root, action=request.action.value)
+            with tracing.span(tracing.stage("check")):
+                checked = self.check(principal, request)
+            tracing.attributes(root, dataset=checked.spec.name)
+            with tracing.span(tracing.stage("decide")) as span:
+                decision = self.decide(principal, checked)
+                tracing.attributes(span, decision="allow", fields=len(decision.plan.released))
+            with tracing.span(tracing.stage("plan")) as span:
+                planned = self.plan(principal, decision)
+                tracing.attributes(
+                    span,
+                    records=len(planned.keys),
+                    missing=len(planned.missing),
+                    ledger_entries=len(planned.chunks),
+                )
+            with tracing.span(tracing.stage("record")) as span:
+                recorded = self.record(principal, decision, planned)
+                tracing.attributes(
+                    span,
+                    ledger_index=recorded.entries[0][0].index,
+                    ledger_entries=len(recorded.entries),
+                )
+            with tracing.span(tracing.stage("open")) as span:
+                opened = self.open(decision, planned, recorded)
+                tracing.attributes(span, values=sum(map(len, opened.sealed)))
+            with tracing.span(tracing.stage("transform")) as span:
+                values = self.transform(decision, opened, planned.keys)
+                tracing.attributes(span, values=sum(map(len, values.values())))
+            with tracing.span(tracing.stage("respond")) as span:
+                out = self.respond(decision, planned, recorded, values)
+                tracing.attributes(span, records=len(out.records), status=200)
+            tracing.attributes(root, decision="allow", status=200)
+            return out
 
     # -- check: names first ----------------------------------------------------------------
 
@@ -481,6 +519,7 @@ class Gate:
         )
         (receipt,) = record(rt, [event])
         rt.metrics.decisions.labels(checked.header.action, "deny").inc()
+        tracing.annotate(decision="deny", ledger_index=receipt.index)
         detail: dict[str, Any] = {}
         if plan is not None:
             detail["plan"] = [f.to_json() for f in plan.fields]
@@ -513,14 +552,23 @@ class Gate:
         spec = checked.spec
         try:
             addressing = self.addressing(principal, spec, decision.plan_request)
-            resolved = resolve(rt.vault, rt.lookup, spec, checked.request.selection, addressing)
+            resolved = resolve(
+                rt.vault,
+                rt.lookup,
+                spec,
+                checked.request.selection,
+                addressing,
+                values=bool(plan.released),
+            )
         except InputError as exc:
             raise self._invalid(principal, checked.request, 422, "invalid-filter", exc) from None
         keys, filtered_out = self._row_filtered(plan, resolved)
         released = plan.released
+        usage: dict[SensitiveCategory, list[str]] = {}
         if keys and released:
             self._use_grant(decision)
-            self._reserve_bulk(principal, decision, keys, resolved.subjects)
+            # 28 CFR 202.205: what the release counts, reserved in its ledger commit.
+            usage = usage_for(plan, dict.fromkeys(resolved.subjects[k] for k in keys))
         chunks = chunk_records(keys, resolved.subjects, rt.subject_ref) if released else [[]]
         return ReleasePlan(
             keys=keys,
@@ -528,6 +576,8 @@ class Gate:
             missing=resolved.missing + filtered_out,
             next_page_token=resolved.next_page_token,
             chunks=chunks,
+            stored=resolved.stored,
+            usage=usage,
         )
 
     def addressing(
@@ -585,29 +635,16 @@ class Gate:
             status = 409 if exc.kind == "replayed" else 403
             raise self._deny_decided(decision, status, f"grant-{exc.kind}", str(exc)) from None
 
-    def _reserve_bulk(
-        self,
-        principal: Principal,
-        decision: Decision,
-        keys: Sequence[str],
-        subjects: Mapping[str, str],
-    ) -> None:
-        """28 CFR 202.205 bulk thresholds, per employer and per principal."""
-        usage = usage_for(decision.plan, dict.fromkeys(subjects[k] for k in keys))
-        if not usage:
-            return
-        rt = self.rt
-        try:
-            rt.bulk_batcher.reserve(principal.id, principal.employer or "", usage)
-        except BulkThresholdExceeded as exc:
-            rt.metrics.bulk_refusals.labels(exc.category.value).inc()
-            raise self._deny_decided(decision, 429, "bulk-threshold", str(exc)) from None
-
     # -- record ----------------------------------------------------------------------------
 
-    def record(self, decision: Decision, planned: ReleasePlan) -> Recorded:
+    def record(self, principal: Principal, decision: Decision, planned: ReleasePlan) -> Recorded:
         """Record BEFORE opening anything: one AccessDecision per chunk of records (a ledger
-        entry holds at most 64 KiB), all appended in ONE commit."""
+        entry holds at most 64 KiB), all appended in ONE commit.
+
+        The bulk counters are checked and counted in that same commit (its side write), so
+        a bulk-counted release waits for one durable commit, and the count exists exactly
+        when the entries that record the release do. A count that would cross a threshold
+        leaves the entries out; the refusal is then recorded, and nothing is released."""
         rt, checked, plan = self.rt, decision.checked, decision.plan
         header = checked.header.fields()
         grant_fields = decision.grant_fields
@@ -648,9 +685,28 @@ class Gate:
                     fields=list(released),
                 )
             )
-        recorded = Recorded(record_entries(rt, events), decisions=len(planned.chunks))
+        reserve = self._bulk_side_write(principal, planned.usage)
+        try:
+            entries = record_entries(rt, events, side_write=reserve)
+        except BulkThresholdExceeded as exc:
+            rt.metrics.bulk_refusals.labels(exc.category.value).inc()
+            raise self._deny_decided(decision, 429, "bulk-threshold", str(exc)) from None
         rt.metrics.decisions.labels(request.action.value, "allow").inc()
-        return recorded
+        return Recorded(entries, decisions=len(planned.chunks))
+
+    def _bulk_side_write(
+        self, principal: Principal, usage: Mapping[SensitiveCategory, list[str]]
+    ) -> SideWrite | None:
+        """28 CFR 202.205 bulk thresholds, per employer and per principal: checked and
+        counted in the ledger commit's transaction, under the employer's lock."""
+        if not usage:
+            return None
+        bulk, employer = self.rt.bulk, principal.employer or ""
+
+        def reserve(cur: Cursor) -> None:
+            bulk.reserve_in(cur, principal.id, employer, usage)
+
+        return reserve
 
     # -- open ------------------------------------------------------------------------------
 
@@ -664,10 +720,11 @@ class Gate:
         if sealed_side:
             for chunk, entry in zip(planned.chunks, recorded.entries, strict=False):
                 if chunk:
-                    sealed.append(rt.vault.open(_bound(spec, chunk, sealed_side, entry)))
+                    bound = _bound(spec, chunk, sealed_side, entry)
+                    sealed.append(rt.vault.open(bound, planned.stored))
         clear: dict[str, dict[str, object]] = {}
         if clear_side and planned.keys:
-            clear = rt.vault.clear_values(spec.name, planned.keys, clear_side)
+            clear = rt.vault.clear_values(spec.name, planned.keys, clear_side, planned.stored)
         return Opened(sealed, clear, clear_side)
 
     # -- transform -------------------------------------------------------------------------

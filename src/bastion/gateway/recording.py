@@ -18,9 +18,12 @@ from pydantic import BaseModel
 from bastion.events import encode_event
 from bastion.gateway.errors import ApiError, ReceiptOut
 from bastion.gateway.public_names import client_request_id
+from bastion.logs import bind_request_id
 from bastion.gateway.runtime import Runtime
 from bastion.home import FreeTextMode
 from bastion.ledger.api import Receipt
+from bastion.ledger.log_storage import SideWrite
+from bastion.store import Cursor
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,7 @@ def new_request_id(request: Request) -> str:
     mode: FreeTextMode = runtime.public_text.mode if runtime is not None else "commit"
     rid = client_request_id(request.headers.get("x-request-id"), mode)
     request.state.request_id = rid
+    bind_request_id(rid)
     return rid
 
 
@@ -53,17 +57,31 @@ def record(rt: Runtime, events: Sequence[BaseModel]) -> list[Receipt]:
     return [receipt for receipt, _entry in record_entries(rt, events)]
 
 
-def record_entries(rt: Runtime, events: Sequence[BaseModel]) -> list[tuple[Receipt, bytes]]:
+def record_entries(
+    rt: Runtime, events: Sequence[BaseModel], *, side_write: SideWrite | None = None
+) -> list[tuple[Receipt, bytes]]:
     """Durably append events; each receipt comes with the exact entry bytes it covers (what
-    ``RecordedPlan.bind`` checks). Any failure becomes a 503 and nothing is released."""
+    ``RecordedPlan.bind`` checks). Any failure of the ledger becomes a 503 and nothing is
+    released.
+
+    ``side_write`` runs in the same commit (the ledger's transaction, a savepoint of its
+    own) and becomes durable exactly with the entries. What it raises comes out as it is
+    (a refusal for the caller to answer, or a store failure): the entries were then left out
+    of the log, and nothing it wrote was kept."""
     start = time.perf_counter()
+    guarded = _guarded(side_write) if side_write is not None else None
     try:
         # Encoded once here (canonical JSON of a bulk entry costs milliseconds): the same
         # bytes are appended and later checked against the receipt's leaf hash.
         entries = [encode_event(e) for e in events]  # type: ignore[arg-type]
-        receipts = list(rt.writer.append_entries(entries))
+        if guarded is None:
+            receipts = list(rt.writer.append_entries(entries))
+        else:
+            receipts = list(rt.ledger.append_entries(entries, side_write=guarded))
         if len(receipts) != len(entries):
             raise RuntimeError("the ledger returned a receipt count that does not match")
+    except _SideWriteFailed as failed:
+        raise failed.error from None
     except Exception as exc:
         rt.metrics.ledger_failures.inc()
         log.error("ledger append failed: %s", type(exc).__name__)
@@ -74,3 +92,21 @@ def record_entries(rt: Runtime, events: Sequence[BaseModel]) -> list[tuple[Recei
         ) from None
     rt.metrics.ledger_append.observe(time.perf_counter() - start)
     return list(zip(receipts, entries, strict=True))
+
+
+class _SideWriteFailed(Exception):
+    """What a side write raised, told apart from the ledger's own failures."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(type(error).__name__)
+        self.error = error
+
+
+def _guarded(side_write: SideWrite) -> SideWrite:
+    def run(cur: Cursor) -> object:
+        try:
+            return side_write(cur)
+        except Exception as exc:
+            raise _SideWriteFailed(exc) from exc
+
+    return run

@@ -18,6 +18,7 @@ from bastion.errors import InputError
 from bastion.gateway.models import Filter
 from bastion.vault import Vault
 from bastion.vault.lookup import VaultLookup
+from bastion.vault.stored import StoredRecords
 
 MAX_FILTER_VALUES = 100
 
@@ -45,11 +46,13 @@ RAW_IDS = Addressing(raw_record_ids=True, raw_subject_ids=True)
 
 @dataclass(frozen=True)
 class Resolved:
-    """Records resolved to vault keys, with each one's subject token; ``missing`` are the
-    requested ids that do not exist (or belong to a shredded subject)."""
+    """Records resolved to vault keys, with each one's subject token and its row as the vault
+    read it (values still sealed: they open only once the release is recorded); ``missing``
+    are the requested ids that do not exist (or belong to a shredded subject)."""
 
     keys: list[str]
     subjects: dict[str, str]
+    stored: StoredRecords
     missing: list[str]
     next_page_token: str | None = None
 
@@ -100,37 +103,27 @@ def resolve(
     spec: DatasetSpec,
     selection: Selection,
     addressing: Addressing = RAW_IDS,
+    *,
+    values: bool = False,
 ) -> Resolved:
-    """The selected records' vault keys and subject tokens, without decrypting anything."""
+    """The selected records' vault keys, subject tokens and (with ``values``) rows, in one
+    read of the vault's records once the candidates are known; nothing is decrypted."""
     if selection.record_ids:
         ids = list(dict.fromkeys(selection.record_ids))
         if not addressing.raw_record_ids:
             # Pseudonym tokens only: a token names a record key, and nothing says whether
             # a raw id (an account) exists, so there is no `missing` to report.
-            live = lookup.live_subjects(spec.name, ids)
-            return Resolved([k for k in ids if k in live], live, [])
-        # One read transaction in the vault: ids -> keys -> live subjects.
-        by_id = lookup.resolve(spec.name, ids)
-        keys = [by_id[rid][0] for rid in ids if rid in by_id]
+            stored = lookup.records(spec.name, ids, values=values)
+            return Resolved([k for k in ids if k in stored], stored.subjects(), stored, [])
+        # One read transaction in the vault: ids -> keys -> live records.
+        by_id, stored = lookup.resolve_records(spec.name, ids, values=values)
+        keys = [by_id[rid] for rid in ids if rid in by_id]
         missing = [rid for rid in ids if rid not in by_id]
-        return Resolved(keys, dict(by_id.values()), missing)
+        return Resolved(keys, stored.subjects(), stored, missing)
     # Search / export: structured filters on identifying keys only.
     candidates: list[str] | None = None
     for f in selection.filters:
-        values = filter_values(f)
-        if f.field == "subject" and not addressing.raw_subject_ids:
-            found = vault.records_of_subject_tokens(values, spec.name, limit=100_000)
-        elif f.field == "subject":
-            found = []
-            for subject in values:
-                found += [
-                    r.record for r in vault.subject_records(subject, spec.name, limit=100_000)
-                ]
-        elif not addressing.raw_record_ids:
-            found = list(values)  # record keys (tokens); unknown ones match nothing
-        else:
-            found = [k for v in values if (k := vault.record_key(spec.name, v)) is not None]
-        found = sorted(set(found))
+        found = _matching(vault, spec, f, addressing)
         candidates = found if candidates is None else sorted(set(candidates) & set(found))
     after = decode_page_token(selection.page_token) if selection.page_token else None
     size = selection.page_size
@@ -140,6 +133,22 @@ def resolve(
         page = [k for k in candidates if after is None or k > after][: size + 1]
     more = len(page) > size
     page = page[:size]
-    subjects = lookup.live_subjects(spec.name, page)
+    stored = lookup.records(spec.name, page, values=values)
     token = encode_page_token(page[-1]) if more and page else None
-    return Resolved([k for k in page if k in subjects], subjects, [], token)
+    return Resolved([k for k in page if k in stored], stored.subjects(), stored, [], token)
+
+
+def _matching(vault: Vault, spec: DatasetSpec, f: Filter, addressing: Addressing) -> list[str]:
+    """Record keys one filter matches, sorted."""
+    values = filter_values(f)
+    if f.field == "subject" and not addressing.raw_subject_ids:
+        found = vault.records_of_subject_tokens(values, spec.name, limit=100_000)
+    elif f.field == "subject":
+        found = []
+        for subject in values:
+            found += [r.record for r in vault.subject_records(subject, spec.name, limit=100_000)]
+    elif not addressing.raw_record_ids:
+        found = list(values)  # record keys (tokens); unknown ones match nothing
+    else:
+        found = [k for v in values if (k := vault.record_key(spec.name, v)) is not None]
+    return sorted(set(found))

@@ -9,7 +9,14 @@ Storage: one row per (scope, category, keyed hash of the subject) with the last 
 released, plus a running total per (scope, category). Rows older than the window are pruned
 (and the total decremented) before each check, so the total is always the exact number of
 distinct subjects in the window. Check-and-reserve runs in one transaction under a lock per
-employer, so two concurrent requests cannot both squeeze under the limit.
+employer (``bulk:<employer>``, held to its end), so two concurrent requests cannot both
+squeeze under the limit, in one process or several.
+
+The gateway counts a release inside the ledger commit that records it
+(:meth:`BulkCounter.reserve_in` as the commit's side write): the count and the
+``AccessDecision`` become durable together, in one commit, and a refused count leaves the
+decision out of the log. :meth:`BulkCounter.check_and_reserve` is the same in a transaction
+of its own.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from bastion.catalog import SensitiveCategory
 from bastion.clock import Clock, to_unix
 from bastion.errors import BastionError
 from bastion.policy.plan import AccessPlan
-from bastion.store import Database
+from bastion.store import Cursor, Database
 
 ScopeKind = Literal["employer", "principal"]
 
@@ -138,6 +145,11 @@ class Reservation:
         }
 
 
+def lock_name(employer: str) -> str:
+    """One lock per employer: every principal of an employer counts into its total."""
+    return f"bulk:{employer}"
+
+
 def migrate_thresholds(db: Database) -> None:
     db.migrate("bulk", BULK_DDL)
 
@@ -196,6 +208,22 @@ class BulkCounter:
         usage: Mapping[SensitiveCategory, Iterable[str]],
     ) -> Reservation:
         """Count the release, or refuse it with BulkThresholdExceeded and count nothing."""
+        with self.db.transaction(lock=lock_name(employer)) as cur:
+            return self.reserve_in(cur, principal_id, employer, usage)
+
+    def reserve_in(
+        self,
+        cur: Cursor,
+        principal_id: str,
+        employer: str,
+        usage: Mapping[SensitiveCategory, Iterable[str]],
+    ) -> Reservation:
+        """``check_and_reserve`` inside a transaction the caller opened with a lock of its own
+        (the ledger's commit), whose outcome it shares: raising BulkThresholdExceeded must
+        roll back what it counted (a savepoint, or the whole transaction). It first takes the
+        employer's lock on ``cur``, so the check and the count are atomic against every other
+        reservation of the employer, in any process, until the transaction ends."""
+        self.db.lock_in(cur, lock_name(employer))
         now = to_unix(self.clock.now())
         cutoff = now - int(self.thresholds.window.total_seconds())
         hashed = {
@@ -207,27 +235,25 @@ class BulkCounter:
         ]
         added: dict[tuple[ScopeKind, SensitiveCategory], int] = {}
         totals: dict[tuple[ScopeKind, SensitiveCategory], int] = {}
-        # One lock per employer: every principal of an employer counts into its total.
-        with self.db.transaction(lock=f"bulk:{employer}") as cur:
-            for scope_kind, scope in scopes:
-                for category, items in hashed.items():
-                    limit = self.thresholds.limit(scope_kind, category)
-                    if limit is None:
-                        continue
-                    key = (scope_kind, scope, category.value)
-                    total = self._pruned_total(cur, scope_kind, scope, category, cutoff)
-                    new = self._count_items(cur, key, items, now)
-                    if total + new > limit:
-                        # Raised inside the transaction: it rolls back, and nothing is counted.
-                        raise BulkThresholdExceeded(scope_kind, scope, category, total, new, limit)
-                    cur.execute(
-                        "INSERT INTO bulk_totals (scope_kind, scope, category, total) "
-                        "VALUES (?, ?, ?, ?) ON CONFLICT (scope_kind, scope, category) "
-                        "DO UPDATE SET total = EXCLUDED.total",
-                        (*key, total + new),
-                    )
-                    added[(scope_kind, category)] = new
-                    totals[(scope_kind, category)] = total + new
+        for scope_kind, scope in scopes:
+            for category, items in hashed.items():
+                limit = self.thresholds.limit(scope_kind, category)
+                if limit is None:
+                    continue
+                key = (scope_kind, scope, category.value)
+                total = self._pruned_total(cur, scope_kind, scope, category, cutoff)
+                new = self._count_items(cur, key, items, now)
+                if total + new > limit:
+                    # Raised inside the transaction: it rolls back, and nothing is counted.
+                    raise BulkThresholdExceeded(scope_kind, scope, category, total, new, limit)
+                cur.execute(
+                    "INSERT INTO bulk_totals (scope_kind, scope, category, total) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (scope_kind, scope, category) "
+                    "DO UPDATE SET total = EXCLUDED.total",
+                    (*key, total + new),
+                )
+                added[(scope_kind, category)] = new
+                totals[(scope_kind, category)] = total + new
         return Reservation(principal_id, employer, added, totals)
 
     def _pruned_total(

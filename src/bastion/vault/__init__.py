@@ -2,6 +2,7 @@
 
 from bastion.vault.plan import FieldRef, OpenedValues, ReadPlan, RecordedPlan
 from bastion.vault.setup import home_catalog, ingest_file, initialize_vault, open_vault
+from bastion.vault.stored import StoredRecords
 from bastion.vault.vault import IngestResult, RecordRef, Vault, VaultStats
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "ReadPlan",
     "RecordRef",
     "RecordedPlan",
+    "StoredRecords",
     "Vault",
     "VaultStats",
     "home_catalog",

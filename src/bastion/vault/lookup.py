@@ -1,7 +1,8 @@
 """Reads of the vault's non-secret index: record keys, subject tokens, keyed subject refs.
 
 Nothing here decrypts. These are what the gateway needs to *select* records before it
-records and opens them (ids -> vault record keys -> live subjects), and the keyed
+records and opens them (ids -> vault record keys -> live subjects, and the rows it will
+open later, still sealed: ``stored.StoredRecords``), and the keyed
 subject refs that ledger entries carry instead of subject ids. They read only the clear
 index columns (``vault_records.record_key/subject``, ``vault_subjects.token``) and the
 pseudonym index, so a caller never needs the vault's private tables or helpers.
@@ -16,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bastion.store import Cursor
-from bastion.vault.schema import select_in
+from bastion.vault.stored import StoredRecords
 from bastion.vault.vault import Vault
 
 REF_HEX = 32  # 128 bits: plenty to tell subjects apart, and entries stay small
@@ -53,49 +54,48 @@ class VaultLookup:
 
     def resolve(self, dataset: str, ids: Sequence[str]) -> dict[str, tuple[str, str]]:
         """Record id -> (vault record key, subject token), for the ids that exist and whose
-        subject still holds its data key (a shredded subject's records cannot be opened).
+        subject still holds its data key (a shredded subject's records cannot be opened)."""
+        keys, stored = self.resolve_records(dataset, ids, values=False)
+        return {rid: (key, stored[key].subject) for rid, key in keys.items()}
+
+    def resolve_records(
+        self, dataset: str, ids: Sequence[str], *, values: bool
+    ) -> tuple[dict[str, str], StoredRecords]:
+        """Record id -> vault record key for the ids of live records, and those records'
+        rows (with their clear column and sealed blob, still sealed, if ``values``).
 
         One read transaction: ids -> keys (the id's pseudonym where the record id is
-        pseudonymized) -> live subjects, so the answer is one consistent snapshot.
+        pseudonymized) -> live records, so the answer is one consistent snapshot, and the
+        one read of ``vault_records`` a release makes.
         """
         spec = self.vault.catalog.dataset(dataset)
         unique = list(dict.fromkeys(ids))
-        if not unique:
-            return {}
         pseudonymized = spec.field(spec.record_id).pseudonymize
         vault = self.vault
-        if pseudonymized:
+        if pseudonymized and unique:
             vault.identity.load()
         with vault.db.transaction() as cur:
-            if pseudonymized:
+            if pseudonymized and unique:
                 found = vault._pseudonyms.lookup(cur, unique)
                 keys = {rid: str(pair[0]) for rid, pair in found.items()}
             else:
                 keys = {rid: rid for rid in unique}
-            subjects = self._live_in(cur, dataset, list(keys.values()))
-        return {rid: (key, subjects[key]) for rid in unique if (key := keys.get(rid)) in subjects}
+            stored = self._read(cur, dataset, list(keys.values()), values)
+        return {rid: keys[rid] for rid in unique if keys.get(rid) in stored}, stored
 
     def live_subjects(self, dataset: str, record_keys: Sequence[str]) -> dict[str, str]:
         """Record key -> subject token, for the records that exist and whose subject still
         holds its data key."""
+        return self.records(dataset, record_keys, values=False).subjects()
+
+    def records(self, dataset: str, record_keys: Sequence[str], *, values: bool) -> StoredRecords:
+        """The live records among ``record_keys``, in one read (values still sealed)."""
         self.vault.catalog.dataset(dataset)
         with self.vault.db.transaction() as cur:
-            return self._live_in(cur, dataset, list(dict.fromkeys(record_keys)))
+            return self._read(cur, dataset, list(dict.fromkeys(record_keys)), values)
 
-    def _live_in(self, cur: Cursor, dataset: str, keys: list[str]) -> dict[str, str]:
-        if not keys:
-            return {}
-        rows = select_in(
-            cur,
-            self.vault.db.dialect,
-            "SELECT r.record_key, r.subject FROM vault_records r "
-            "JOIN vault_subjects s ON s.token = r.subject "
-            "WHERE r.dataset = ? AND {in}",
-            "r.record_key",
-            keys,
-            [dataset],
-        )
-        return {str(k): str(s) for k, s in rows}
+    def _read(self, cur: Cursor, dataset: str, keys: list[str], values: bool) -> StoredRecords:
+        return StoredRecords.read(cur, self.vault.db.dialect, dataset, keys, values=values)
 
     # ---- keyed subject refs ---------------------------------------------------------------
 

@@ -43,6 +43,7 @@ from bastion.vault.plan import FieldRef, OpenedValues, RecordedPlan
 from bastion.vault.pseudonyms import Pseudonyms
 from bastion.vault.schema import PG_ANY_CHUNK, SCHEMA, VAULT_LOCK, chunks, select_in
 from bastion.vault.sealing import RECORD_COLUMNS, DatasetLayout, RecordRow, ValidRow
+from bastion.vault.stored import StoredRecords
 from bastion.vault.subject_keys import FieldKey, SubjectKeys
 
 if TYPE_CHECKING:
@@ -336,8 +337,12 @@ class Vault:
 
     # ---- open ------------------------------------------------------------------------------
 
-    def open(self, recorded: RecordedPlan) -> OpenedValues:
+    def open(self, recorded: RecordedPlan, stored: StoredRecords | None = None) -> OpenedValues:
         """Open exactly the (record, field) pairs of a recorded plan, and nothing else.
+
+        ``stored``: the plan's rows as this vault already read them (``VaultLookup``, before
+        the plan was recorded), so that a release reads ``vault_records`` once; their sealed
+        blobs are opened now, under the plan. Without it the rows are read here.
 
         All or nothing: a record that does not exist is an ``InputError``; a shredded
         subject's value is ``KeyUnavailable``; a value or wrapped key that fails
@@ -345,6 +350,8 @@ class Vault:
         """
         if not isinstance(recorded, RecordedPlan):
             raise TypeError("Vault.open takes a RecordedPlan (a plan with its ledger receipt)")
+        if stored is not None and not isinstance(stored, StoredRecords):
+            raise TypeError("Vault.open takes the StoredRecords a vault read, or none")
         plan = recorded.plan
         spec = self.catalog.dataset(plan.dataset)
         names = set(map(itemgetter(1), plan.items))
@@ -368,16 +375,19 @@ class Vault:
         clear_column = "clear" if wants_clear else "NULL"
         rows: dict[str, tuple[str, str | None, bytes]] = {}
         with self.db.transaction() as cur:
-            for key, subject, clear, sealed in select_in(
-                cur,
-                self.db.dialect,
-                f"SELECT record_key, subject, {clear_column}, sealed FROM vault_records "
-                "WHERE dataset = ? AND {in}",
-                "record_key",
-                records,
-                [plan.dataset],
-            ):
-                rows[key] = (subject, clear, bytes(sealed))
+            if stored is None:
+                for key, subject, clear, sealed in select_in(
+                    cur,
+                    self.db.dialect,
+                    f"SELECT record_key, subject, {clear_column}, sealed FROM vault_records "
+                    "WHERE dataset = ? AND {in}",
+                    "record_key",
+                    records,
+                    [plan.dataset],
+                ):
+                    rows[key] = (subject, clear, bytes(sealed))
+            else:
+                rows = _stored_rows(stored, plan.dataset, records)
             missing = len(records) - len(rows)
             if missing:
                 raise InputError(
@@ -456,9 +466,14 @@ class Vault:
         return [r for (r,) in rows]
 
     def clear_values(
-        self, dataset: str, record_keys: Sequence[str], fields: Sequence[str]
+        self,
+        dataset: str,
+        record_keys: Sequence[str],
+        fields: Sequence[str],
+        stored: StoredRecords | None = None,
     ) -> dict[str, dict[str, object]]:
-        """Public values and pseudonym tokens (stored in clear). Sealed fields are refused."""
+        """Public values and pseudonym tokens (stored in clear). Sealed fields are refused.
+        ``stored``: the rows as already read (records absent from them are left out)."""
         spec = self.catalog.dataset(dataset)
         for name in fields:
             f = spec.field(name)
@@ -469,6 +484,11 @@ class Vault:
                     field=name,
                 )
         out: dict[str, dict[str, object]] = {}
+        if stored is not None:
+            for key, stored_row in _stored_rows(stored, dataset, record_keys).items():
+                values = json.loads(stored_row[1] or "{}")
+                out[key] = {name: values.get(name) for name in fields}
+            return out
         with self.db.transaction() as cur:
             for key, clear in select_in(
                 cur,
@@ -767,6 +787,22 @@ class _RecordWriter:
 
 
 T = TypeVar("T")
+
+
+def _stored_rows(
+    stored: StoredRecords, dataset: str, record_keys: Iterable[str]
+) -> dict[str, tuple[str, str | None, bytes]]:
+    """The rows of ``record_keys`` that ``stored`` holds, as ``open`` reads them."""
+    if not isinstance(stored, StoredRecords) or stored.dataset != dataset:
+        raise InputError("the stored records are not of the plan's dataset", dataset=dataset)
+    if not stored.with_values:
+        raise InputError("the stored records were read without their values", dataset=dataset)
+    rows: dict[str, tuple[str, str | None, bytes]] = {}
+    for key in record_keys:
+        row = stored.get(key)
+        if row is not None and row.sealed is not None:
+            rows[key] = (row.subject, row.clear, row.sealed)
+    return rows
 
 
 def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
