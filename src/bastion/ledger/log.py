@@ -41,11 +41,11 @@ from bastion.ledger.storage import SqlLogStorage
 from bastion.ledger.tiles import (
     MAX_ENTRY_SIZE,
     TILE_WIDTH,
+    TileError,
     TileNodeReader,
-    decode_entry_bundle,
+    bundle_leaf_hashes,
+    full_tile_root,
     level_width,
-    tile_hashes,
-    tile_root,
     tile_width_for,
 )
 from bastion.store import Database
@@ -266,13 +266,16 @@ class Log:
                 expected_width = tile_width_for(size, 0, index)
                 if width != expected_width:
                     raise IntegrityError(f"entry bundle {index} has width {width}")
-                leaves = [merkle.leaf_hash(e) for e in decode_entry_bundle(data, width)]
-                if b"".join(leaves) != stored_tile(0, index, width):
+                try:
+                    leaves = bundle_leaf_hashes(data, width)
+                except TileError as exc:
+                    raise IntegrityError(f"entry bundle {index}: {exc}") from None
+                if leaves != stored_tile(0, index, width):
                     raise IntegrityError(f"entry bundle {index} does not hash to its tile")
                 entries_checked += width
                 tiles_checked += 1
                 if width == TILE_WIDTH:
-                    roots.append(tile_root(leaves))
+                    roots.append(full_tile_root(leaves))
         level = 1
         while level_width(size, level) > 0:
             nodes = level_width(size, level)  # = full tiles on the level below
@@ -286,7 +289,7 @@ class Log:
                     raise IntegrityError(f"tile {level}/{index} does not match the level below")
                 tiles_checked += 1
                 if width == TILE_WIDTH:
-                    next_roots.append(tile_root(tile_hashes(data, width)))
+                    next_roots.append(full_tile_root(data))
             roots = next_roots
             level += 1
         root_hash = merkle.root(size, TileNodeReader(size, stored_tile))
