@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import threading
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import pytest
@@ -301,3 +305,69 @@ def test_verifier_imports_no_server_code() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+class _WireHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 keep-alive over a real socket, answering in every framing the verifier's own
+    client must read: Content-Length, chunked, gzip, and closing after some responses."""
+
+    protocol_version = "HTTP/1.1"
+    files: ClassVar[dict[str, bytes]] = {}
+    served: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        rel = self.path.removeprefix("/log/")
+        self.served.append(rel)
+        data = self.files.get(rel)
+        if data is None:
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        n = len(self.served)
+        if rel.startswith("tile/entries/") and "gzip" in self.headers.get("Accept-Encoding", ""):
+            data = gzip.compress(data)
+            self.send_header("Content-Encoding", "gzip")
+        if n % 3 == 0:  # chunked, in uneven pieces
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(0, len(data), 1000):
+                piece = data[i : i + 1000]
+                self.wfile.write(f"{len(piece):x};ext=1\r\n".encode() + piece + b"\r\n")
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        if n % 7 == 0:  # this connection ends after this response
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_the_verifiers_own_http_client_reads_every_framing(tmp_path: Path) -> None:
+    log = StaticLog(_entries(700))
+    handler = type("H", (_WireHandler,), {"files": log.files, "served": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        with LogVerifier(url, LOG.vkey, tmp_path, workers=2, processes=1) as verifier:
+            result = verifier.verify()
+        assert result.size == result.entries_checked == 700
+        assert result.root_hash == log.range.root()
+        assert len(handler.served) >= result.tiles_fetched + result.bundles_fetched + 1
+        # A tampered bundle is still caught, whatever the framing.
+        log.files[entries_path(1)] = log.files[entries_path(1)].replace(b'"e":300', b'"e":301')
+        with (
+            LogVerifier(url, LOG.vkey, tmp_path / "b", workers=2, processes=1) as verifier,
+            pytest.raises(VerificationError, match="does not hash"),
+        ):
+            verifier.verify()
+    finally:
+        server.shutdown()
+        server.server_close()
