@@ -37,6 +37,7 @@ from bastion.gateway.refusals import reject_invalid_request, reject_model_error
 from bastion.gateway.runtime import Runtime
 from bastion.gateway.tracing import TracingMiddleware
 from bastion.gateway.unicode_guard import refuse_non_unicode
+from bastion.logs import configure_from_environment, request_scope, traceback_summary
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +62,9 @@ def app_from_environment() -> FastAPI:
     keep them consistent) and closes it at shutdown."""
     import os
 
-    from bastion.logs import request_scope, traceback_summary
-from bastion.home import Home
+    from bastion.home import Home
 
+    configure_from_environment()
     runtime = Runtime.open(Home.load())
     return create_app(
         runtime, sweep_seconds=float(os.environ.get(ENV_SWEEP, "0")), close_runtime=True

@@ -130,12 +130,13 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = _route_template(scope)
+            route = route_template(scope)
             self.metrics.requests.labels(route, scope.get("method", "?"), str(status)).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - start)
 
 
-def _route_template(scope: Scope) -> str:
+def route_template(scope: Scope) -> str:
+    """The matched route's template (``/datasets/{dataset}/read``), for labels and logs."""
     route: Any = scope.get("route")
     path = getattr(route, "path", None)
     if isinstance(path, str):

@@ -18,11 +18,11 @@ from pydantic import BaseModel
 from bastion.events import encode_event
 from bastion.gateway.errors import ApiError, ReceiptOut
 from bastion.gateway.public_names import client_request_id
-from bastion.logs import bind_request_id
 from bastion.gateway.runtime import Runtime
 from bastion.home import FreeTextMode
 from bastion.ledger.api import Receipt
 from bastion.ledger.log_storage import SideWrite
+from bastion.logs import bind_request_id
 from bastion.store import Cursor
 
 log = logging.getLogger(__name__)
