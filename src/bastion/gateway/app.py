@@ -32,11 +32,12 @@ from bastion.gateway.errors import (
     status_for,
     store_unavailable,
 )
-from bastion.gateway.metrics import MetricsMiddleware
+from bastion.gateway.metrics import MetricsMiddleware, route_template
 from bastion.gateway.refusals import reject_invalid_request, reject_model_error
 from bastion.gateway.runtime import Runtime
 from bastion.gateway.tracing import TracingMiddleware
 from bastion.gateway.unicode_guard import refuse_non_unicode
+from bastion.logs import configure_from_environment, request_scope, traceback_summary
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ def app_from_environment() -> FastAPI:
 
     from bastion.home import Home
 
+    configure_from_environment()
     runtime = Runtime.open(Home.load())
     return create_app(
         runtime, sweep_seconds=float(os.environ.get(ENV_SWEEP, "0")), close_runtime=True
@@ -142,7 +144,8 @@ def create_app(
         if not is_store_failure(exc):
             raise exc  # a bug, not an outage: SafeErrorsMiddleware answers a generic 500
         runtime.metrics.store_failures.inc()
-        log.error("store failure: %s on %s", type(exc).__name__, request.url.path)
+        # The route's template, never the path: a path can carry a subject or record id.
+        log.error("store failure: %s on %s", type(exc).__name__, route_template(request.scope))
         return error_response(store_unavailable(exc), _rid(request))
 
     # Driver errors that mean the database is down, full or its connection broken (the bulk
@@ -184,9 +187,11 @@ class SafeErrorsMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_wrapper)
+            with request_scope():  # log lines of this request carry its request id
+                await self.app(scope, receive, send_wrapper)
         except Exception as exc:
-            log.error("unexpected %s on %s", type(exc).__name__, scope.get("path", "?"))
+            # Where it failed (type and frames), never what the data was (message, locals).
+            log.error("unexpected error on %s: %s", route_template(scope), traceback_summary(exc))
             if started:
                 raise RuntimeError("response aborted after an internal error") from None
             body = ErrorOut(error="internal", message="internal error").model_dump_json()

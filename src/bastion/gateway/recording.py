@@ -22,6 +22,7 @@ from bastion.gateway.runtime import Runtime
 from bastion.home import FreeTextMode
 from bastion.ledger.api import Receipt
 from bastion.ledger.log_storage import SideWrite
+from bastion.logs import bind_request_id
 from bastion.store import Cursor
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ def new_request_id(request: Request) -> str:
     mode: FreeTextMode = runtime.public_text.mode if runtime is not None else "commit"
     rid = client_request_id(request.headers.get("x-request-id"), mode)
     request.state.request_id = rid
+    bind_request_id(rid)
     return rid
 
 
