@@ -1,6 +1,8 @@
 """Benchmark: durable appends per second, and inclusion-proof latency from stored tiles.
 
-For each backend (SQLite file, PostgreSQL on 127.0.0.1) and 1, 16 and 256 concurrent appenders
+For each backend (SQLite file, PostgreSQL on 127.0.0.1; ``--backends sqlite,postgresql,files``
+adds the static-files log storage, fsynced files in a directory) and 1, 16 and 256 concurrent
+appenders
 (threads calling the synchronous ``Log.append_entry``; also 256 asyncio tasks calling
 ``append_entry_async``), it appends pre-encoded canonical-JSON AccessDecision entries for a fixed
 time and counts receipts. A receipt is returned only after the batch's transaction committed
@@ -44,8 +46,11 @@ from typing import Any
 from bastion.clock import SystemClock
 from bastion.events import SYSTEM, AccessDecision, FieldRelease, encode_event
 from bastion.ledger import storage
-from bastion.ledger.log import Log, LogReader
+from bastion.ledger.file_storage import FileLogStorage
+from bastion.ledger.log import Log
 from bastion.ledger.note import NoteSigner
+from bastion.ledger.reader import LogReader
+from bastion.ledger.storage import SqlLogStorage
 from bastion.store import Database, open_database
 
 ORIGIN = "bench.example/log"
@@ -78,7 +83,7 @@ class Backend:
         self.name, self.tmp, self.pg_url = name, tmp, pg_url
 
     def fresh(self) -> Database:
-        if self.name == "sqlite":
+        if self.name in ("sqlite", "files"):  # files: the database holds nothing of the log
             return open_database(f"sqlite:///{self.tmp / f'bench-{uuid.uuid4().hex[:8]}.db'}")
         return open_database(self.pg_url, schema=f"bench_{uuid.uuid4().hex[:10]}")
 
@@ -88,10 +93,17 @@ class Backend:
         db.close()
 
 
-def open_bench_log(db: Database, signer: NoteSigner) -> Log:
-    storage.create_tables(db)
+def open_bench_log(db: Database, signer: NoteSigner, files: Path | None = None) -> Log:
+    """A log in `db`'s tables, or (with `files`) static tlog-tiles files in that directory."""
+    log_storage = None if files is None else FileLogStorage(files)
+    if log_storage is None:
+        storage.create_tables(db)
+    else:
+        log_storage.create()
     # The publisher runs as in production: it signs checkpoints while appends go on.
-    return Log(db, signer, SystemClock(), background=True, publish_interval=0.5)
+    return Log(
+        db, signer, SystemClock(), storage=log_storage, background=True, publish_interval=0.5
+    )
 
 
 def run_threads(log: Log, entries: list[bytes], appenders: int, seconds: float) -> dict[str, Any]:
@@ -219,12 +231,13 @@ def proof_latency(db: Database, signer: NoteSigner, size: int, samples: int) -> 
             "p99_ms": round(lat[int(len(lat) * 0.99) - 1], 3),
         }
 
-    warm = LogReader(db)
+    warm = LogReader(SqlLogStorage(db))
     result = {
         "tree_size": size,
         "build_s": round(build_s, 2),
-        "cold_reader": timed(lambda: LogReader(db)),  # every proof reads its tiles from the DB
-        "warm_reader": timed(lambda: warm),  # immutable tiles and nodes cached
+        # cold: every proof reads its tiles from the DB; warm: immutable tiles and nodes cached
+        "cold_reader": timed(lambda: LogReader(SqlLogStorage(db))),
+        "warm_reader": timed(lambda: warm),
     }
     log.close()
     return result
@@ -330,13 +343,16 @@ def main() -> None:
         for name in args.backends.split(","):
             backend = Backend(name, Path(tmp), args.pg)
             db = backend.fresh()
-            results: dict[str, Any] = {"commit_floor_ms": commit_floor_ms(db)}
+            results: dict[str, Any] = {}
+            if name != "files":
+                results["commit_floor_ms"] = commit_floor_ms(db)
             backend.drop(db)
             modes = [("threads", int(n)) for n in args.appenders.split(",")]
             modes.append(("asyncio", max(int(n) for n in args.appenders.split(","))))
             for mode, n in modes:
                 db = backend.fresh()
-                log = open_bench_log(db, signer)
+                files = Path(tmp) / f"files-{uuid.uuid4().hex[:8]}" if name == "files" else None
+                log = open_bench_log(db, signer, files)
                 try:
                     log.append_entries(entries[:100])  # warm up: tables, connections, caches
                     run = run_threads if mode == "threads" else run_async
