@@ -186,23 +186,29 @@ class SafeErrorsMiddleware:
                 started = True
             await send(message)
 
-        try:
-            with request_scope():  # log lines of this request carry its request id
+        with request_scope():  # log lines of this request carry its request id
+            try:
                 await self.app(scope, receive, send_wrapper)
-        except Exception as exc:
-            # Where it failed (type and frames), never what the data was (message, locals).
-            log.error("unexpected error on %s: %s", route_template(scope), traceback_summary(exc))
-            if started:
-                raise RuntimeError("response aborted after an internal error") from None
-            body = ErrorOut(error="internal", message="internal error").model_dump_json()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 500,
-                    "headers": [(b"content-type", b"application/json")],
-                }
-            )
-            await send({"type": "http.response.body", "body": body.encode()})
+            except Exception as exc:
+                # Where it failed (type and frames), never what the data was (message, locals).
+                log.error(
+                    "unexpected error on %s: %s", route_template(scope), traceback_summary(exc)
+                )
+                if started:
+                    raise RuntimeError("response aborted after an internal error") from None
+                await _internal_error(send)
+
+
+async def _internal_error(send: Send) -> None:
+    body = ErrorOut(error="internal", message="internal error").model_dump_json()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 500,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body.encode()})
 
 
 def _sweep(runtime: Runtime, stop: threading.Event, every: float) -> None:

@@ -34,6 +34,7 @@ def new_request_id(request: Request) -> str:
     header can hold anything (see ``public_names``)."""
     rid: str | None = getattr(request.state, "request_id", None)
     if rid is not None:
+        bind_request_id(rid)  # this call may run in another thread's copy of the context
         return rid
     runtime: Runtime | None = getattr(request.app.state, "runtime", None)
     mode: FreeTextMode = runtime.public_text.mode if runtime is not None else "commit"
