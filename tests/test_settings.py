@@ -139,3 +139,10 @@ def test_config_show_lists_every_setting_with_its_source_and_hides_secrets(
     text = runner.invoke(app, ["config", "show", "--home", str(home.path)])
     assert text.exit_code == 0 and "gateway.max_batch" in text.stdout
     assert "s3cret" not in text.stdout
+
+
+def test_the_schema_and_the_policy_agree_on_the_most_approvers() -> None:
+    from bastion.policy.vocabulary import MAX_APPROVERS
+    from bastion.settings import MAX_APPROVERS as SETTINGS_MAX
+
+    assert SETTINGS_MAX == MAX_APPROVERS

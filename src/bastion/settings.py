@@ -48,7 +48,7 @@ FreeTextMode = Literal["commit", "publish"]
 FREE_TEXT_MODES: tuple[str, ...] = get_args(FreeTextMode)
 
 # The most approvers any grant can need (policy.approvals.MAX_APPROVERS says why).
-MAX_APPROVERS = 5
+MAX_APPROVERS = 9
 HARD_MAX_PAGE = 1000
 
 
@@ -248,12 +248,6 @@ class Settings(Section):
     @property
     def free_text(self) -> FreeTextMode:
         return self.ledger.free_text
-
-    @property
-    def raw(self) -> dict[str, Any]:
-        """The validated settings as TOML-shaped tables (defaults filled in), for the parts
-        that still read a table rather than their typed section."""
-        return self.model_dump(mode="json", exclude_none=True)
 
     def source_of(self, key: str) -> str:
         return self.sources.get(key, "default")

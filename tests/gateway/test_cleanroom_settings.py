@@ -79,7 +79,7 @@ def adco(runtime: Runtime) -> Iterator[GatewayClient]:
 
 def test_the_service_object_has_the_homes_settings(runtime: Runtime) -> None:
     config = runtime.cleanroom().config
-    assert config == CleanRoomConfig.from_settings(runtime.home.settings.raw)
+    assert config == CleanRoomConfig.from_settings(runtime.home.settings)
     assert config.max_epsilon_per_query == 0.5
     assert config.response_quantum_s == 0.25
 

@@ -193,7 +193,7 @@ def test_add_issuer_from_a_jwks_file(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     jwks_file.unlink()  # the home keeps its own copy
     home = Home.load(home.path)
-    trusted = load_external_issuers(home, GatewayConfig.from_settings(home.settings.raw))
+    trusted = load_external_issuers(home, GatewayConfig.from_settings(home.settings))
     own = own_issuer(home, SystemClock())
     verifier = TokenVerifier([*trusted], audience=GatewayConfig().audience, clock=SystemClock())
     now = to_unix(SystemClock().now())

@@ -16,6 +16,7 @@ from bastion.events import AccessDecision, TicketChange, decode_event
 from bastion.gateway.client import Context, GatewayError
 from bastion.gateway.config import GatewayConfig
 from bastion.gateway.runtime import Runtime
+from bastion.home import settings_from
 
 from .conftest import Connect, OpenTicket
 
@@ -193,7 +194,10 @@ def test_the_caller_setting_keeps_the_old_behaviour(runtime: Runtime, connect: C
     ctx = Context(purpose=PURPOSE, ticket="SUP-404", ticket_subjects=["u00003"])
     out = alice.read("users", "u00003", fields=["email"], context=ctx)
     assert out.records[0].values == {"email": "person3@example.com"}
-    assert GatewayConfig.from_settings({}).tickets == "registered"
-    assert GatewayConfig.from_settings({"gateway": {"tickets": "caller"}}).tickets == "caller"
+    assert GatewayConfig.from_settings(settings_from({}, {})).tickets == "registered"
+    assert (
+        GatewayConfig.from_settings(settings_from({"gateway": {"tickets": "caller"}}, {})).tickets
+        == "caller"
+    )
     with pytest.raises(ConfigError):
-        GatewayConfig.from_settings({"gateway": {"tickets": "trust-me"}})
+        GatewayConfig.from_settings(settings_from({"gateway": {"tickets": "trust-me"}}, {}))

@@ -10,6 +10,7 @@ import pytest
 
 from bastion.errors import ConfigError, InputError
 from bastion.events import Approval
+from bastion.home import settings_from
 from bastion.ledger.log import Log
 from bastion.policy import (
     AccessRequestSpec,
@@ -205,9 +206,9 @@ def test_concurrent_uses_never_exceed_max_uses(approvals: ApprovalService) -> No
 
 
 def test_approval_settings() -> None:
-    assert ApprovalConfig.from_settings({}) == ApprovalConfig()
+    assert ApprovalConfig.from_settings(settings_from({}, {})) == ApprovalConfig()
     config = ApprovalConfig.from_settings(
-        {"approvals": {"all_subjects_extra_approvers": 2, "default_max_uses": 5}}
+        settings_from({"approvals": {"all_subjects_extra_approvers": 2, "default_max_uses": 5}}, {})
     )
     assert config.all_subjects_extra_approvers == 2 and config.default_max_uses == 5
     for bad in (
@@ -219,4 +220,4 @@ def test_approval_settings() -> None:
         {"max_use": 3},
     ):
         with pytest.raises(ConfigError):
-            ApprovalConfig.from_settings({"approvals": bad})
+            ApprovalConfig.from_settings(settings_from({"approvals": bad}, {}))

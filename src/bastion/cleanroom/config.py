@@ -7,9 +7,9 @@ from this file and the catalog, never from the data, so they cannot leak anythin
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from bastion.errors import ConfigError
+from bastion.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -83,20 +83,13 @@ class CleanRoomConfig:
             raise ConfigError("cleanroom selection_share must be in (0, 1)")
 
     @classmethod
-    def from_settings(cls, raw: dict[str, Any]) -> CleanRoomConfig:
-        """Read the optional ``[cleanroom]`` table of bastion.toml."""
-        section = raw.get("cleanroom", {})
-        if not isinstance(section, dict):
-            raise ConfigError("[cleanroom] must be a table")
-        allowed = {
-            "max_epsilon_per_query",
-            "delta_per_query",
-            "selection_share",
-            "confidence",
-            "response_quantum_s",
-        }
-        unknown = set(section) - allowed - {"data_dir"}
-        if unknown:
-            raise ConfigError(f"unknown [cleanroom] settings: {', '.join(sorted(unknown))}")
-        kwargs = {k: float(v) for k, v in section.items() if k in allowed}
-        return cls(**kwargs)  # type: ignore[arg-type]
+    def from_settings(cls, settings: Settings) -> CleanRoomConfig:
+        """The ``[cleanroom]`` table of bastion.toml, already checked by ``bastion.settings``."""
+        section = settings.cleanroom
+        return cls(
+            max_epsilon_per_query=section.max_epsilon_per_query,
+            delta_per_query=section.delta_per_query,
+            selection_share=section.selection_share,
+            confidence=section.confidence,
+            response_quantum_s=section.response_quantum_s,
+        )

@@ -44,6 +44,7 @@ from bastion.errors import BastionError, InputError
 from bastion.events import Actor, AnalyticsBudgetChange, AnalyticsQuery
 from bastion.home import Home
 from bastion.ledger.api import LedgerWriter, Receipt
+from bastion.settings import Settings
 from bastion.store import Database
 
 log = logging.getLogger(__name__)
@@ -302,13 +303,12 @@ def open_cleanroom(
     For the gateway: ``open_cleanroom(home, db, log, clock).run_query(body, analyst=principal.id,
     organization=principal.org)``.
     """
-    config = CleanRoomConfig.from_settings(home.settings.raw)
-    data_dir = default_data_dir(home.path, home.settings.raw)
+    config = CleanRoomConfig.from_settings(home.settings)
+    data_dir = default_data_dir(home.path, home.settings)
     return CleanRoom(db, ledger, clock, LazyEngine(engine, data_dir), config=config)
 
 
-def default_data_dir(home_path: Path, raw_settings: dict[str, Any]) -> Path:
+def default_data_dir(home_path: Path, settings: Settings) -> Path:
     """``[cleanroom] data_dir`` from bastion.toml, else ``<home>/cleanroom``."""
-    section = raw_settings.get("cleanroom", {})
-    configured = section.get("data_dir") if isinstance(section, dict) else None
+    configured = settings.cleanroom.data_dir
     return Path(configured) if configured else home_path / "cleanroom"

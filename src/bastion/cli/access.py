@@ -48,7 +48,7 @@ def approval_service(home: Path | None) -> Iterator[ApprovalService]:
 
     with policy_context(home) as ctx:
         key = load_or_create_signing_key(ctx.home.keyring_dir, GRANT_KEY_NAME)
-        config = ApprovalConfig.from_settings(ctx.home.settings.raw)
+        config = ApprovalConfig.from_settings(ctx.home.settings)
         # The ledger is public: approval events name subjects by the vault's keyed refs.
         vault = open_vault(ctx.home, ctx.db, ctx.clock)
         try:

@@ -53,8 +53,8 @@ def opened_cleanroom(
     from bastion.store import open_database
 
     home = Home.load(home_path)
-    config = CleanRoomConfig.from_settings(home.settings.raw)
-    data_dir = data or default_data_dir(home.path, home.settings.raw)
+    config = CleanRoomConfig.from_settings(home.settings)
+    data_dir = data or default_data_dir(home.path, home.settings)
     eng: Any = LazyEngine(engine or "duckdb", data_dir)
     if engine:
         eng.open()

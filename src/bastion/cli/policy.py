@@ -120,7 +120,7 @@ def policy_context(home: Path | None) -> Iterator[PolicyContext]:
         clock = SystemClock()
         ledger = open_log(h, db, clock)
         initialize_policy(db)
-        store = PolicyStore(db, ledger, clock, invariants=invariants_for(h.settings.raw, h.path))
+        store = PolicyStore(db, ledger, clock, invariants=invariants_for(h.settings, h.path))
         catalog = home_catalog(h)
         yield PolicyContext(h, db, ledger, clock, catalog, store, PolicyRuntime(store, catalog))
     finally:

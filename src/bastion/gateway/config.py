@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bastion.catalog import SensitiveCategory
 from bastion.errors import ConfigError
 from bastion.gateway.auth import DEFAULT_AUDIENCE, DEFAULT_ISSUER, TrustedIssuer, issuer_from_config
 from bastion.home import Home
-
-HARD_MAX_PAGE = 1000
+from bastion.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -56,51 +56,27 @@ class GatewayConfig:
     tickets: str = "registered"
 
     @staticmethod
-    def from_settings(raw: dict[str, Any]) -> GatewayConfig:
-        table = raw.get("gateway", {})
-        if not isinstance(table, dict):
-            raise ConfigError("[gateway] must be a table")
-
-        def _int(name: str, default: int, hard_max: int) -> int:
-            value = table.get(name, default)
-            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= hard_max:
-                raise ConfigError(f"gateway.{name} must be an integer from 1 to {hard_max}")
-            return value
-
-        issuers = table.get("issuers", [])
-        if not isinstance(issuers, list) or not all(isinstance(i, dict) for i in issuers):
-            raise ConfigError("gateway.issuers must be an array of tables")
-        bulk = table.get("bulk_thresholds", {})
-        if not isinstance(bulk, dict) or not all(
-            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
-            for k, v in bulk.items()
-        ):
-            raise ConfigError("gateway.bulk_thresholds must map categories to non-negative ints")
-        from bastion.catalog import SensitiveCategory
-
+    def from_settings(settings: Settings) -> GatewayConfig:
+        """``[gateway]``, checked by ``bastion.settings``; the category names here, since
+        they are the catalog's vocabulary."""
+        table = settings.gateway
         known = {c.value for c in SensitiveCategory}
-        for name in bulk:
+        for name in table.bulk_thresholds:
             if name not in known:
                 raise ConfigError(
-                    f"gateway.bulk_thresholds: unknown category {name!r} "
+                    f"[gateway] bulk_thresholds: unknown category {name!r} "
                     f"(known: {', '.join(sorted(known))})"
                 )
-        principals = table.get("principals", "registered")
-        if principals not in ("registered", "any"):
-            raise ConfigError("gateway.principals must be 'registered' or 'any'")
-        tickets = table.get("tickets", "registered")
-        if tickets not in ("registered", "caller"):
-            raise ConfigError("gateway.tickets must be 'registered' or 'caller'")
         return GatewayConfig(
-            principals=str(principals),
-            tickets=str(tickets),
-            issuer=str(table.get("issuer", DEFAULT_ISSUER)),
-            audience=str(table.get("audience", DEFAULT_AUDIENCE)),
-            max_page_size=_int("max_page_size", 500, HARD_MAX_PAGE),
-            max_batch=_int("max_batch", 500, HARD_MAX_PAGE),
-            max_export=_int("max_export", 10_000, 1_000_000),
-            external_issuers=tuple(issuers),
-            bulk_thresholds=tuple(sorted(bulk.items())),
+            principals=table.principals,
+            tickets=table.tickets,
+            issuer=table.issuer,
+            audience=table.audience,
+            max_page_size=table.max_page_size,
+            max_batch=table.max_batch,
+            max_export=table.max_export,
+            external_issuers=tuple(i.model_dump(exclude_none=True) for i in table.issuers),
+            bulk_thresholds=tuple(sorted(table.bulk_thresholds.items())),
         )
 
 

@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from bastion.gateway.config import HARD_MAX_PAGE
 from bastion.gateway.errors import ReceiptOut
+from bastion.settings import HARD_MAX_PAGE
 
 NAME = r"^[A-Za-z0-9_.:@/+-]{1,128}$"
 ID = r"^[A-Za-z0-9_.:@/+=-]{1,256}$"

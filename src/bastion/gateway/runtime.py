@@ -61,7 +61,7 @@ def bulk_thresholds(config: GatewayConfig) -> BulkThresholds | None:
 
 def own_issuer(home: Home, clock: Clock) -> TokenIssuer:
     """The custodian's own token issuer: the keyring's ``issuer`` Ed25519 key."""
-    config = GatewayConfig.from_settings(home.settings.raw)
+    config = GatewayConfig.from_settings(home.settings)
     key = load_or_create_signing_key(home.keyring_dir, ISSUER_KEY_NAME)
     return TokenIssuer(key, issuer=config.issuer, audience=config.audience, clock=clock)
 
@@ -142,10 +142,11 @@ class Runtime:
                     open_engine,
                 )
 
-                raw = self.home.settings.raw
-                config = CleanRoomConfig.from_settings(raw)
+                config = CleanRoomConfig.from_settings(self.home.settings)
                 try:
-                    engine = open_engine("duckdb", default_data_dir(self.home.path, raw))
+                    engine = open_engine(
+                        "duckdb", default_data_dir(self.home.path, self.home.settings)
+                    )
                 except InputError as exc:
                     # The data file itself is refused (e.g. a measure that is not a number):
                     # the operator's to fix. Where it is goes to the log, not to the partner.
@@ -183,7 +184,7 @@ class Runtime:
         from bastion.ledger.log import open_log
         from bastion.vault import open_vault
 
-        config = GatewayConfig.from_settings(home.settings.raw)
+        config = GatewayConfig.from_settings(home.settings)
         vault = open_vault(home, db, clock)
         lookup = VaultLookup(vault)
         catalog = vault.catalog
@@ -195,7 +196,7 @@ class Runtime:
             log,
             clock,
             public_text=public_text,
-            invariants=invariants_for(home.settings.raw, home.path),
+            invariants=invariants_for(home.settings, home.path),
         )
         policy = PolicyRuntime(store, catalog)
         approvals = ApprovalService(
@@ -207,7 +208,7 @@ class Runtime:
             # Approval events name subjects by the same keyed refs as access decisions.
             subject_refs=lookup.subject_refs,
             public_text=public_text,
-            config=ApprovalConfig.from_settings(home.settings.raw),
+            config=ApprovalConfig.from_settings(home.settings),
         )
         # Tickets name subjects in the log by the same keyed refs.
         migrate_tickets(db)  # homes made before tickets were registered

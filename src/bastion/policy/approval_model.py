@@ -12,12 +12,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bastion.clock import iso
-from bastion.errors import ConfigError
 from bastion.events import Actor, Approval
 from bastion.ledger.api import Receipt
 from bastion.policy.grants import GrantClaims
-from bastion.policy.vocabulary import MAX_APPROVERS, Action, JustificationType
+from bastion.policy.vocabulary import Action, JustificationType
 from bastion.policy.workflow import StepRefused, distinct_values
+from bastion.settings import Settings
 
 # "granting": the last approval claimed the request and is recording the grant; a crash there
 # leaves it so (no grant exists: fail closed) until it lapses.
@@ -74,39 +74,9 @@ class ApprovalConfig:
     max_uses_limit: int = 100
 
     @staticmethod
-    def from_settings(raw: dict[str, Any]) -> ApprovalConfig:
-        """``[approvals]`` of bastion.toml::
-
-        [approvals]
-        all_subjects_extra_approvers = 1   # 0 keeps policy's count for all-subject grants
-        default_max_uses = 1               # uses of a grant when the request names none
-        break_glass_default_uses = 10
-        max_uses_limit = 100               # the most a request may ask for
-        """
-        table = raw.get("approvals", {})
-        if not isinstance(table, dict):
-            raise ConfigError("[approvals] must be a table")
-        known = {
-            "all_subjects_extra_approvers": (0, MAX_APPROVERS),
-            "default_max_uses": (1, 1_000_000),
-            "break_glass_default_uses": (1, 1_000_000),
-            "max_uses_limit": (1, 1_000_000),
-        }
-        unknown = sorted(set(table) - set(known))
-        if unknown:
-            raise ConfigError(f"approvals.{unknown[0]} is not a known setting")
-        values: dict[str, Any] = {}
-        for name, (lo, hi) in known.items():
-            if name not in table:
-                continue
-            value = table[name]
-            if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-                raise ConfigError(f"approvals.{name} must be an integer from {lo} to {hi}")
-            values[name] = value
-        config = replace(ApprovalConfig(), **values)
-        if max(config.default_max_uses, config.break_glass_default_uses) > config.max_uses_limit:
-            raise ConfigError("approvals: a default number of uses exceeds max_uses_limit")
-        return config
+    def from_settings(settings: Settings) -> ApprovalConfig:
+        """``[approvals]`` of bastion.toml, already checked by ``bastion.settings``."""
+        return replace(ApprovalConfig(), **settings.approvals.model_dump())
 
 
 class AccessRequestSpec(BaseModel):

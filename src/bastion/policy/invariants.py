@@ -64,6 +64,7 @@ from bastion.policy.symbolic import (
     read_policies,
 )
 from bastion.policy.vocabulary import MAX_APPROVERS, RELEASE_ACTIONS, Transform
+from bastion.settings import Settings
 
 INVARIANTS_FILE = "invariants.yaml"
 SOLVER_TIME_LIMIT_S = 60.0
@@ -283,11 +284,10 @@ def parse_invariants(text: str, *, source: str = "invariants") -> InvariantSet:
     return parsed
 
 
-def invariants_for(settings_raw: Mapping[str, Any], home_path: Path) -> InvariantSet:
+def invariants_for(settings: Settings, home_path: Path) -> InvariantSet:
     """The invariants a home enforces: ``[policy] invariants = "<file>"`` (relative to the
     home) replaces the shipped ones; without it, the shipped ones."""
-    section = settings_raw.get("policy", {})
-    name = section.get("invariants") if isinstance(section, Mapping) else None
+    name = settings.policy.invariants
     if not name:
         return shipped_invariants()
     path = (home_path / str(name)).resolve()
