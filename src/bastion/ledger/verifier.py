@@ -36,10 +36,8 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, Protocol, TypeVar
 from urllib.parse import unquote, urlsplit
-
-import httpx
 
 from bastion.clock import Clock, SystemClock, iso
 from bastion.errors import IntegrityError, LedgerUnavailable
@@ -64,6 +62,9 @@ from bastion.ledger.tiles import (
     tile_path,
     tiles_for_size,
 )
+
+if TYPE_CHECKING:  # only a caller that brings its own client needs httpx (100 ms to import)
+    import httpx
 
 Progress = Callable[[int, int], None]
 """(resources fetched so far, total to fetch)."""
@@ -148,15 +149,18 @@ class _HttpxFetcher:
     inline = False
 
     def __init__(self, prefix: str, client: httpx.Client) -> None:
+        import httpx  # here, not above: the caller that passed a client has imported it anyway
+
         self._prefix = prefix
         self._client = client
+        self._errors = httpx.HTTPError
 
     def get(self, path: str, *, fresh: bool = False) -> tuple[int, bytes]:
         url = self._prefix + path
         headers = {"Cache-Control": "no-cache"} if fresh else None
         try:
             resp = self._client.get(url, headers=headers)
-        except httpx.HTTPError as exc:
+        except self._errors as exc:
             raise LedgerUnavailable(f"cannot fetch {url}: {type(exc).__name__}") from None
         return resp.status_code, resp.content
 
