@@ -37,9 +37,7 @@ def test_pyproject_extras_are_the_ones_the_code_names() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     optional = project["optional-dependencies"]
     for extra, modules in EXTRAS.items():
-        declared = {
-            MODULE_OF[_name(r)] for r in optional[extra] if not r.startswith("bastion[")
-        }
+        declared = {MODULE_OF[_name(r)] for r in optional[extra] if not r.startswith("bastion[")}
         assert set(modules) <= declared | {
             m for r in optional[extra] if r.startswith("bastion[") for m in EXTRAS["analytics"]
         }, extra
