@@ -8,7 +8,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "bastion"
 
-FOUNDATION = {"clock", "errors", "home", "settings", "extras", "events"}
+FOUNDATION = {"clock", "errors", "home", "settings", "extras", "logs", "events"}
 
 # part -> parts it may import (besides the foundation and itself)
 ALLOWED: dict[str, set[str]] = {
