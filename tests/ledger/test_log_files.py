@@ -275,7 +275,7 @@ def vkey_of(home: Home) -> str:
 def test_the_verifier_reads_a_static_server_exactly_as_bastion_serve(
     static_home: tuple[Home, Path], servers: tuple[str, str], tmp_path: Path
 ) -> None:
-    home, _ = static_home
+    home, www = static_home
     static_url, serve_url = servers
     vkey = vkey_of(home)
     assert (
@@ -295,8 +295,9 @@ def test_the_verifier_reads_a_static_server_exactly_as_bastion_serve(
         assert verifier.verify(incremental=True).root_hash == from_static.root_hash
 
     runner = CliRunner()
-    for url in (static_url, serve_url):
-        state = tmp_path / f"cli-{url.rsplit(':', 1)[1]}"
+    # ...and from a copy of the files, read straight from disk.
+    for k, url in enumerate((static_url, serve_url, f"file://{www}/log")):
+        state = tmp_path / f"cli-{k}"
         res = runner.invoke(
             app, ["ledger", "verify", url, "--vkey", vkey, "--state", str(state), "--json"]
         )
