@@ -126,6 +126,10 @@ witness_quorum = 0
 # a person, and the log is public: "commit" (default) records a keyed commitment
 # hmac-sha256:<hex> and keeps the text in the database; "publish" records the text itself.
 free_text = "commit"
+# Where the log lives: "database" (its tables, the default) or "files": the C2SP tlog-tiles
+# layout as static files in `directory` (default <home>/log), which any web server can serve.
+# storage = "database"
+# directory = "log"
 
 [bounds]
 # How long anything may wait, in seconds (docs/ARCHITECTURE.md, "Bounds"). A request whose
