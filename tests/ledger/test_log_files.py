@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from bastion.ledger.verifier import LogVerifier
 from bastion.store import open_database
 from bastion.wiring import initialize
 
-from .test_log_processes import collect, spawn
+from .test_log_processes import collect, kill_once, spawn
 
 
 def file_log(root: Path, signer: NoteSigner) -> Log:
@@ -131,22 +130,7 @@ def test_kill_9_at_random_moments_loses_no_acknowledged_entry(
     rng = random.Random(4321)
     for run in range(4):
         proc = spawn(url, None, f"run{run}", 4, 0, signer.skey, str(root))
-        reader = threading.Thread(target=collect, args=(proc, acked, guard))
-        reader.start()
-        deadline = time.monotonic() + 30
-        with guard:
-            start = len(acked)
-        while time.monotonic() < deadline and proc.poll() is None:
-            with guard:
-                if len(acked) > start:
-                    break
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.5))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        reader.join()
-        with guard:
-            assert len(acked) > start, proc.stderr.read() if proc.stderr else ""
+        kill_once(proc, acked, guard, rng, 0.5)
         log = file_log(root, signer)
         log.check_head()
         assert log.verify_storage().tree_size >= len(acked)

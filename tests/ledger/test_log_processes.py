@@ -43,6 +43,33 @@ def collect(proc: subprocess.Popen[str], acked: dict[int, bytes], guard: threadi
                 acked[int(parts[1])] = parts[2].encode()
 
 
+def kill_once(
+    proc: subprocess.Popen[str],
+    acked: dict[int, bytes],
+    guard: threading.Lock,
+    rng: random.Random,
+    upto_s: float,
+) -> None:
+    """Let one child acknowledge something, SIGKILL it at a random moment after that, and
+    check it did acknowledge (so every run tests a crash with acknowledged entries)."""
+    reader = threading.Thread(target=collect, args=(proc, acked, guard))
+    reader.start()
+    deadline = time.monotonic() + 30
+    with guard:
+        start = len(acked)
+    while time.monotonic() < deadline and proc.poll() is None:
+        with guard:
+            if len(acked) > start:
+                break
+        time.sleep(0.01)
+    time.sleep(rng.uniform(0.0, upto_s))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    reader.join()
+    with guard:
+        assert len(acked) > start, proc.stderr.read() if proc.stderr else ""
+
+
 def check_log(db: Database, signer: NoteSigner, acked: dict[int, bytes]) -> Log:
     log = Log(db, signer, FixedClock(), background=False)
     log.check_head()  # the signed head still matches the stored tiles
@@ -65,23 +92,7 @@ def test_kill_9_at_random_moments_loses_no_acknowledged_entry(
     try:
         for run in range(5):
             proc = spawn(url, schema, f"run{run}", 8, 0, signer.skey)
-            reader = threading.Thread(target=collect, args=(proc, acked, guard))
-            reader.start()
-            deadline = time.monotonic() + 30
-            with guard:
-                start = len(acked)
-            # Wait until this run has acknowledged something, then kill at a random moment.
-            while time.monotonic() < deadline and proc.poll() is None:
-                with guard:
-                    if len(acked) > start:
-                        break
-                time.sleep(0.01)
-            time.sleep(rng.uniform(0.0, 0.6))
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            reader.join()
-            with guard:
-                assert len(acked) > start, proc.stderr.read() if proc.stderr else ""
+            kill_once(proc, acked, guard, rng, 0.6)
             log = check_log(db, signer, acked)
             log.close()
         # After all the kills the log still takes appends, right after the last index.

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +25,7 @@ from bastion.ledger.note import NoteSigner
 from bastion.ledger.sequencer import Sequencer
 from bastion.store import Cursor, Database, open_database
 
-from .test_log_processes import collect, spawn
+from .test_log_processes import kill_once, spawn
 
 TABLE = "CREATE TABLE IF NOT EXISTS side_rows (entry TEXT PRIMARY KEY)"
 
@@ -248,22 +247,7 @@ def test_kill_9_never_leaves_a_side_write_without_its_entry(
     try:
         for run in range(3):
             proc = spawn(url, schema, f"s{run}", 4, 0, signer.skey, str(files or "-"), "side")
-            reader = threading.Thread(target=collect, args=(proc, acked, guard))
-            reader.start()
-            deadline = time.monotonic() + 30
-            with guard:
-                start = len(acked)
-            while time.monotonic() < deadline and proc.poll() is None:
-                with guard:
-                    if len(acked) > start:
-                        break
-                time.sleep(0.01)
-            time.sleep(rng.uniform(0.0, 0.4))
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            reader.join()
-            with guard:
-                assert len(acked) > start, proc.stderr.read() if proc.stderr else ""
+            kill_once(proc, acked, guard, rng, 0.4)
         log = Log(db, signer, FixedClock(), storage=log_storage, background=False)
         logged = {entry.decode() for _, entry in log.entries(0, log.size())}
         stored = set(rows(db))
