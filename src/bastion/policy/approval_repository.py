@@ -1,7 +1,7 @@
 """The approval workflow's tables, and the one repository every step reads and writes through.
 
 Each table row is a frozen dataclass whose fields are the columns, in order: the SELECT is
-written from the dataclass (``columns``), so a row is built in one place and a query cannot
+written from the dataclass (``policy/rows.py``), so a row is built in one place and a query cannot
 fall out of step with the type that holds its result. Writes go through ``ApprovalWrites``,
 which exists only inside ``ApprovalRepository.writing()``: one transaction under the
 approvals lock (SQLite's write lock, PostgreSQL's advisory lock), so concurrent steps on any
@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
-from typing import Any, Literal, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from bastion.clock import iso, to_unix
 from bastion.policy.approval_model import AccessRequestRecord, RequestStatus, Review
 from bastion.policy.freetext import FREE_TEXT_DDL
 from bastion.policy.grants import GrantClaims, token_sha256
+from bastion.policy.rows import R, select
 from bastion.store import Cursor, Database
 
 APPROVALS_DDL = [
@@ -122,20 +123,6 @@ class GrantRow:
     revoked_at: str | None
 
 
-class _Row(Protocol):
-    """A row dataclass: built from a SELECT of its own fields, in order."""
-
-    def __init__(self, *values: Any) -> None: ...
-
-
-R = TypeVar("R", bound=_Row)
-
-
-def columns(row_type: type[Any]) -> str:
-    """The SELECT list of a row dataclass: its fields, in order."""
-    return ", ".join(f.name for f in fields(row_type))
-
-
 class ApprovalRepository:
     """Reads of the approval tables (each its own statement) and ``writing()`` transactions."""
 
@@ -143,8 +130,7 @@ class ApprovalRepository:
         self.db = db
 
     def _rows(self, row_type: type[R], tail: str, params: Sequence[Any] = ()) -> list[R]:
-        sql = f"SELECT {columns(row_type)} {tail}"
-        return [row_type(*values) for values in self.db.query(sql, tuple(params))]
+        return select(self.db, row_type, tail, params)
 
     @contextmanager
     def writing(self) -> Iterator[ApprovalWrites]:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +29,8 @@ from bastion.policy.engine import PolicyEngine
 from bastion.policy.freetext import PublicText
 from bastion.policy.invariants import CheckReport, InvariantSet, enforce_invariants
 from bastion.policy.principal import DEFAULT_PRINCIPAL_CONFIG, PrincipalConfig
-from bastion.store import Database
+from bastion.policy.rows import columns, select
+from bastion.store import Cursor, Database
 
 POLICY_DDL = [
     """CREATE TABLE IF NOT EXISTS policy_versions (
@@ -98,27 +101,112 @@ def migrate_policy_store(db: Database) -> None:
     db.migrate("policy", POLICY_DDL)
 
 
-_COLUMNS = (
-    "version, sha256, previous_sha256, text, policy_ids, actor_id, reason, loaded_at, ledger_index"
-)
+@dataclass(frozen=True)
+class PolicyVersionRow:
+    """``policy_versions`` as stored: its columns, in order (the SELECT list,
+    ``policy/rows.py``)."""
+
+    version: int
+    sha256: str
+    previous_sha256: str | None
+    text: str
+    policy_ids: str  # the set's policy ids, one a line
+    actor_id: str
+    reason: str
+    loaded_at: str
+    ledger_index: int
+
+    def stored(self) -> StoredPolicy:
+        """The version as the store hands it out; IntegrityError if its text was edited."""
+        stored = StoredPolicy(
+            version=int(self.version),
+            sha256=str(self.sha256),
+            previous_sha256=self.previous_sha256,
+            text=str(self.text),
+            policy_ids=tuple(p for p in str(self.policy_ids).split("\n") if p),
+            actor_id=str(self.actor_id),
+            reason=str(self.reason),
+            loaded_at=str(self.loaded_at),
+            ledger_index=int(self.ledger_index),
+        )
+        if policy_sha256(stored.text) != stored.sha256:
+            # Someone edited the stored text behind the ledger's back: refuse to use it.
+            raise IntegrityError(f"policy version {stored.version} does not match its sha256")
+        return stored
 
 
-def _row(row: tuple[Any, ...]) -> StoredPolicy:
-    stored = StoredPolicy(
-        version=int(row[0]),
-        sha256=str(row[1]),
-        previous_sha256=row[2],
-        text=str(row[3]),
-        policy_ids=tuple(p for p in str(row[4]).split("\n") if p),
-        actor_id=str(row[5]),
-        reason=str(row[6]),
-        loaded_at=str(row[7]),
-        ledger_index=int(row[8]),
-    )
-    if policy_sha256(stored.text) != stored.sha256:
-        # Someone edited the stored text behind the ledger's back: refuse to use it.
-        raise IntegrityError(f"policy version {stored.version} does not match its sha256")
-    return stored
+@dataclass(frozen=True)
+class _ShaRow:
+    """The active version's hash alone (the runtime's cheap re-check)."""
+
+    sha256: str
+
+
+class PolicyVersionRepository:
+    """Reads of ``policy_versions`` (each its own statement) and ``writing()`` transactions."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    @contextmanager
+    def writing(self) -> Iterator[PolicyVersionWrites]:
+        with self.db.transaction(lock=_LOCK) as cur:
+            yield PolicyVersionWrites(cur)
+
+    def latest(self) -> PolicyVersionRow | None:
+        rows = select(
+            self.db, PolicyVersionRow, "FROM policy_versions ORDER BY version DESC LIMIT 1"
+        )
+        return rows[0] if rows else None
+
+    def latest_sha256(self) -> str | None:
+        rows = select(self.db, _ShaRow, "FROM policy_versions ORDER BY version DESC LIMIT 1")
+        return str(rows[0].sha256) if rows else None
+
+    def version(self, version: int) -> PolicyVersionRow | None:
+        rows = select(
+            self.db, PolicyVersionRow, "FROM policy_versions WHERE version = ?", (version,)
+        )
+        return rows[0] if rows else None
+
+    def versions(self, *, limit: int) -> list[PolicyVersionRow]:
+        return select(
+            self.db,
+            PolicyVersionRow,
+            "FROM policy_versions ORDER BY version DESC LIMIT ?",
+            (limit,),
+        )
+
+
+class PolicyVersionWrites:
+    """The writes of one transaction under the policy store's lock
+    (``PolicyVersionRepository.writing``)."""
+
+    def __init__(self, cur: Cursor) -> None:
+        self._cur = cur
+
+    def next_version(self) -> int:
+        """One more than the highest version stored (1 for the first)."""
+        found = self._cur.execute("SELECT MAX(version) FROM policy_versions").fetchone()
+        (top,) = found if found else (None,)
+        return int(top) + 1 if top is not None else 1
+
+    def insert(self, row: PolicyVersionRow) -> None:
+        self._cur.execute(
+            f"INSERT INTO policy_versions ({columns(PolicyVersionRow)}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                row.version,
+                row.sha256,
+                row.previous_sha256,
+                row.text,
+                row.policy_ids,
+                row.actor_id,
+                row.reason,
+                row.loaded_at,
+                row.ledger_index,
+            ),
+        )
 
 
 class PolicyStore:
@@ -140,6 +228,7 @@ class PolicyStore:
         ``invariants`` (the shipped ones by default) must hold for every set this store
         loads, checked with the principal derivation the gateway uses (``principal_config``)."""
         self.db = db
+        self.repo = PolicyVersionRepository(db)
         self.ledger = ledger
         self.clock = clock
         self.public_text = public_text
@@ -147,26 +236,18 @@ class PolicyStore:
         self.principal_config = principal_config
 
     def active(self) -> StoredPolicy | None:
-        rows = self.db.query(
-            f"SELECT {_COLUMNS} FROM policy_versions ORDER BY version DESC LIMIT 1"
-        )
-        return _row(rows[0]) if rows else None
+        row = self.repo.latest()
+        return row.stored() if row else None
 
     def active_sha256(self) -> str | None:
-        rows = self.db.query("SELECT sha256 FROM policy_versions ORDER BY version DESC LIMIT 1")
-        return str(rows[0][0]) if rows else None
+        return self.repo.latest_sha256()
 
     def get(self, version: int) -> StoredPolicy | None:
-        rows = self.db.query(
-            f"SELECT {_COLUMNS} FROM policy_versions WHERE version = ?", (version,)
-        )
-        return _row(rows[0]) if rows else None
+        row = self.repo.version(version)
+        return row.stored() if row else None
 
     def history(self, limit: int = 50) -> list[StoredPolicy]:
-        rows = self.db.query(
-            f"SELECT {_COLUMNS} FROM policy_versions ORDER BY version DESC LIMIT ?", (limit,)
-        )
-        return [_row(r) for r in rows]
+        return [row.stored() for row in self.repo.versions(limit=limit)]
 
     def load(
         self, text: str, actor: Actor, reason: str, *, source: str = "policy"
@@ -195,22 +276,20 @@ class PolicyStore:
             policies=compiled.ids,
         )
         receipt = self.ledger.append(event)  # log before activating
-        with self.db.transaction(lock=_LOCK) as cur:
-            row = cur.execute("SELECT MAX(version) FROM policy_versions").fetchone()
-            version = int(row[0]) + 1 if row and row[0] is not None else 1
-            cur.execute(
-                f"INSERT INTO policy_versions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    version,
-                    compiled.sha256,
-                    previous,
-                    text,
-                    "\n".join(compiled.ids),
-                    actor.id,
-                    reason,
-                    event.at,
-                    receipt.index,
-                ),
+        with self.repo.writing() as writes:
+            version = writes.next_version()
+            writes.insert(
+                PolicyVersionRow(
+                    version=version,
+                    sha256=compiled.sha256,
+                    previous_sha256=previous,
+                    text=text,
+                    policy_ids="\n".join(compiled.ids),
+                    actor_id=actor.id,
+                    reason=reason,
+                    loaded_at=event.at,
+                    ledger_index=receipt.index,
+                )
             )
         return PolicyLoadResult(
             True, version, compiled.sha256, previous, compiled, event, receipt, check=check

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -32,6 +33,7 @@ from bastion.errors import InputError
 from bastion.events import Actor, TicketChange
 from bastion.ledger.api import LedgerWriter, Receipt
 from bastion.policy.principal import PrincipalAttributes, PrincipalLike
+from bastion.policy.rows import columns, select
 from bastion.policy.vocabulary import Action
 from bastion.policy.workflow import (
     EngineSource,
@@ -40,7 +42,7 @@ from bastion.policy.workflow import (
     checked_refs,
     distinct_values,
 )
-from bastion.store import Database
+from bastion.store import Cursor, Database
 
 TICKETS_DDL = [
     """CREATE TABLE IF NOT EXISTS tickets (
@@ -165,14 +167,100 @@ class TicketOutcome:
     receipt: Receipt
 
 
-_COLUMNS = (
-    "id, subjects, assignees, opened_by, opened_at, expires_at, expires_unix, status, "
-    "closed_at, closed_by, ledger_index"
-)
-
-
 def migrate_tickets(db: Database) -> None:
     db.migrate("tickets", TICKETS_DDL)
+
+
+@dataclass(frozen=True)
+class TicketRow:
+    """``tickets`` as stored: its columns, in order (the SELECT list, ``policy/rows.py``)."""
+
+    id: str
+    subjects: str  # JSON list of subject ids
+    assignees: str  # JSON list of principal ids
+    opened_by: str
+    opened_at: str
+    expires_at: str
+    expires_unix: int
+    status: str
+    closed_at: str | None
+    closed_by: str | None
+    ledger_index: int
+
+    def record(self) -> TicketRecord:
+        return TicketRecord(
+            id=str(self.id),
+            subjects=tuple(json.loads(self.subjects)),
+            assignees=tuple(json.loads(self.assignees)),
+            opened_by=str(self.opened_by),
+            opened_at=str(self.opened_at),
+            expires_at=str(self.expires_at),
+            expires_unix=int(self.expires_unix),
+            status="closed" if self.status == "closed" else "open",
+            closed_at=str(self.closed_at) if self.closed_at is not None else None,
+            closed_by=str(self.closed_by) if self.closed_by is not None else None,
+            ledger_index=int(self.ledger_index),
+        )
+
+
+class TicketRepository:
+    """Reads of ``tickets`` (each its own statement) and ``writing()`` transactions."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    @contextmanager
+    def writing(self) -> Iterator[TicketWrites]:
+        with self.db.transaction(lock=_LOCK) as cur:
+            yield TicketWrites(cur)
+
+    def ticket(self, ticket_id: str) -> TicketRow | None:
+        rows = select(self.db, TicketRow, "FROM tickets WHERE id = ?", (ticket_id,))
+        return rows[0] if rows else None
+
+    def tickets(self, *, limit: int) -> list[TicketRow]:
+        return select(
+            self.db, TicketRow, "FROM tickets ORDER BY opened_at DESC, id LIMIT ?", (limit,)
+        )
+
+
+class TicketWrites:
+    """The writes of one transaction under the tickets lock (``TicketRepository.writing``)."""
+
+    def __init__(self, cur: Cursor) -> None:
+        self._cur = cur
+
+    def insert_open(
+        self,
+        spec: TicketSpec,
+        opened_by: str,
+        opened_at: str,
+        expires: datetime,
+        ledger_index: int,
+    ) -> bool:
+        """Register an open ticket; False if one with its id exists (a concurrent open won)."""
+        self._cur.execute(
+            f"INSERT INTO tickets ({columns(TicketRow)}) VALUES (?, ?, ?, ?, ?, ?, ?, 'open', "
+            "NULL, NULL, ?) ON CONFLICT (id) DO NOTHING",
+            (
+                spec.id,
+                json.dumps(list(spec.subjects)),
+                json.dumps(list(spec.assignees)),
+                opened_by,
+                opened_at,
+                iso(expires),
+                to_unix(expires),
+                ledger_index,
+            ),
+        )
+        return self._cur.rowcount != 0
+
+    def close(self, ticket_id: str, closed_at: str, closed_by: str) -> None:
+        self._cur.execute(
+            "UPDATE tickets SET status = 'closed', closed_at = ?, closed_by = ? "
+            "WHERE id = ? AND status = 'open'",
+            (closed_at, closed_by, ticket_id),
+        )
 
 
 def _system() -> tuple[str, str]:
@@ -196,6 +284,7 @@ class TicketService:
         config: TicketConfig | None = None,
     ) -> None:
         self.db = db
+        self.repo = TicketRepository(db)
         self.ledger = ledger
         self.clock = clock
         self._engine = engine
@@ -258,14 +347,11 @@ class TicketService:
     # ------------------------------------------------------------------ reading
 
     def get(self, ticket_id: str) -> TicketRecord | None:
-        rows = self.db.query(f"SELECT {_COLUMNS} FROM tickets WHERE id = ?", (ticket_id,))
-        return _record(rows[0]) if rows else None
+        row = self.repo.ticket(ticket_id)
+        return row.record() if row else None
 
     def list(self, *, limit: int = 100) -> list[TicketRecord]:
-        rows = self.db.query(
-            f"SELECT {_COLUMNS} FROM tickets ORDER BY opened_at DESC, id LIMIT ?", (limit,)
-        )
-        return [_record(r) for r in rows]
+        return [row.record() for row in self.repo.tickets(limit=limit)]
 
     def resolve(
         self, ticket_id: str, reader_id: str, asked: Sequence[str] = ()
@@ -337,23 +423,9 @@ class TicketService:
             expires_at=iso(expires),
         )
         receipt = self.ledger.append(event)  # recorded before the ticket is in force
-        with self.db.transaction(lock=_LOCK) as cur:
-            cur.execute(
-                f"INSERT INTO tickets ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, 'open', NULL, "
-                "NULL, ?) ON CONFLICT (id) DO NOTHING",
-                (
-                    spec.id,
-                    json.dumps(list(spec.subjects)),
-                    json.dumps(list(spec.assignees)),
-                    attrs.id,
-                    event.at,
-                    iso(expires),
-                    to_unix(expires),
-                    receipt.index,
-                ),
-            )
-            inserted = cur.rowcount
-        if inserted == 0:  # a concurrent open of the same id won
+        with self.repo.writing() as writes:
+            inserted = writes.insert_open(spec, attrs.id, event.at, expires, receipt.index)
+        if not inserted:  # a concurrent open of the same id won
             raise TicketRefused("ticket-exists", f"ticket {spec.id!r} is already registered")
         rec = self.get(spec.id)
         assert rec is not None
@@ -383,44 +455,11 @@ class TicketService:
             actor, "closed", "ticket closed", ticket_id, subject_refs=self.refs(rec.subjects)
         )
         receipt = self.ledger.append(event)  # recorded before the ticket closes
-        with self.db.transaction(lock=_LOCK) as cur:
-            cur.execute(
-                "UPDATE tickets SET status = 'closed', closed_at = ?, closed_by = ? "
-                "WHERE id = ? AND status = 'open'",
-                (event.at, attrs.id, ticket_id),
-            )
+        with self.repo.writing() as writes:
+            writes.close(ticket_id, event.at, attrs.id)
         closed = self.get(ticket_id)
         assert closed is not None
         return TicketOutcome(closed, event, receipt)
-
-
-def _record(row: tuple[Any, ...]) -> TicketRecord:
-    (
-        tid,
-        subjects,
-        assignees,
-        opened_by,
-        opened_at,
-        expires_at,
-        expires_unix,
-        status,
-        closed_at,
-        closed_by,
-        ledger_index,
-    ) = row
-    return TicketRecord(
-        id=str(tid),
-        subjects=tuple(json.loads(subjects)),
-        assignees=tuple(json.loads(assignees)),
-        opened_by=str(opened_by),
-        opened_at=str(opened_at),
-        expires_at=str(expires_at),
-        expires_unix=int(expires_unix),
-        status="closed" if status == "closed" else "open",
-        closed_at=str(closed_at) if closed_at is not None else None,
-        closed_by=str(closed_by) if closed_by is not None else None,
-        ledger_index=int(ledger_index),
-    )
 
 
 __all__ = [
@@ -430,6 +469,8 @@ __all__ = [
     "TicketOutcome",
     "TicketRecord",
     "TicketRefused",
+    "TicketRepository",
+    "TicketRow",
     "TicketService",
     "TicketSpec",
     "migrate_tickets",
