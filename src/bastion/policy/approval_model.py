@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from bastion.clock import iso
 from bastion.events import Actor, Approval
 from bastion.ledger.api import Receipt
-from bastion.policy.grants import GrantClaims
+from bastion.policy.grants import GrantClaims, optional_claims
 from bastion.policy.vocabulary import Action, JustificationType
 from bastion.policy.workflow import StepRefused, distinct_values
 from bastion.settings import Settings
@@ -142,13 +142,8 @@ class AccessRequestRecord:
 
         ``all_subjects`` and ``max_uses`` appear only when set, so requests stored before
         they existed keep their hash."""
-        extra: dict[str, Any] = {}
-        if self.all_subjects:
-            extra["all_subjects"] = True
-        if self.max_uses is not None:
-            extra["max_uses"] = self.max_uses
         return {
-            **extra,
+            **optional_claims(self.all_subjects, self.max_uses),
             "request_id": self.id,
             "kind": self.kind,
             "requester": self.requester.model_dump(mode="json", exclude_none=True),

@@ -66,6 +66,18 @@ def request_sha256(canonical_request: dict[str, Any]) -> str:
     return hashlib.sha256(canonical(canonical_request)).hexdigest()
 
 
+def optional_claims(all_subjects: bool, max_uses: int | None) -> dict[str, Any]:
+    """``all_subjects`` and ``max_uses`` as a request's canonical form and a grant's claims
+    carry them: only when set, so requests and tokens made before they existed keep their
+    hash and their form."""
+    extra: dict[str, Any] = {}
+    if all_subjects:
+        extra["all_subjects"] = True
+    if max_uses is not None:
+        extra["max_uses"] = max_uses
+    return extra
+
+
 @dataclass(frozen=True)
 class GrantClaims:
     grant_id: str
@@ -87,13 +99,8 @@ class GrantClaims:
     max_uses: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        extra: dict[str, Any] = {}
-        if self.all_subjects:
-            extra["all_subjects"] = True
-        if self.max_uses is not None:
-            extra["max_uses"] = self.max_uses
         return {
-            **extra,
+            **optional_claims(self.all_subjects, self.max_uses),
             "v": 1,
             "grant_id": self.grant_id,
             "kind": self.kind,
