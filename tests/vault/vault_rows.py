@@ -6,6 +6,7 @@ from typing import Any
 
 from bastion.catalog import default_catalog
 from bastion.clock import FixedClock
+from bastion.demo.platform import sample_event, sample_user
 from bastion.keys.provider import KeyProvider
 from bastion.store import Database
 from bastion.vault import Vault
@@ -19,42 +20,18 @@ def make_vault(db: Database, provider: KeyProvider, clock: FixedClock) -> Vault:
 
 
 def user(n: int, **over: Any) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "user_id": f"u{n:05d}",
-        "name": f"Person Number{n}",
-        "email": f"person{n}@example.com",
-        "phone": f"+1555{n:07d}",
+    """The demo's sample user, with a fixed birth date and a location that moves 1/1000 of a
+    degree per user (the vault's tests read them back exactly)."""
+    return {
+        **sample_user(n),
         "birth_date": "1990-05-17",
-        "country": "US",
-        "region": "us-west",
-        "age_band": "25-34",
-        "signup_date": "2025-12-01",
-        "device_ids": [f"dev-{n}-a", f"dev-{n}-b"],
-        "ip_address": f"10.0.{n % 250}.{n % 200}",
         "location": [37.7749 + n / 1000, -122.4194],
-        "language": "en-US",
+        **over,
     }
-    row.update(over)
-    return row
 
 
 def event(n: int, user_n: int, **over: Any) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "event_id": f"e{n:08d}",
-        "user_id": f"u{user_n:05d}",
-        "video_id": f"v{n % 7:05d}",
-        "event_type": "view",
-        "ts": "2026-01-03T10:11:12Z",
-        "day": "2026-01-03",
-        "watch_time_s": 12.5 + n,
-        "campaign_id": None,
-        "revenue_usd": None,
-        "age_band": "25-34",
-        "region": "us-west",
-        "device_id": f"dev-{user_n}-a",
-    }
-    row.update(over)
-    return row
+    return {**sample_event(n, user_n), **over}
 
 
 def video(n: int, creator_n: int, **over: Any) -> dict[str, Any]:
