@@ -57,7 +57,7 @@ from bastion.gateway.models import (
     ReleaseOut,
 )
 from bastion.gateway.public_names import public_id, public_ticket, scrub
-from bastion.gateway.recording import receipt_out, record, record_entries
+from bastion.gateway.recording import Counted, receipt_out, record, record_entries
 from bastion.gateway.refusals import input_error_kind, reject
 from bastion.gateway.runtime import Runtime
 from bastion.gateway.selection import (
@@ -68,7 +68,6 @@ from bastion.gateway.selection import (
     resolve,
 )
 from bastion.ledger.api import Receipt
-from bastion.ledger.log_storage import SideWrite
 from bastion.policy import (
     AccessPlan,
     AccessRequestSpec,
@@ -86,7 +85,6 @@ from bastion.policy import (
     apply_transform,
 )
 from bastion.policy.thresholds import usage_for
-from bastion.store import Cursor
 from bastion.vault import OpenedValues, ReadPlan, RecordedPlan, StoredRecords
 
 log = logging.getLogger(__name__)
@@ -685,28 +683,18 @@ class Gate:
                     fields=list(released),
                 )
             )
-        reserve = self._bulk_side_write(principal, planned.usage)
+        counted = (
+            Counted(principal.id, principal.employer or "", planned.usage)
+            if planned.usage
+            else None
+        )
         try:
-            entries = record_entries(rt, events, side_write=reserve)
+            entries = record_entries(rt, events, counted=counted)
         except BulkThresholdExceeded as exc:
             rt.metrics.bulk_refusals.labels(exc.category.value).inc()
             raise self._deny_decided(decision, 429, "bulk-threshold", str(exc)) from None
         rt.metrics.decisions.labels(request.action.value, "allow").inc()
         return Recorded(entries, decisions=len(planned.chunks))
-
-    def _bulk_side_write(
-        self, principal: Principal, usage: Mapping[SensitiveCategory, list[str]]
-    ) -> SideWrite | None:
-        """28 CFR 202.205 bulk thresholds, per employer and per principal: checked and
-        counted in the ledger commit's transaction, under the employer's lock."""
-        if not usage:
-            return None
-        bulk, employer = self.rt.bulk, principal.employer or ""
-
-        def reserve(cur: Cursor) -> None:
-            bulk.reserve_in(cur, principal.id, employer, usage)
-
-        return reserve
 
     # -- open ------------------------------------------------------------------------------
 

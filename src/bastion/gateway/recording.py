@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from fastapi import Request
 from pydantic import BaseModel
 
+from bastion.catalog import SensitiveCategory
 from bastion.events import encode_event
+from bastion.gateway.bulk_commits import SideWriteFailed
 from bastion.gateway.errors import ApiError, ReceiptOut
 from bastion.gateway.public_names import client_request_id
 from bastion.gateway.runtime import Runtime
 from bastion.home import FreeTextMode
 from bastion.ledger.api import Receipt
-from bastion.ledger.log_storage import SideWrite
 from bastion.logs import bind_request_id
 from bastion.store import Cursor
 
@@ -58,30 +60,39 @@ def record(rt: Runtime, events: Sequence[BaseModel]) -> list[Receipt]:
     return [receipt for receipt, _entry in record_entries(rt, events)]
 
 
+@dataclass(frozen=True)
+class Counted:
+    """What a release counts against the 28 CFR 202.205 thresholds, and for whom."""
+
+    principal_id: str
+    employer: str
+    usage: Mapping[SensitiveCategory, Sequence[str]]
+
+
 def record_entries(
-    rt: Runtime, events: Sequence[BaseModel], *, side_write: SideWrite | None = None
+    rt: Runtime, events: Sequence[BaseModel], *, counted: Counted | None = None
 ) -> list[tuple[Receipt, bytes]]:
     """Durably append events; each receipt comes with the exact entry bytes it covers (what
     ``RecordedPlan.bind`` checks). Any failure of the ledger becomes a 503 and nothing is
     released.
 
-    ``side_write`` runs in the same commit (the ledger's transaction, a savepoint of its
-    own) and becomes durable exactly with the entries. What it raises comes out as it is
-    (a refusal for the caller to answer, or a store failure): the entries were then left out
-    of the log, and nothing it wrote was kept."""
+    ``counted``: the release's bulk count, made in the same commit (the ledger's transaction,
+    ``BulkCounter.reserve_in`` as its side write; shared with the principal's other releases
+    of the moment, ``bulk_commits``), durable exactly with the entries. What the count raises
+    comes out as it is (BulkThresholdExceeded for the caller to answer, or a store failure):
+    the entries were then left out of the log, and nothing it wrote was kept."""
     start = time.perf_counter()
-    guarded = _guarded(side_write) if side_write is not None else None
     try:
         # Encoded once here (canonical JSON of a bulk entry costs milliseconds): the same
         # bytes are appended and later checked against the receipt's leaf hash.
         entries = [encode_event(e) for e in events]  # type: ignore[arg-type]
-        if guarded is None:
+        if counted is None:
             receipts = list(rt.writer.append_entries(entries))
         else:
-            receipts = list(rt.ledger.append_entries(entries, side_write=guarded))
+            receipts = _append_counted(rt, entries, counted)
         if len(receipts) != len(entries):
             raise RuntimeError("the ledger returned a receipt count that does not match")
-    except _SideWriteFailed as failed:
+    except SideWriteFailed as failed:
         raise failed.error from None
     except Exception as exc:
         rt.metrics.ledger_failures.inc()
@@ -95,19 +106,10 @@ def record_entries(
     return list(zip(receipts, entries, strict=True))
 
 
-class _SideWriteFailed(Exception):
-    """What a side write raised, told apart from the ledger's own failures."""
+def _append_counted(rt: Runtime, entries: list[bytes], counted: Counted) -> list[Receipt]:
+    bulk, principal_id, employer = rt.bulk, counted.principal_id, counted.employer
 
-    def __init__(self, error: Exception) -> None:
-        super().__init__(type(error).__name__)
-        self.error = error
+    def reserve(cur: Cursor, usage: Mapping[SensitiveCategory, Sequence[str]]) -> object:
+        return bulk.reserve_in(cur, principal_id, employer, usage)
 
-
-def _guarded(side_write: SideWrite) -> SideWrite:
-    def run(cur: Cursor) -> object:
-        try:
-            return side_write(cur)
-        except Exception as exc:
-            raise _SideWriteFailed(exc) from exc
-
-    return run
+    return rt.bulk_commits.append((principal_id, employer), entries, counted.usage, reserve)

@@ -16,6 +16,7 @@ from bastion.clock import Clock, SystemClock
 from bastion.errors import ConfigError, InputError
 from bastion.extras import require
 from bastion.gateway.auth import TokenIssuer, TokenVerifier, TrustedIssuer
+from bastion.gateway.bulk_commits import BulkCommits
 from bastion.gateway.config import GatewayConfig, load_external_issuers
 from bastion.gateway.metrics import GatewayMetrics
 from bastion.gateway.transparency import SubjectIndex, migrate_index
@@ -105,12 +106,18 @@ class Runtime:
     owns_ledger: bool = True
     _cleanroom: Any = None
     lookup: VaultLookup = field(init=False)
+    # Bulk-counted releases of one principal, submitted together (bulk_commits.py).
+    bulk_commits: BulkCommits = field(init=False)
     _closed: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         # The vault's public, non-decrypting lookups (ids -> keys -> live subjects, refs).
         self.lookup = VaultLookup(self.vault)
+        self.bulk_commits = BulkCommits(
+            lambda entries, side_write: self.writer.append_entries(entries, side_write=side_write),
+            self.db.bounds.commit_wait_s,
+        )
 
     @property
     def writer(self) -> LedgerWriter:
