@@ -90,10 +90,24 @@ def stage(name: str) -> str:
     return f"{RELEASE}.{name}"
 
 
+def _tracing_on() -> bool:
+    """Whether a real tracer provider is set. Without one (no SDK, the default) a span is
+    skipped outright: the API's no-op path still costs a context switch per span, about a
+    tenth of a millisecond on a single read's sixteen spans."""
+    current = tracer
+    if isinstance(current, trace.ProxyTracer):  # follows the global provider, once one is set
+        provider = trace.get_tracer_provider()
+        return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+    return not isinstance(current, trace.NoOpTracer)
+
+
 @contextmanager
 def span(name: str) -> Iterator[Span]:
     """A span, current while the block runs. An exception ends it with an error status,
     the HTTP status and the error kind it maps to, and nothing else."""
+    if not _tracing_on():
+        yield trace.INVALID_SPAN
+        return
     with tracer.start_as_current_span(
         name, record_exception=False, set_status_on_exception=False
     ) as current:
