@@ -42,14 +42,7 @@ def _granted(connect: Connect, **request: object) -> tuple[str, dict[str, object
     )
     rid = step.request["request_id"]
     # A third approver, when one is needed: another cleared security officer.
-    sven = {
-        "role": "security_officer",
-        "employer": "custodian",
-        "employer_country": "US",
-        "location_country": "US",
-        "clearance": "restricted",
-        "amr": ["pwd", "hwk"],
-    }
+    sven = dict(PRINCIPALS["sofia"])
     out = None
     for who in ("sofia", "omar", "sven")[: int(step.request["approvers_required"])]:
         approver = connect(who, **sven) if who == "sven" else connect(who)

@@ -33,7 +33,7 @@ from bastion.ledger.verifier import LogVerifier
 from bastion.store import open_database
 from bastion.wiring import initialize
 
-from .test_log_processes import collect, kill_once, spawn
+from .test_log_processes import kill_once, run_to_the_end, spawn
 
 
 def file_log(root: Path, signer: NoteSigner) -> Log:
@@ -151,13 +151,7 @@ def test_several_processes_append_to_one_directory_without_forking(
     acked: dict[int, bytes] = {}
     guard = threading.Lock()
     procs = [spawn(url, None, f"p{k}", 2, 40, signer.skey, str(root)) for k in range(3)]
-    readers = [threading.Thread(target=collect, args=(p, acked, guard)) for p in procs]
-    for r in readers:
-        r.start()
-    for p in procs:
-        assert p.wait(timeout=240) == 0, p.stderr.read() if p.stderr else ""
-    for r in readers:
-        r.join()
+    run_to_the_end(procs, acked, guard)
     total = 3 * 2 * 40
     assert sorted(acked) == list(range(total))  # contiguous, no index twice
     log = file_log(root, signer)

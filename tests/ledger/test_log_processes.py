@@ -70,6 +70,19 @@ def kill_once(
         assert len(acked) > start, proc.stderr.read() if proc.stderr else ""
 
 
+def run_to_the_end(
+    procs: list[subprocess.Popen[str]], acked: dict[int, bytes], guard: threading.Lock
+) -> None:
+    """Collect every child's acknowledgements until all of them exit cleanly."""
+    readers = [threading.Thread(target=collect, args=(p, acked, guard)) for p in procs]
+    for r in readers:
+        r.start()
+    for p in procs:
+        assert p.wait(timeout=240) == 0, p.stderr.read() if p.stderr else ""
+    for r in readers:
+        r.join()
+
+
 def check_log(db: Database, signer: NoteSigner, acked: dict[int, bytes]) -> Log:
     log = Log(db, signer, FixedClock(), background=False)
     log.check_head()  # the signed head still matches the stored tiles
@@ -117,14 +130,8 @@ def test_several_processes_append_to_one_log_without_forking(
     acked: dict[int, bytes] = {}
     guard = threading.Lock()
     procs = [spawn(url, schema, f"p{k}", 4, 60, signer.skey) for k in range(4)]
-    readers = [threading.Thread(target=collect, args=(p, acked, guard)) for p in procs]
     try:
-        for r in readers:
-            r.start()
-        for p in procs:
-            assert p.wait(timeout=240) == 0, p.stderr.read() if p.stderr else ""
-        for r in readers:
-            r.join()
+        run_to_the_end(procs, acked, guard)
         total = 4 * 4 * 60
         assert sorted(acked) == list(range(total))  # contiguous, no index twice
         assert sorted(acked.values()) == sorted(
