@@ -24,7 +24,7 @@ Never a value, a subject or record id, a purpose, a justification or a ticket.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from opentelemetry import trace
@@ -101,13 +101,18 @@ def _tracing_on() -> bool:
     return not isinstance(current, trace.NoOpTracer)
 
 
-@contextmanager
-def span(name: str) -> Iterator[Span]:
+# What ``span`` gives when tracing is off: reusable, and no generator per span.
+_NO_SPAN: AbstractContextManager[Span] = nullcontext(trace.INVALID_SPAN)
+
+
+def span(name: str) -> AbstractContextManager[Span]:
     """A span, current while the block runs. An exception ends it with an error status,
     the HTTP status and the error kind it maps to, and nothing else."""
-    if not _tracing_on():
-        yield trace.INVALID_SPAN
-        return
+    return _recording_span(name) if _tracing_on() else _NO_SPAN
+
+
+@contextmanager
+def _recording_span(name: str) -> Iterator[Span]:
     with tracer.start_as_current_span(
         name, record_exception=False, set_status_on_exception=False
     ) as current:
