@@ -115,7 +115,7 @@ class Bounds(Section):
     # SQLite: how long a writer waits for the file's write lock.
     sqlite_busy_timeout_s: Positive = 10.0
     # How long a request waits for work another thread does for it: the ledger's group
-    # commit and the bulk counter's group reservation.
+    # commit (which also runs the bulk count, as its side write).
     commit_wait_s: Positive = 20.0
     # Key material held in memory (KEKs, data keys, erasure secrets, keys derived from them)
     # is re-validated against its provider at least this often: revocation takes effect
