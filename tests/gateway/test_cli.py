@@ -13,7 +13,7 @@ from bastion.cli.home_cmd import init_home
 from bastion.cli.main import app
 from bastion.clock import SystemClock, to_unix
 from bastion.gateway.auth import TokenVerifier, public_jwk
-from bastion.gateway.config import GatewayConfig, load_external_issuers
+from bastion.gateway.config import GatewayConfig, gateway_config, load_external_issuers
 from bastion.gateway.runtime import own_issuer
 from bastion.home import Home
 
@@ -193,7 +193,7 @@ def test_add_issuer_from_a_jwks_file(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     jwks_file.unlink()  # the home keeps its own copy
     home = Home.load(home.path)
-    trusted = load_external_issuers(home, GatewayConfig.from_settings(home.settings))
+    trusted = load_external_issuers(home, gateway_config(home.settings))
     own = own_issuer(home, SystemClock())
     verifier = TokenVerifier([*trusted], audience=GatewayConfig().audience, clock=SystemClock())
     now = to_unix(SystemClock().now())

@@ -10,7 +10,7 @@ from bastion.catalog import SensitiveCategory
 from bastion.errors import ConfigError
 from bastion.events import AccessDecision, AnalyticsQuery, Export, decode_event
 from bastion.gateway.client import Context, Filter, GatewayError
-from bastion.gateway.config import GatewayConfig
+from bastion.gateway.config import gateway_config
 from bastion.gateway.runtime import Runtime
 from bastion.home import settings_from
 from bastion.policy import BulkCounter, BulkThresholds
@@ -89,16 +89,12 @@ def test_bulk_threshold_refuses_and_records(runtime: Runtime, connect: Connect) 
 
 
 def test_bulk_threshold_config() -> None:
-    cfg = GatewayConfig.from_settings(
-        settings_from({"gateway": {"bulk_thresholds": {"health": 10}}}, {})
-    )
-    assert cfg.bulk_thresholds == (("health", 10),)
+    cfg = gateway_config(settings_from({"gateway": {"bulk_thresholds": {"health": 10}}}, {}))
+    assert cfg.bulk_thresholds == {"health": 10}
     with pytest.raises(ConfigError, match="unknown category"):
-        GatewayConfig.from_settings(
-            settings_from({"gateway": {"bulk_thresholds": {"shoes": 1}}}, {})
-        )
+        gateway_config(settings_from({"gateway": {"bulk_thresholds": {"shoes": 1}}}, {}))
     with pytest.raises(ConfigError, match="max_page_size"):
-        GatewayConfig.from_settings(settings_from({"gateway": {"max_page_size": 10**7}}, {}))
+        gateway_config(settings_from({"gateway": {"max_page_size": 10**7}}, {}))
 
 
 @pytest.fixture

@@ -84,7 +84,7 @@ def test_data_subjects_need_no_entry(runtime: Runtime, connect: Connect) -> None
 
 
 def test_the_setting_any_keeps_the_old_behaviour(runtime: Runtime, connect: Connect) -> None:
-    runtime.config = dataclasses.replace(runtime.config, principals="any")
+    runtime.config = runtime.config.model_copy(update={"principals": "any"})
     mallory = connect("mallory", register=False, **PRINCIPALS["alice"])
     out = mallory.read("users", "u00001", fields=["country"], context=SUPPORT)
     assert out.decision == "allow"

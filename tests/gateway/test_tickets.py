@@ -5,7 +5,6 @@ the old behaviour."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -14,7 +13,7 @@ from bastion.clock import FixedClock
 from bastion.errors import ConfigError
 from bastion.events import AccessDecision, TicketChange, decode_event
 from bastion.gateway.client import Context, GatewayError
-from bastion.gateway.config import GatewayConfig
+from bastion.gateway.config import gateway_config
 from bastion.gateway.runtime import Runtime
 from bastion.home import settings_from
 
@@ -189,15 +188,12 @@ def test_approval_requests_opened_by_a_read_name_the_tickets_subjects(
 
 
 def test_the_caller_setting_keeps_the_old_behaviour(runtime: Runtime, connect: Connect) -> None:
-    runtime.config = replace(runtime.config, tickets="caller")
+    runtime.config = runtime.config.model_copy(update={"tickets": "caller"})
     alice = connect("alice")
     ctx = Context(purpose=PURPOSE, ticket="SUP-404", ticket_subjects=["u00003"])
     out = alice.read("users", "u00003", fields=["email"], context=ctx)
     assert out.records[0].values == {"email": "person3@example.com"}
-    assert GatewayConfig.from_settings(settings_from({}, {})).tickets == "registered"
-    assert (
-        GatewayConfig.from_settings(settings_from({"gateway": {"tickets": "caller"}}, {})).tickets
-        == "caller"
-    )
+    assert gateway_config(settings_from({}, {})).tickets == "registered"
+    assert gateway_config(settings_from({"gateway": {"tickets": "caller"}}, {})).tickets == "caller"
     with pytest.raises(ConfigError):
-        GatewayConfig.from_settings(settings_from({"gateway": {"tickets": "trust-me"}}, {}))
+        gateway_config(settings_from({"gateway": {"tickets": "trust-me"}}, {}))

@@ -20,7 +20,7 @@ from bastion.cli.groups import principals_app
 from bastion.clock import SystemClock, iso
 from bastion.errors import ConfigError, InputError
 from bastion.gateway.auth import issuer_from_config, validate_attributes
-from bastion.gateway.config import GatewayConfig, issuers_dir
+from bastion.gateway.config import gateway_config, issuers_dir
 from bastion.gateway.runtime import own_issuer
 from bastion.home import Home
 from bastion.policy.registry import (
@@ -60,7 +60,7 @@ def _check_registered(h: Home, issuer: str, subject: str, attrs: Mapping[str, ob
     """A token for a principal the gateway would refuse is refused here already."""
     if attrs.get("role") == "subject":
         return
-    if GatewayConfig.from_settings(h.settings).principals != "registered":
+    if gateway_config(h.settings).principals != "registered":
         return
     with _registry(h) as registry:
         entry = registry.get(issuer, subject)
@@ -247,7 +247,7 @@ def add_issuer(
     """Trust an external OIDC issuer by its JWKS. The gateway reads it at start-up."""
     with reported_errors(as_json):
         h = Home.load(home)
-        GatewayConfig.from_settings(h.settings)
+        gateway_config(h.settings)
         if (jwks_file is None) == (jwks_url is None):
             raise InputError("give exactly one of --jwks-file or --jwks-url", field="jwks")
         claims: dict[str, str] = {}

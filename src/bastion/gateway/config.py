@@ -24,60 +24,30 @@ home instead of rewriting the config; both sources are read.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from bastion.catalog import SensitiveCategory
 from bastion.errors import ConfigError
-from bastion.gateway.auth import DEFAULT_AUDIENCE, DEFAULT_ISSUER, TrustedIssuer, issuer_from_config
+from bastion.gateway.auth import TrustedIssuer, issuer_from_config
 from bastion.home import Home
-from bastion.settings import Settings
+from bastion.settings import GatewaySettings, Settings
+
+# The gateway's settings are the ``[gateway]`` section itself (``bastion.settings``): its
+# types, defaults and ranges are declared once there.
+GatewayConfig = GatewaySettings
 
 
-@dataclass(frozen=True)
-class GatewayConfig:
-    issuer: str = DEFAULT_ISSUER
-    audience: str = DEFAULT_AUDIENCE
-    max_page_size: int = 500
-    max_batch: int = 500
-    max_export: int = 10_000
-    external_issuers: tuple[dict[str, Any], ...] = field(default_factory=tuple)
-    # category -> limit of distinct subjects per 12 months, for each employer and principal;
-    # empty: the legal thresholds of 28 CFR 202.205.
-    bulk_thresholds: tuple[tuple[str, int], ...] = ()
-    # "registered": only principals in the registry, within their registered attributes
-    # (policy/registry.py); "any": any signed sub (the behaviour before the registry).
-    principals: str = "registered"
-    # "registered": a read under a ticket names an open ticket a ticketing service registered
-    # (POST /tickets), and the rows it may touch are that ticket's subjects
-    # (policy/tickets.py); "caller": the reader's own ticket and ticket_subjects, unchecked
-    # (the behaviour before registered tickets).
-    tickets: str = "registered"
-
-    @staticmethod
-    def from_settings(settings: Settings) -> GatewayConfig:
-        """``[gateway]``, checked by ``bastion.settings``; the category names here, since
-        they are the catalog's vocabulary."""
-        table = settings.gateway
-        known = {c.value for c in SensitiveCategory}
-        for name in table.bulk_thresholds:
-            if name not in known:
-                raise ConfigError(
-                    f"[gateway] bulk_thresholds: unknown category {name!r} "
-                    f"(known: {', '.join(sorted(known))})"
-                )
-        return GatewayConfig(
-            principals=table.principals,
-            tickets=table.tickets,
-            issuer=table.issuer,
-            audience=table.audience,
-            max_page_size=table.max_page_size,
-            max_batch=table.max_batch,
-            max_export=table.max_export,
-            external_issuers=tuple(i.model_dump(exclude_none=True) for i in table.issuers),
-            bulk_thresholds=tuple(sorted(table.bulk_thresholds.items())),
-        )
+def gateway_config(settings: Settings) -> GatewayConfig:
+    """``[gateway]``, checked by ``bastion.settings``, plus what needs the catalog's
+    vocabulary: every ``bulk_thresholds`` key must be a 28 CFR 202 category."""
+    known = {c.value for c in SensitiveCategory}
+    for name in settings.gateway.bulk_thresholds:
+        if name not in known:
+            raise ConfigError(
+                f"[gateway] bulk_thresholds: unknown category {name!r} "
+                f"(known: {', '.join(sorted(known))})"
+            )
+    return settings.gateway
 
 
 def issuers_dir(home: Home) -> Path:
@@ -87,8 +57,12 @@ def issuers_dir(home: Home) -> Path:
 def load_external_issuers(home: Home, config: GatewayConfig) -> list[TrustedIssuer]:
     """The configured external issuers plus those added with ``principals add-issuer``."""
     out = [
-        issuer_from_config(entry, base=home.path, source=f"{home.config_file} [[gateway.issuers]]")
-        for entry in config.external_issuers
+        issuer_from_config(
+            entry.model_dump(exclude_none=True),
+            base=home.path,
+            source=f"{home.config_file} [[gateway.issuers]]",
+        )
+        for entry in config.issuers
     ]
     folder = issuers_dir(home)
     if folder.is_dir():

@@ -17,7 +17,7 @@ from bastion.errors import ConfigError, InputError
 from bastion.extras import require
 from bastion.gateway.auth import TokenIssuer, TokenVerifier, TrustedIssuer
 from bastion.gateway.bulk_commits import BulkCommits
-from bastion.gateway.config import GatewayConfig, load_external_issuers
+from bastion.gateway.config import GatewayConfig, gateway_config, load_external_issuers
 from bastion.gateway.metrics import GatewayMetrics
 from bastion.gateway.transparency import SubjectIndex, migrate_index
 from bastion.home import Home
@@ -56,13 +56,13 @@ def bulk_thresholds(config: GatewayConfig) -> BulkThresholds | None:
     if not config.bulk_thresholds:
         return None
     limits = dict(LEGAL_THRESHOLDS)
-    limits.update({SensitiveCategory(k): v for k, v in config.bulk_thresholds})
+    limits.update({SensitiveCategory(k): v for k, v in config.bulk_thresholds.items()})
     return BulkThresholds(employer=dict(limits), principal=dict(limits))
 
 
 def own_issuer(home: Home, clock: Clock) -> TokenIssuer:
     """The custodian's own token issuer: the keyring's ``issuer`` Ed25519 key."""
-    config = GatewayConfig.from_settings(home.settings)
+    config = gateway_config(home.settings)
     key = load_or_create_signing_key(home.keyring_dir, ISSUER_KEY_NAME)
     return TokenIssuer(key, issuer=config.issuer, audience=config.audience, clock=clock)
 
@@ -191,7 +191,7 @@ class Runtime:
         from bastion.ledger.log import open_log
         from bastion.vault import open_vault
 
-        config = GatewayConfig.from_settings(home.settings)
+        config = gateway_config(home.settings)
         vault = open_vault(home, db, clock)
         lookup = VaultLookup(vault)
         catalog = vault.catalog
