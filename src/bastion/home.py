@@ -37,10 +37,7 @@ __all__ = [
 CONFIG_NAME = "bastion.toml"
 
 ENV_HOME = "BASTION_HOME"
-ENV_DATABASE_URL = "BASTION_DATABASE_URL"
 ENV_FREE_TEXT = "BASTION_FREE_TEXT"
-# BASTION_BOUNDS_<NAME> overrides [bounds] <name>, e.g. BASTION_BOUNDS_STATEMENT_TIMEOUT_S=5.
-ENV_BOUNDS_PREFIX = "BASTION_BOUNDS_"
 
 
 def default_home_path() -> Path:

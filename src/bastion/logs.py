@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -143,8 +144,6 @@ class RedactingTextFormatter(logging.Formatter):
 
 def configure_from_environment(env: dict[str, str] | None = None) -> None:
     """A worker process's logging, as its parent ``bastion serve`` was told (ENV_LOG)."""
-    import os
-
     value = (env if env is not None else dict(os.environ)).get(ENV_LOG)
     if value:
         level, _, fmt = value.partition(":")

@@ -17,7 +17,6 @@ need a part's own vocabulary (a 28 CFR 202 category, an issuer's JWKS) stay in t
 from __future__ import annotations
 
 import difflib
-import json
 from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Literal, get_args, get_origin
 
@@ -65,10 +64,6 @@ class Pkcs11Settings(Section):
     library: Text = "/usr/lib/softhsm/libsofthsm2.so"
     token: Text = "bastion"
     pin: Text = ""
-
-    @property
-    def token_label(self) -> str:
-        return self.token
 
 
 class KeysSettings(Section):
@@ -414,7 +409,3 @@ def _redact_dsn(url: str) -> str:
     if not sep or not at or ":" not in creds:
         return url
     return f"{scheme}://{creds.split(':', 1)[0]}:<redacted>@{host}"
-
-
-def settings_json(settings: Settings) -> str:
-    return json.dumps(settings.model_dump(mode="json"), sort_keys=True)

@@ -31,7 +31,7 @@ def create_key_provider(home: Home, *, clock: Clock | None = None) -> KeyProvide
 
         return Pkcs11Provider.create(
             s.pkcs11.library,
-            s.pkcs11.token_label,
+            s.pkcs11.token,
             s.pkcs11.pin,
             home.keyring_dir,
             **_options(home, clock),
@@ -55,7 +55,7 @@ def open_key_provider(home: Home, *, clock: Clock | None = None) -> KeyProvider:
 
         return Pkcs11Provider(
             s.pkcs11.library,
-            s.pkcs11.token_label,
+            s.pkcs11.token,
             s.pkcs11.pin,
             home.keyring_dir,
             **_options(home, clock),
