@@ -97,6 +97,33 @@ class DataIngest(_Event):
     source_sha256: str | None = None
 
 
+class RecordWrite(BaseModel):
+    """One record a write touched: its key, new version and subject (as a keyed hash)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    record: str
+    version: int
+    subject: str = Field(description="keyed subject ref (hmac-sha256:...), never the id")
+
+
+class DataWrite(_Event):
+    """A write through the gateway: recorded in the same commit as the data, before the
+    write is acknowledged. Names the fields written and commits to their new content with a
+    keyed hash (``content_commitment``); never carries a value."""
+
+    type: Literal["data.write"] = "data.write"
+    request_id: str
+    dataset: str
+    op: Literal["insert", "upsert", "update", "delete"]
+    records: list[RecordWrite]
+    fields: list[str]
+    content_commitment: str = Field(description="hmac-sha256 over the sealed content")
+    policies: list[str] = []
+    policy_sha256: str | None = None
+    idempotency_key_sha256: str | None = None
+
+
 class DeletionReceipt(_Event):
     """A subject's data key and pseudonym mappings were destroyed (crypto-shredding)."""
 
@@ -267,6 +294,7 @@ Event = Annotated[
     AccessDecision
     | Export
     | DataIngest
+    | DataWrite
     | DeletionReceipt
     | KeyRotation
     | PolicyChange

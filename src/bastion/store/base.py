@@ -77,7 +77,36 @@ class Database(ABC):
 
     def render_ddl(self, stmt: str) -> str:
         blob, integer = ("BLOB", "INTEGER") if self.dialect == "sqlite" else ("BYTEA", "BIGINT")
-        return stmt.replace("{blob}", blob).replace("{int}", integer)
+        # An ever-growing key whose order is insertion order: SQLite never reuses a rowid
+        # under AUTOINCREMENT, and a PostgreSQL identity only grows.
+        serial = (
+            "INTEGER PRIMARY KEY AUTOINCREMENT"
+            if self.dialect == "sqlite"
+            else "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
+        )
+        return stmt.replace("{blob}", blob).replace("{int}", integer).replace("{serial}", serial)
+
+    def add_columns(self, component: str, table: str, columns: Sequence[tuple[str, str]]) -> None:
+        """Add each ``(name, type-and-default DDL)`` column that ``table`` lacks.
+
+        ``migrate`` runs only idempotent DDL, and SQLite has no ``ADD COLUMN IF NOT EXISTS``,
+        so the table's columns are read first; the lock keeps two processes from racing."""
+        check_identifiers(table, [name for name, _ in columns])
+        with self.transaction(lock=f"migrate:{component}") as cur:
+            have = set(self._column_names(cur, table))
+            for name, ddl in columns:
+                if name not in have:
+                    cur.execute(self.render_ddl(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}"))
+
+    def _column_names(self, cur: Cursor, table: str) -> list[str]:
+        if self.dialect == "sqlite":
+            return [str(r[1]) for r in cur.execute(f"PRAGMA table_info({table})").fetchall()]
+        rows = cur.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = ?",
+            (table,),
+        ).fetchall()
+        return [str(r[0]) for r in rows]
 
     def copy_rows(
         self, cur: Cursor, table: str, columns: Sequence[str], rows: Sequence[Params]

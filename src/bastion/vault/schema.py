@@ -45,6 +45,41 @@ SCHEMA = [
         sealed {blob} NOT NULL,
         PRIMARY KEY (dataset, record_key))""",
     "CREATE INDEX IF NOT EXISTS vault_records_subject ON vault_records (subject, dataset)",
+    # The change feed: one row per record change, in commit order (every writer holds
+    # VAULT_LOCK while it inserts, so ``seq`` order is commit order). Keys, versions and field
+    # names only: a follower learns *that* a record changed, never to what.
+    """CREATE TABLE IF NOT EXISTS vault_changes (
+        seq {serial},
+        dataset TEXT NOT NULL,
+        record_key TEXT NOT NULL,
+        version {int} NOT NULL,
+        op TEXT NOT NULL,
+        fields TEXT NOT NULL,
+        at TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS vault_changes_dataset ON vault_changes (dataset, seq)",
+    # Keyed hashes (``Vault.subject_hash``) of shredded subjects: a late write for an erased
+    # person is refused (410) instead of quietly bringing them back under a new data key.
+    """CREATE TABLE IF NOT EXISTS vault_erased (
+        subject_hash TEXT PRIMARY KEY,
+        at TEXT NOT NULL)""",
+    # The first answer to each (principal, Idempotency-Key), so a retried write returns it
+    # without writing or logging twice; ``request_sha256`` refuses the key with another body.
+    """CREATE TABLE IF NOT EXISTS vault_idempotency (
+        principal TEXT NOT NULL,
+        idem_key TEXT NOT NULL,
+        request_sha256 TEXT NOT NULL,
+        status {int} NOT NULL,
+        response TEXT NOT NULL,
+        at TEXT NOT NULL,
+        PRIMARY KEY (principal, idem_key))""",
+]
+
+# Columns added to tables that earlier versions created (``Database.add_columns``).
+# ``version`` counts a record's writes (ingest stores version 1); ``stored_at`` is when the
+# record was first stored (retention counts from it; NULL for records stored before it).
+RECORD_COLUMNS_ADDED = [
+    ("version", "{int} NOT NULL DEFAULT 1"),
+    ("stored_at", "TEXT"),
 ]
 
 T = TypeVar("T")

@@ -38,10 +38,18 @@ from bastion.errors import InputError, IntegrityError, KeyUnavailable
 from bastion.events import Actor, DeletionReceipt, KeyRotation
 from bastion.keys.provider import KeyProvider, WrappedKey
 from bastion.store import Cursor, Database, DuplicateKey
+from bastion.vault.changes import erase_changes, record_changes
 from bastion.vault.identity import VaultIdentity, ensure_identity, secret_aad
 from bastion.vault.plan import FieldRef, OpenedValues, RecordedPlan
 from bastion.vault.pseudonyms import Pseudonyms
-from bastion.vault.schema import PG_ANY_CHUNK, SCHEMA, VAULT_LOCK, chunks, select_in
+from bastion.vault.schema import (
+    PG_ANY_CHUNK,
+    RECORD_COLUMNS_ADDED,
+    SCHEMA,
+    VAULT_LOCK,
+    chunks,
+    select_in,
+)
 from bastion.vault.sealing import RECORD_COLUMNS, DatasetLayout, RecordRow, ValidRow
 from bastion.vault.stored import StoredRecords
 from bastion.vault.subject_keys import FieldKey, SubjectKeys
@@ -136,6 +144,7 @@ class Vault:
     @staticmethod
     def create_schema(db: Database) -> None:
         db.migrate("vault", SCHEMA)
+        db.add_columns("vault", "vault_records", RECORD_COLUMNS_ADDED)
 
     def ensure_identity(self) -> None:
         with self.db.transaction(lock=VAULT_LOCK) as cur:
@@ -276,6 +285,8 @@ class Vault:
         if needed:
             loaded = self._keys.load(cur, needed)
             fresh = [t for t in needed if t not in loaded]
+            if fresh:
+                self._refuse_erased(cur, layout, batch, subjects, set(fresh), tokens)
             state.created_secrets.extend(fresh)
             state.keys.update(loaded)
             # A new subject's row starts with this batch's count; later batches add to it.
@@ -284,6 +295,39 @@ class Vault:
             state.new_subjects += len(fresh)
         state.counts.update(counts)
         return subject_tokens
+
+    def _refuse_erased(
+        self,
+        cur: Cursor,
+        layout: DatasetLayout,
+        batch: ValidBatch,
+        subjects: Sequence[str],
+        fresh: set[str],
+        tokens: Mapping[str, str],
+    ) -> None:
+        """A subject without a data key may have been shredded: storing their data again
+        would bring an erased person back, so the first such row is refused."""
+        candidates = {s: self.identity.subject_hash(s) for s in subjects if tokens[s] in fresh}
+        erased = {
+            str(h)
+            for (h,) in select_in(
+                cur,
+                self.db.dialect,
+                "SELECT subject_hash FROM vault_erased WHERE {in}",
+                "subject_hash",
+                list(set(candidates.values())),
+            )
+        }
+        if not erased:
+            return
+        for number, subject in zip(batch.numbers, subjects, strict=True):
+            if candidates.get(subject) in erased:
+                raise InputError(
+                    "this subject was erased; their data cannot be stored again",
+                    row=number,
+                    dataset=layout.spec.name,
+                    field=layout.spec.subject_key,
+                )
 
     def _add_record_counts(self, cur: Cursor, counts: Mapping[str, int]) -> None:
         if not counts:
@@ -530,6 +574,13 @@ class Vault:
             # The irreversible step first: if anything after it fails, the values are already
             # gone and shredding again finishes the bookkeeping.
             self.provider.erasure.destroy(token)
+            at = iso(self.clock.now())
+            erase_changes(cur, token, at)
+            cur.execute(
+                "INSERT INTO vault_erased (subject_hash, at) VALUES (?, ?) "
+                "ON CONFLICT (subject_hash) DO NOTHING",
+                (subject_hash, at),
+            )
             cur.execute("DELETE FROM vault_subjects WHERE token = ?", (token,))
             removed = cur.execute("DELETE FROM vault_pseudonyms WHERE owner = ?", (token,)).rowcount
         return DeletionReceipt(
@@ -716,6 +767,8 @@ class _RecordWriter:
         self._layout = layout
         self._source = source
         self._held: tuple[ValidBatch, list[RecordRow]] | None = None
+        self._at = iso(vault.clock.now())
+        self._fields = json.dumps(sorted(layout.spec.field_names))
         self._failed = False
         self._running: tuple[ValidBatch, list[RecordRow], Future[None]] | None = None
         self._pool = (
@@ -741,7 +794,10 @@ class _RecordWriter:
                 self._pool.shutdown(wait=True)
 
     def _store(self, records: list[RecordRow]) -> None:
-        self._vault.db.copy_rows(self._cur, "vault_records", RECORD_COLUMNS, records)
+        db, at = self._vault.db, self._at
+        db.copy_rows(self._cur, "vault_records", _STORED_COLUMNS, [(*r, at) for r in records])
+        fields = self._fields
+        record_changes(db, self._cur, [(r[0], r[1], 1, "insert", fields, at) for r in records])
 
     def hold(self, batch: ValidBatch, records: list[RecordRow]) -> None:
         """Keep a sealed batch until :meth:`start` (after the next batch's key lookups)."""
@@ -787,6 +843,7 @@ class _RecordWriter:
 
 
 T = TypeVar("T")
+_STORED_COLUMNS = (*RECORD_COLUMNS, "stored_at")
 
 
 def _stored_rows(
