@@ -261,6 +261,50 @@ class AnalyticsBudgetChange(_Event):
     previous_epsilon_spent: float | None = None
 
 
+class SubjectErasure(_Event):
+    """A data subject's erasure request (GDPR art. 17), step by step: opened, or refused.
+
+    Its execution is the ``deletion.receipt`` that follows (its reason names the request id).
+    The subject appears only as the vault's keyed ``subject_hash``, as in that receipt."""
+
+    type: Literal["subject.erasure"] = "subject.erasure"
+    request_id: str = Field(description="the erasure request's id (random hex)")
+    subject_hash: str = Field(description="keyed hash of the subject id, never the id")
+    step: Literal["requested", "refused"]
+    due_at: str | None = None
+    # True when a legal hold was in place when the request was opened: it waits for release.
+    held: bool | None = None
+    policies: list[str] = []
+    denied_reason: str | None = None
+
+
+class LegalHoldChange(_Event):
+    """A legal hold placed on a subject (it delays erasure), released, listed, or an attempt
+    refused. ``reason`` is the typed reason as the public log carries it (a commitment by
+    default); the subject appears only as its keyed ``subject_hash``."""
+
+    type: Literal["legal.hold"] = "legal.hold"
+    step: Literal["placed", "released", "listed", "refused"]
+    hold_id: str | None = None
+    subject_hash: str | None = None
+    holds: int | None = Field(default=None, description="how many holds a listing returned")
+    policies: list[str] = []
+    denied_reason: str | None = None
+
+
+class RetentionSweep(_Event):
+    """Records deleted because their dataset's retention period passed: counts and keyed
+    refs of the records and their subjects, never a value nor a raw key."""
+
+    type: Literal["retention.sweep"] = "retention.sweep"
+    dataset: str
+    retention_days: int
+    cutoff: str = Field(description="records stored before this RFC 3339 time were deleted")
+    records: int
+    record_refs: list[str]
+    subject_refs: list[str]
+
+
 class OperatorNote(_Event):
     """An out-of-band statement, e.g. a data centre's wipe certificate."""
 
@@ -296,6 +340,9 @@ Event = Annotated[
     | DataIngest
     | DataWrite
     | DeletionReceipt
+    | SubjectErasure
+    | LegalHoldChange
+    | RetentionSweep
     | KeyRotation
     | PolicyChange
     | Approval
