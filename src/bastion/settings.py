@@ -197,6 +197,21 @@ class CleanRoomSettings(Section):
     response_quantum_s: Annotated[float, Strict(), Field(ge=0)] = 0.0
     # Where the clean room's snapshot lives; empty: <home>/cleanroom.
     data_dir: Text | None = None
+    # How often `bastion serve` refreshes the snapshot from the vault's change feed (0: never;
+    # then `bastion cleanroom snapshot` must run, e.g. from cron).
+    snapshot_refresh_seconds: Annotated[float, Strict(), Field(ge=0, le=86_400)] = 30.0
+    # The clean room refuses to answer from a snapshot whose change-feed read is older than
+    # this: a shred or a record delete stops counting at most this long after it committed.
+    max_snapshot_age_seconds: Annotated[float, Strict(), Field(gt=0, le=7 * 86_400)] = 300.0
+
+    @model_validator(mode="after")
+    def _refresh_within_age(self) -> CleanRoomSettings:
+        if self.snapshot_refresh_seconds >= self.max_snapshot_age_seconds:
+            raise ValueError(
+                "snapshot_refresh_seconds must be below max_snapshot_age_seconds, or every "
+                "snapshot would be refused as stale before the next refresh"
+            )
+        return self
 
 
 class Settings(Section):

@@ -334,6 +334,26 @@ class AuthFailure(_Event):
     failure: str
 
 
+class CleanroomSnapshot(_Event):
+    """The clean room's snapshot of a dataset was built or refreshed from the vault.
+
+    Recorded before the vault opens anything for it: the entry is the capability
+    (``vault.snapshot.SnapshotGrant``) that lets the vault open exactly ``fields`` of
+    ``dataset`` for the records the change feed wrote in ``(after_seq, through_seq]``, at most
+    ``records`` of them, once. Counts, names and change-feed positions only: never a value,
+    a record key or a subject id."""
+
+    type: Literal["cleanroom.snapshot"] = "cleanroom.snapshot"
+    snapshot_id: str = Field(description="random hex id of this build")
+    dataset: str
+    fields: list[str]
+    mode: Literal["full", "incremental"]
+    after_seq: int = Field(ge=0)
+    through_seq: int = Field(ge=0)
+    records: int = Field(ge=0, description="most records the range lets the vault open")
+    removed: int = Field(default=0, ge=0, description="records the refresh dropped")
+
+
 Event = Annotated[
     AccessDecision
     | Export
@@ -350,6 +370,7 @@ Event = Annotated[
     | ReleaseApproval
     | AnalyticsQuery
     | AnalyticsBudgetChange
+    | CleanroomSnapshot
     | OperatorNote
     | AuthFailure
     | RequestRejected,
