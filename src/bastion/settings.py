@@ -214,6 +214,27 @@ class CleanRoomSettings(Section):
         return self
 
 
+class SubjectsSettings(Section):
+    """Data-subject rights (docs/SUBJECTS.md)."""
+
+    # Seconds between an erasure request and its execution (0: at once). A request may be
+    # withdrawn in between; a legal hold delays it further, until released.
+    erasure_cooling_off_seconds: Annotated[int, Strict(), Field(ge=0, le=400 * 86400)] = 0
+    # How often `bastion serve` executes the erasures that are due (0: never there; run
+    # `bastion subjects process-erasures` instead).
+    executor_interval_s: Annotated[float, Strict(), Field(ge=0)] = 10.0
+
+
+class RetentionSettings(Section):
+    """The retention sweeper (docs/SUBJECTS.md, "Retention")."""
+
+    # How often `bastion serve` deletes records past their dataset's retention (0: never
+    # there; run `bastion vault sweep` instead).
+    sweep_interval_s: Annotated[float, Strict(), Field(ge=0)] = 3600.0
+    # Records deleted per transaction (each batch holds the vault lock, with its ledger entry).
+    batch_size: Annotated[int, Strict(), Field(ge=1, le=5000)] = 500
+
+
 class Settings(Section):
     """The whole of bastion.toml, every section optional."""
 
@@ -225,6 +246,8 @@ class Settings(Section):
     approvals: ApprovalSettings = Field(default_factory=ApprovalSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
     cleanroom: CleanRoomSettings = Field(default_factory=CleanRoomSettings)
+    subjects: SubjectsSettings = Field(default_factory=SubjectsSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     # Where each setting in force came from: "<section>.<key>" -> "file" (the home's
     # bastion.toml) or "env <NAME>"; a key that is absent took its default.
     sources: dict[str, str] = Field(default_factory=dict, exclude=True)

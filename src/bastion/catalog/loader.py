@@ -54,8 +54,11 @@ _KEYS_OF = {
         "fields",
         "public_dimensions",
         "private_keys",
+        "retention_days",
     ),
 }
+# The longest retention period a dataset may declare (100 years): a bound, not a policy.
+MAX_RETENTION_DAYS = 36_500
 
 
 class _DuplicateKeyLoader(yaml.SafeLoader):
@@ -256,6 +259,17 @@ def _dataset_from(obj: Any, file: str, name: Any) -> DatasetSpec:
     description = obj.get("description", "")
     if not isinstance(description, str):
         raise _fail("'description' must be text", file, name)
+    retention = obj.get("retention_days")
+    if retention is not None and (
+        isinstance(retention, bool)
+        or not isinstance(retention, int)
+        or not 1 <= retention <= MAX_RETENTION_DAYS
+    ):
+        raise _fail(
+            f"'retention_days' must be a whole number of days, 1 to {MAX_RETENTION_DAYS}",
+            file,
+            name,
+        )
     return DatasetSpec(
         name=name,
         record_id=obj["record_id"],
@@ -264,6 +278,7 @@ def _dataset_from(obj: Any, file: str, name: Any) -> DatasetSpec:
         description=description,
         public_dimensions=dims,
         private_keys=keys,
+        retention_days=retention,
     )
 
 

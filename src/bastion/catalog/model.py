@@ -120,6 +120,9 @@ class DatasetSpec:
     public_dimensions: tuple[str, ...] = ()
     # Fields the clean room may group by only through DP partition selection.
     private_keys: tuple[str, ...] = ()
+    # Records are deleted this many days after they were first stored (None: kept until
+    # deleted or their subject is erased). The vault's retention sweeper enforces it.
+    retention_days: int | None = None
     _by_name: dict[str, FieldSpec] = dataclasses.field(
         default_factory=dict, repr=False, compare=False
     )
