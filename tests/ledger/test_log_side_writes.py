@@ -92,6 +92,23 @@ def test_a_raising_side_write_leaves_no_entry_and_no_row(side_log: Log, db: Data
     assert side_log.verify_storage().entries_checked == 2
 
 
+def test_side_write_commits_fill_and_compact_tiles_and_bundles(
+    side_log: Log, db: Database
+) -> None:
+    """Commits with side writes write every kind of row (a partial bundle's chunks, a bundle
+    filled through more chunks than a bundle keeps, so rewritten whole, full tiles): what
+    they stored is the log, entry for entry and hash for hash."""
+    entries = [f"e{i}".encode() for i in range(600)]
+    sizes = [7] * 40 + [320]  # 280 entries in 40 small commits, then one of 320
+    start = 0
+    for n, size in enumerate(sizes):
+        side_log.append_entries(entries[start : start + size], side_write=insert(f"r{n:02d}"))
+        start += size
+    assert len(rows(db)) == len(sizes)
+    assert [e for _, e in side_log.entries(0, 600)] == entries
+    assert side_log.verify_storage().entries_checked == 600
+
+
 def test_async_side_writes_behave_the_same(side_log: Log, db: Database) -> None:
     async def main() -> None:
         (ok,) = await side_log.append_entries_async([b"ok"], side_write=insert("ok"))

@@ -396,19 +396,71 @@ class PgAppender:
 # --- the driver -------------------------------------------------------------------------------
 
 
-class _SqlTransaction:
-    """`LogTransaction` over one database transaction that holds the sequencer's lock."""
+# `_PG_APPEND` inside an open transaction (the store's cursor takes ``?`` placeholders): one
+# round trip for the compare-and-swap and every write of a commit that also runs side writes.
+_PG_APPEND_IN_TRANSACTION = """
+WITH cas AS (
+    UPDATE ledger_state SET tree_size = ?
+    WHERE id = 1 AND tree_size = ?
+    RETURNING 1
+), tiles AS (
+    INSERT INTO ledger_tiles (tile_level, tile_index, hashes)
+    SELECT * FROM unnest(?::bigint[], ?::bigint[], ?::bytea[])
+    WHERE EXISTS (SELECT FROM cas)
+    ON CONFLICT (tile_level, tile_index) DO UPDATE SET hashes = excluded.hashes
+), bundles AS (
+    INSERT INTO ledger_bundles (bundle_index, width, entries)
+    SELECT * FROM unnest(?::bigint[], ?::bigint[], ?::bytea[])
+    WHERE EXISTS (SELECT FROM cas)
+    ON CONFLICT (bundle_index) DO UPDATE SET width = excluded.width, entries = excluded.entries
+), replaced AS (
+    DELETE FROM ledger_bundle_chunks
+    WHERE bundle_index = ANY(?::bigint[]) AND EXISTS (SELECT FROM cas)
+), chunk AS (
+    INSERT INTO ledger_bundle_chunks (bundle_index, first_entry, entry_count, entries)
+    SELECT * FROM unnest(?::bigint[], ?::bigint[], ?::bigint[], ?::bytea[])
+    WHERE EXISTS (SELECT FROM cas)
+)
+SELECT count(*) FROM cas
+"""
 
-    def __init__(self, cur: Cursor, for_update: bool) -> None:
+
+def _pg_append_params(old: int, new: int, writes: Writes) -> tuple[object, ...]:
+    tiles, bundles, chunks = writes.tiles, writes.bundles, writes.chunks
+    return (
+        new,
+        old,
+        [t[0] for t in tiles],
+        [t[1] for t in tiles],
+        [t[2] for t in tiles],
+        [b[0] for b in bundles],
+        [b[1] for b in bundles],
+        [b[2] for b in bundles],
+        list(writes.compacted),
+        [c[0] for c in chunks],
+        [c[1] for c in chunks],
+        [c[2] for c in chunks],
+        [c[3] for c in chunks],
+    )
+
+
+class _SqlTransaction:
+    """`LogTransaction` over one database transaction that excludes every other writer of
+    the log: SQLite's write lock (``BEGIN IMMEDIATE``), or on PostgreSQL the state row's lock
+    (``FOR UPDATE``), taken as the transaction's first statement."""
+
+    def __init__(self, cur: Cursor, postgres: bool) -> None:
         self._cur = cur
-        self._for_update = for_update
+        self._postgres = postgres
+        # Locked and read at once, before anything else of the transaction can run.
+        self._size = read_tree_size(cur, for_update=True) if postgres else None
 
     @property
     def cursor(self) -> Cursor:
         return self._cur
 
     def tree_size(self) -> int:
-        return read_tree_size(self._cur, for_update=self._for_update)
+        return read_tree_size(self._cur) if self._size is None else self._size
 
     def read_tile(self, level: int, index: int, width: int) -> bytes | None:
         data = read_tile(self._cur, level, index)
@@ -419,6 +471,13 @@ class _SqlTransaction:
         return None if parts is None or parts.width != width else parts
 
     def write(self, old: int, new: int, writes: Writes) -> None:
+        if self._postgres:  # one round trip instead of one per table
+            row = self._cur.execute(
+                _PG_APPEND_IN_TRANSACTION, _pg_append_params(old, new, writes)
+            ).fetchone()
+            if row is None or int(row[0]) != 1:
+                raise IntegrityError(f"tree size moved under the sequencer (expected {old})")
+            return
         advance_tree_size(self._cur, old, new)
         _write(self._cur, writes)
 
@@ -431,8 +490,9 @@ def _write(cur: Cursor, writes: Writes) -> None:
 class SqlLogStorage:
     """`LogStorage` in the tables above, on the shared database (SQLite or PostgreSQL).
 
-    Commits hold the ``ledger:sequencer`` lock and compare-and-swap the state row, so several
-    processes on one database cannot fork the log. On PostgreSQL a commit with a cached right
+    Commits hold the log's lock (SQLite: ``ledger:sequencer``, the file's write lock;
+    PostgreSQL: the state row's) and compare-and-swap the state row, so several processes on
+    one database cannot fork the log. On PostgreSQL a commit with a cached right
     edge is one autocommitted statement on the driver's own connection (`PgAppender`)."""
 
     side_writes_in_commit = True
@@ -470,8 +530,16 @@ class SqlLogStorage:
 
     @contextmanager
     def exclusive(self) -> Iterator[_SqlTransaction]:
+        if self._postgres:
+            # The state row's lock (``FOR UPDATE``, the transaction's first statement, see
+            # `_SqlTransaction`) is what excludes the other writers, as the fast path's
+            # compare-and-swap takes it too; an advisory lock before it would be one more
+            # round trip per commit.
+            with self.db.transaction() as cur:
+                yield _SqlTransaction(cur, postgres=True)
+            return
         with self.db.transaction(lock=SEQUENCER_LOCK) as cur:
-            yield _SqlTransaction(cur, for_update=self._postgres)
+            yield _SqlTransaction(cur, postgres=False)
 
     def tree_size(self) -> int:
         with self.db.transaction() as cur:
