@@ -20,7 +20,7 @@ ALLOWED: dict[str, set[str]] = {
     "ledger": {"store", "keys"},
     "policy": {"catalog", "store", "keys", "ledger.api"},
     "releases": {"keys", "store", "ledger"},
-    "cleanroom": {"catalog", "store", "ledger.api", "synth"},
+    "cleanroom": {"catalog", "store", "ledger.api", "synth", "vault"},
     "gateway": {"catalog", "keys", "store", "vault", "ledger", "policy", "cleanroom", "synth"},
 }
 

@@ -65,6 +65,10 @@ def _collect(plan: QueryPlan, agg_rows: list[Any], hist_rows: list[Any]) -> Boun
 
 
 def events_path(data_dir: Path) -> Path:
+    """The Parquet file an engine reads: ``data_dir`` itself if it is a file (a snapshot's,
+    from ``snapshot_engine``), else its ``events.parquet`` (tests, benchmarks)."""
+    if data_dir.is_file():
+        return data_dir
     path = data_dir / "events.parquet"
     if not path.is_file():
         raise ConfigError(f"no events.parquet in the clean room's data directory {data_dir}")
@@ -123,8 +127,17 @@ class DuckDBEngine:
         self.path = events_path(data_dir)
         self._con = duckdb.connect(config={"threads": threads or os.cpu_count() or 1})
         self._lock = threading.Lock()
-        literal = str(self.path).replace("'", "''")
-        self._con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet('{literal}')")
+        self.repoint(self.path)
+
+    def repoint(self, path: Path) -> None:
+        """Read ``path`` from now on (a new snapshot). A query already running keeps the file
+        it opened, which the snapshot builder keeps for one more refresh."""
+        literal = str(path).replace("'", "''")
+        with self._lock:
+            self._con.execute(
+                f"CREATE OR REPLACE VIEW events AS SELECT * FROM read_parquet('{literal}')"
+            )
+            self.path = path
 
     def _run(self, sql: str) -> list[Any]:
         with self._lock:
@@ -169,7 +182,12 @@ class SparkEngine:
             )
             session.sparkContext.setLogLevel("ERROR")
         self.spark = session
-        self.spark.read.parquet(str(self.path)).createOrReplaceTempView("events")
+        self.repoint(self.path)
+
+    def repoint(self, path: Path) -> None:
+        """Read ``path`` from now on (a new snapshot)."""
+        self.spark.read.parquet(str(path)).createOrReplaceTempView("events")
+        self.path = path
 
     def aggregate(self, plan: QueryPlan, salt: str) -> BoundedAggregate:
         sql = build_sql(plan, "spark", salt)

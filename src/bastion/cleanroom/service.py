@@ -36,7 +36,7 @@ from bastion.cleanroom.budget import (
     check_scope,
 )
 from bastion.cleanroom.config import CleanRoomConfig
-from bastion.cleanroom.engines import Engine, LazyEngine
+from bastion.cleanroom.engines import Engine
 from bastion.cleanroom.release import Release, ResultRow, release
 from bastion.cleanroom.templates import QueryPlan, QueryRequest, compile_plan, parse_request
 from bastion.clock import Clock, iso
@@ -296,16 +296,35 @@ class CleanRoom:
 
 
 def open_cleanroom(
-    home: Home, db: Database, ledger: LedgerWriter, clock: Clock, *, engine: str = "duckdb"
+    home: Home,
+    db: Database,
+    ledger: LedgerWriter,
+    clock: Clock,
+    *,
+    engine: str = "duckdb",
+    data_dir: Path | None = None,
+    catalog: Catalog | None = None,
 ) -> CleanRoom:
-    """The clean room of a home: ``[cleanroom]`` settings, its data directory, a lazy engine.
+    """The clean room of a home: ``[cleanroom]`` settings, and an engine over the snapshot
+    Bastion built from the vault in its data directory (``snapshot.py``), which refuses a
+    missing or stale one.
 
     For the gateway: ``open_cleanroom(home, db, log, clock).run_query(body, analyst=principal.id,
     organization=principal.org)``.
     """
+    from bastion.cleanroom.snapshot_engine import SnapshotEngine
+
     config = CleanRoomConfig.from_settings(home.settings)
-    data_dir = default_data_dir(home.path, home.settings)
-    return CleanRoom(db, ledger, clock, LazyEngine(engine, data_dir), config=config)
+    where = data_dir or default_data_dir(home.path, home.settings)
+    max_age = home.settings.cleanroom.max_snapshot_age_seconds
+    return CleanRoom(
+        db,
+        ledger,
+        clock,
+        SnapshotEngine(engine, where, clock, max_age_s=max_age),
+        catalog=catalog,
+        config=config,
+    )
 
 
 def default_data_dir(home_path: Path, settings: Settings) -> Path:

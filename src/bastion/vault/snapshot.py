@@ -1,0 +1,269 @@
+"""The clean room's way in: one dataset's fields, for one recorded stretch of the change feed.
+
+A clean-room snapshot holds millions of records, far more than an ``access.decision`` can
+list value by value in one 64 KiB ledger entry, so it does not go through ``Vault.open``.
+It has a capability of its own, as narrow:
+
+* The clean room first appends a ``cleanroom.snapshot`` event naming the dataset, the fields,
+  a change-feed range ``(after_seq, through_seq]`` and how many records that range may
+  yield. :meth:`SnapshotGrant.bind` turns that entry and its receipt into a grant, after
+  re-hashing the entry against the receipt's leaf hash and checking that it records exactly
+  the dataset and fields asked for.
+* :func:`open_snapshot` opens, for a grant, only what the entry names: the listed fields of
+  the listed dataset, of the records that an ``insert`` or ``update`` inside the range left
+  as they are now (a record written again after the range is left for the next range; one
+  deleted, or whose subject was shredded, opens nothing). The vault finds those records in
+  its own change feed: the caller names no record, so it cannot add one.
+* A protected field is never opened this way (only interoperable and public ones, which may
+  travel pseudonymized), a range may not reach past the feed's end, more records than the
+  entry counts stop the read, and each entry opens once: its leaf hash is stored, in the
+  database, the first time it is used.
+
+The same caveat as ``RecordedPlan``: code in this process could fabricate an entry and a
+receipt; the guarantee against that is the log, in which every snapshot's entry must appear.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import orjson
+
+from bastion.catalog import Classification, Value
+from bastion.clock import iso
+from bastion.errors import InputError, IntegrityError
+from bastion.events import CleanroomSnapshot, decode_event
+from bastion.ledger.api import Receipt
+from bastion.vault.changes import last_seq
+from bastion.vault.plan import FieldRef, leaf_hash
+from bastion.vault.sealing import DatasetLayout
+
+if TYPE_CHECKING:
+    from bastion.vault.vault import Vault
+
+SNAPSHOT_SCHEMA = [
+    # The ledger entries (by leaf hash) that already opened a snapshot: each opens once.
+    """CREATE TABLE IF NOT EXISTS vault_snapshot_grants (
+        leaf_hash TEXT PRIMARY KEY,
+        ledger_index {int} NOT NULL,
+        dataset TEXT NOT NULL,
+        at TEXT NOT NULL)""",
+]
+DEFAULT_PAGE = 20_000
+MAX_PAGE = 100_000
+
+_GRANTED = object()
+
+
+class SnapshotGrant:
+    """A ``cleanroom.snapshot`` entry, checked against its receipt. Made only by :meth:`bind`;
+    immutable, and it cannot be copied into a changed one."""
+
+    __slots__ = ("event", "receipt")
+    event: CleanroomSnapshot
+    receipt: Receipt
+
+    def __init__(
+        self, event: CleanroomSnapshot, receipt: Receipt, *, _granted: object = None
+    ) -> None:
+        if _granted is not _GRANTED:
+            raise TypeError(
+                "a SnapshotGrant is made only by SnapshotGrant.bind, which checks its ledger entry"
+            )
+        object.__setattr__(self, "event", event)
+        object.__setattr__(self, "receipt", receipt)
+
+    def __setattr__(self, name: str, value: object) -> NoReturn:
+        raise AttributeError("a SnapshotGrant is immutable")
+
+    def __delattr__(self, name: str) -> NoReturn:
+        raise AttributeError("a SnapshotGrant is immutable")
+
+    def __reduce_ex__(self, protocol: Any) -> NoReturn:
+        raise TypeError("a SnapshotGrant cannot be pickled or copied; record a new snapshot")
+
+    def __copy__(self) -> SnapshotGrant:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> SnapshotGrant:
+        return self
+
+    def __repr__(self) -> str:
+        e = self.event
+        return (
+            f"SnapshotGrant({e.dataset!r}, {len(e.fields)} fields, changes "
+            f"({e.after_seq}, {e.through_seq}], entry {self.receipt.index})"
+        )
+
+    @classmethod
+    def bind(
+        cls, receipt: Receipt, entry: bytes, *, dataset: str, fields: Sequence[str]
+    ) -> SnapshotGrant:
+        """The grant of one recorded ``cleanroom.snapshot`` entry, for exactly ``dataset`` and
+        ``fields`` (the entry must name the same ones, no more and no fewer)."""
+        if not isinstance(receipt, Receipt):
+            raise TypeError("SnapshotGrant needs a ledger Receipt")
+        if (
+            not isinstance(receipt.index, int)
+            or receipt.index < 0
+            or not isinstance(receipt.leaf_hash, bytes)
+            or len(receipt.leaf_hash) != 32
+        ):
+            raise InputError("a snapshot grant needs a real ledger index and leaf hash")
+        if not isinstance(entry, bytes) or leaf_hash(entry) != receipt.leaf_hash:
+            raise IntegrityError("the ledger entry does not match the receipt's leaf hash")
+        try:
+            event = decode_event(entry)
+        except ValueError:
+            raise IntegrityError("the recorded ledger entry is not a Bastion event") from None
+        if not isinstance(event, CleanroomSnapshot):
+            raise InputError("the recorded entry is not a cleanroom.snapshot event")
+        if event.dataset != dataset:
+            raise InputError("the snapshot's ledger entry records another dataset", dataset=dataset)
+        asked, recorded = set(fields), set(event.fields)
+        if len(asked) != len(fields) or len(recorded) != len(event.fields):
+            raise InputError("a snapshot names each field once", dataset=dataset)
+        for name in sorted(asked ^ recorded):
+            raise InputError(
+                "the snapshot's ledger entry does not record exactly these fields",
+                dataset=dataset,
+                field=name,
+            )
+        if event.through_seq < event.after_seq:
+            raise InputError("a snapshot's change-feed range runs backwards", dataset=dataset)
+        return cls(event, receipt, _granted=_GRANTED)
+
+
+@dataclass(frozen=True)
+class SnapshotBatch:
+    """Opened rows of one page: record keys and, per granted field, its values in order
+    (sealed fields typed, clear ones as their JSON holds them)."""
+
+    record_keys: list[str]
+    columns: dict[str, list[Value]]
+
+    def __len__(self) -> int:
+        return len(self.record_keys)
+
+
+def count_writes(vault: Vault, dataset: str, after: int, through: int) -> int:
+    """How many inserts and updates of ``dataset`` the feed holds in ``(after, through]``: the
+    most records a snapshot of that range can open (what its entry records beforehand)."""
+    vault.catalog.dataset(dataset)
+    row = vault.db.query(
+        "SELECT COUNT(*) FROM vault_changes WHERE dataset = ? AND seq > ? AND seq <= ? "
+        "AND op IN ('insert', 'update')",
+        (dataset, after, through),
+    )
+    return int(row[0][0]) if row else 0
+
+
+def open_snapshot(
+    vault: Vault, grant: SnapshotGrant, *, page: int = DEFAULT_PAGE
+) -> Iterator[SnapshotBatch]:
+    """Open what ``grant``'s entry names, a page at a time (see the module docstring).
+
+    Everything is checked, and the entry marked used, before the first value is opened; a
+    page is read in one short transaction, so no statement runs long on a large dataset.
+    """
+    if not isinstance(grant, SnapshotGrant):
+        raise TypeError("open_snapshot takes a SnapshotGrant (a recorded cleanroom.snapshot)")
+    if not 0 < page <= MAX_PAGE:
+        raise ValueError(f"page must be between 1 and {MAX_PAGE}")
+    event = grant.event
+    spec = vault.catalog.dataset(event.dataset)
+    for name in event.fields:
+        f = spec.field(name)  # an unknown field fails before anything is read
+        if f.classification is Classification.PROTECTED:
+            raise InputError(
+                "a snapshot never opens a protected field", dataset=spec.name, field=name
+            )
+    if event.through_seq > last_seq(vault.db):
+        raise InputError("the snapshot's range reaches past the change feed", dataset=spec.name)
+    vault.db.migrate("vault_snapshots", SNAPSHOT_SCHEMA)
+    with vault.db.transaction() as cur:
+        claimed = cur.execute(
+            "INSERT INTO vault_snapshot_grants (leaf_hash, ledger_index, dataset, at) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (leaf_hash) DO NOTHING",
+            (grant.receipt.leaf_hash.hex(), grant.receipt.index, spec.name, iso(vault.clock.now())),
+        ).rowcount
+    if claimed != 1:
+        raise InputError(
+            "this snapshot's ledger entry was already used; record a new one", dataset=spec.name
+        )
+    return _pages(vault, grant, page)
+
+
+def _pages(vault: Vault, grant: SnapshotGrant, page: int) -> Iterator[SnapshotBatch]:
+    event = grant.event
+    spec = vault.catalog.dataset(event.dataset)
+    layout = DatasetLayout.of(spec)
+    # A pseudonymized field is sealed too (the raw id, for a release in clear), but a
+    # snapshot takes its token from the clear column: it never opens a raw identifier.
+    sealed = [
+        f.name
+        for f in layout.sealed
+        if f.name in event.fields and not spec.field(f.name).pseudonymize
+    ]
+    clear = [spec.field(name) for name in event.fields if name not in sealed]
+    db = vault.db
+    # A record deleted and written again inside the range may match two of its changes (same
+    # key, same version); only such keys are remembered, to give each record once.
+    deleted = {
+        str(key)
+        for (key,) in db.query(
+            "SELECT DISTINCT record_key FROM vault_changes WHERE dataset = ? AND seq > ? "
+            "AND seq <= ? AND op = 'delete'",
+            (spec.name, event.after_seq, event.through_seq),
+        )
+    }
+    seen: set[str] = set()
+    cursor, opened = event.after_seq, 0
+    while True:
+        with db.transaction() as cur:
+            rows = cur.execute(
+                "SELECT c.seq, r.record_key, r.subject, r.clear, r.sealed FROM vault_changes c "
+                "JOIN vault_records r ON r.dataset = c.dataset AND r.record_key = c.record_key "
+                "AND r.version = c.version "
+                "WHERE c.dataset = ? AND c.seq > ? AND c.seq <= ? "
+                "AND c.op IN ('insert', 'update') ORDER BY c.seq LIMIT ?",
+                (spec.name, cursor, event.through_seq, page),
+            ).fetchall()
+            if not rows:
+                return
+            cursor = int(rows[-1][0])
+            keys = vault._keys.load(cur, list({str(r[2]) for r in rows}))
+        live: dict[str, tuple[str, str | None, bytes]] = {}
+        clears: list[str] = []
+        for _, key, subject, clear_text, blob in rows:
+            key = str(key)
+            if str(subject) not in keys:
+                continue  # shredded: its values cannot be opened, and must not count
+            if key in deleted:
+                if key in seen:
+                    continue
+                seen.add(key)
+            if key in live:
+                continue
+            live[key] = (str(subject), None, bytes(blob))
+            clears.append(str(clear_text))
+        opened += len(live)
+        if opened > event.records:
+            raise IntegrityError(
+                "the change feed yields more records than the snapshot's entry recorded"
+            )
+        if not live:
+            continue
+        grouped = {key: [FieldRef(key, name) for name in sealed] for key in live}
+        values = layout.open_items(grouped, live, keys) if sealed else {}
+        columns: dict[str, list[Value]] = {}
+        for name in sealed:
+            columns[name] = [values[FieldRef(key, name)] for key in live]
+        parsed = list(map(orjson.loads, clears))
+        for f in clear:
+            # Public values and pseudonym tokens as the clear column stores them (JSON: a
+            # date is its ISO text); the caller types them by the catalog.
+            columns[f.name] = [row.get(f.name) for row in parsed]
+        yield SnapshotBatch(list(live), {name: columns[name] for name in event.fields})
