@@ -120,3 +120,28 @@ def test_a_release_that_waits_too_long_is_refused_and_never_submitted() -> None:
     ledger.go.set()
     first.join(10)
     assert ledger.submissions == [[b"a"]] and bulk._queues == {}
+
+
+def test_many_concurrent_releases_each_get_their_own_receipts() -> None:
+    """Dozens of a principal's releases at once, in several rounds: every one is submitted
+    exactly once and gets the receipts of its own entries, whoever led its group."""
+    ledger = FakeLedger(limit=10_000)
+    ledger.go.set()
+    bulk = BulkCommits(ledger.append, wait_s=10)
+    out: dict[str, Any] = {}
+
+    def release(worker: int) -> None:
+        for round_ in range(20):
+            name = f"w{worker}-{round_}"
+            out[name] = bulk.append(KEY, [name.encode()], {GEO: [name]}, ledger.reserve)
+
+    threads = [threading.Thread(target=release, args=(w,)) for w in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    entries = [e for submission in ledger.submissions for e in submission]
+    assert sorted(entries) == sorted(n.encode() for n in out)  # each once
+    assert len(out) == 24 * 20 and bulk._queues == {}
+    for name, (receipt,) in out.items():
+        assert entries[receipt.index] == name.encode()

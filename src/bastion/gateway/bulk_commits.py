@@ -13,12 +13,15 @@ releases that cross it are refused.
 
 A release waits at most ``wait_s`` for its turn (then LedgerUnavailable: nothing released;
 its entries may still be recorded later, which releases nothing either).
+
+Each waiting release has an event of its own, set when it is handed the turn or its group's
+outcome: under load dozens of a principal's releases wait at once, and waking all of them
+whenever any group finishes (one condition for all) cost more CPU than the counting saved.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -60,6 +63,8 @@ class _Release:
     usage: Usage
     done: Future[list[Receipt]] = field(default_factory=Future)
     lead: bool = False
+    # Set (once) when this release is handed the turn or its group has its outcome.
+    wake: threading.Event = field(default_factory=threading.Event)
 
 
 class BulkCommits:
@@ -69,31 +74,30 @@ class BulkCommits:
     def __init__(self, append: Append, wait_s: float) -> None:
         self._append = append
         self._wait_s = wait_s
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._queues: dict[tuple[str, str], list[_Release]] = {}
 
     def append(
         self, key: tuple[str, str], entries: Sequence[bytes], usage: Usage, reserve: Reserve
     ) -> list[Receipt]:
         me = _Release(list(entries), usage)
-        deadline = time.monotonic() + self._wait_s
-        with self._cond:
+        with self._lock:
             queue = self._queues.get(key)
             if queue is None:
                 self._queues[key] = [me]
                 me.lead = True  # nobody of this key is submitting: go now
             else:
                 queue.append(me)
-            while not me.lead and not me.done.done():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    if me in self._queues.get(key, ()):
-                        self._queues[key].remove(me)
-                        raise LedgerUnavailable(
-                            f"no commit within {self._wait_s:g}s; nothing was released"
-                        )
-                    break  # taken into a group just now: its outcome is coming
-                self._cond.wait(remaining)
+        if not me.lead and not me.wake.wait(self._wait_s):
+            with self._lock:
+                queue = self._queues.get(key)
+                # Still queued, and not handed the turn (the head of the queue leads it).
+                if not me.lead and queue is not None and me in queue:
+                    queue.remove(me)
+                    raise LedgerUnavailable(
+                        f"no commit within {self._wait_s:g}s; nothing was released"
+                    )
+            me.wake.wait()  # taken into a group, or handed the turn, just now: it is coming
         if me.lead:
             self._lead(key, reserve)
         return me.done.result()
@@ -101,7 +105,7 @@ class BulkCommits:
     def _lead(self, key: tuple[str, str], reserve: Reserve) -> None:
         """Submit every release of ``key`` waiting now (this one first among them), then
         hand the turn to the first that arrived meanwhile."""
-        with self._cond:
+        with self._lock:
             group = self._queues[key]
             self._queues[key] = []
         try:
@@ -114,13 +118,15 @@ class BulkCommits:
                     )
             raise
         finally:
-            with self._cond:
+            with self._lock:
                 waiting = self._queues[key]
                 if waiting:
                     waiting[0].lead = True
+                    waiting[0].wake.set()
                 else:
                     del self._queues[key]
-                self._cond.notify_all()
+            for release in group:  # each has its outcome now
+                release.wake.set()
 
     def _submit(self, group: list[_Release], reserve: Reserve) -> None:
         if len(group) > 1:
