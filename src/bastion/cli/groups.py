@@ -9,7 +9,7 @@ def _group(name: str, help_text: str) -> typer.Typer:
     return typer.Typer(name=name, help=help_text, no_args_is_help=True)
 
 
-vault_app = _group("vault", "Sealed records, per-subject keys, shredding, rotation.")
+vault_app = _group("vault", "Sealed records, per-subject keys, shredding, rotation, retention.")
 keys_app = _group("keys", "Key providers: local keyring or PKCS#11 HSM.")
 ledger_app = _group("ledger", "The transparency log: append, checkpoints, proofs, verification.")
 policy_app = _group("policy", "Cedar policies: validate, load, explain.")
@@ -21,6 +21,7 @@ releases_app = _group(
 )
 cleanroom_app = _group("cleanroom", "Differentially private analytics for the ad partner.")
 config_app = _group("config", "The settings in force for a home, and where each came from.")
+subjects_app = _group("subjects", "Data-subject rights: export, erasure requests, legal holds.")
 
 ALL_GROUPS = (
     vault_app,
@@ -33,4 +34,5 @@ ALL_GROUPS = (
     releases_app,
     cleanroom_app,
     config_app,
+    subjects_app,
 )

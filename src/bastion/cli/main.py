@@ -55,7 +55,14 @@ COMMANDS: dict[str, Entry] = {
         ("serve",),
     ),
     "vault": Entry(
-        "Sealed records, per-subject keys, shredding, rotation.", ("vault",), "vault_app"
+        "Sealed records, per-subject keys, shredding, rotation, retention.",
+        ("vault", "vault_sweep"),
+        "vault_app",
+    ),
+    "subjects": Entry(
+        "Data-subject rights: export, erasure requests, legal holds.",
+        ("subjects",),
+        "subjects_app",
     ),
     "keys": Entry("Key providers: local keyring or PKCS#11 HSM.", ("keys",), "keys_app"),
     "ledger": Entry(

@@ -67,15 +67,24 @@ def app_from_environment() -> FastAPI:
     configure_from_environment()
     runtime = Runtime.open(Home.load())
     return create_app(
-        runtime, sweep_seconds=float(os.environ.get(ENV_SWEEP, "0")), close_runtime=True
+        runtime,
+        sweep_seconds=float(os.environ.get(ENV_SWEEP, "0")),
+        close_runtime=True,
+        background=True,
     )
 
 
 def create_app(
-    runtime: Runtime, *, sweep_seconds: float = 0.0, close_runtime: bool = False
+    runtime: Runtime,
+    *,
+    sweep_seconds: float = 0.0,
+    close_runtime: bool = False,
+    background: bool = False,
 ) -> FastAPI:
     """The ASGI app for a runtime. ``sweep_seconds`` > 0 runs the approvals sweeper (it records
-    grant expiries and lapsed requests in the ledger) in the background."""
+    grant expiries and lapsed requests in the ledger) in the background; ``background`` runs
+    the erasure executor and the retention sweeper too (``gateway/background.py``), as
+    ``bastion serve`` does."""
     from bastion.gateway.routes import register_routes
 
     @asynccontextmanager
@@ -87,12 +96,19 @@ def create_app(
                 target=_sweep, args=(runtime, stop, sweep_seconds), daemon=True, name="sweeper"
             )
             sweeper.start()
+        workers = []
+        if background:
+            from bastion.gateway.background import start_background
+
+            workers = start_background(runtime, _app.state.subject_rights, stop)
         try:
             yield
         finally:
             stop.set()
             if sweeper is not None:
                 sweeper.join(timeout=5)
+            for worker in workers:
+                worker.join(timeout=5)
             if close_runtime:
                 runtime.close()
 

@@ -15,6 +15,7 @@ def register_routes(app: FastAPI, runtime: Runtime) -> None:
         data,
         policy,
         public,
+        subjects,
         tickets,
         transparency,
     )
@@ -26,4 +27,6 @@ def register_routes(app: FastAPI, runtime: Runtime) -> None:
     app.include_router(transparency.router)
     app.include_router(policy.router)
     app.include_router(cleanroom.router)
+    subjects.install(app, runtime)
+    app.include_router(subjects.router)
     app.include_router(log_router(runtime.ledger.reader))

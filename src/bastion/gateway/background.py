@@ -1,0 +1,52 @@
+"""Work ``bastion serve`` runs beside the API: due erasures and the retention sweeper.
+
+Each is a daemon thread that waits its interval (real time; what is *due* is decided by the
+runtime's clock, so tests move a ``FixedClock``), does one round, logs a failure by its type
+only, and tries again next round. ``[subjects] executor_interval_s`` and ``[retention]
+sweep_interval_s`` set the intervals; 0 turns one off (the CLI commands do the same work).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from bastion.gateway.runtime import Runtime
+from bastion.gateway.subject_rights import SubjectRights
+from bastion.vault.retention import RetentionSweeper
+
+log = logging.getLogger(__name__)
+
+
+def sweeper_for(rt: Runtime) -> RetentionSweeper:
+    return RetentionSweeper(rt.vault, rt.writer, batch_size=rt.home.settings.retention.batch_size)
+
+
+def start_background(
+    rt: Runtime, rights: SubjectRights, stop: threading.Event
+) -> list[threading.Thread]:
+    """Start the executor and the sweeper (those with an interval); the caller sets ``stop``
+    and joins the threads at shutdown."""
+    settings = rt.home.settings
+    jobs: list[tuple[str, float, Callable[[], object]]] = [
+        ("erasures", settings.subjects.executor_interval_s, rights.process_due),
+        ("retention", settings.retention.sweep_interval_s, sweeper_for(rt).sweep),
+    ]
+    threads = []
+    for name, every, job in jobs:
+        if every > 0:
+            thread = threading.Thread(
+                target=_loop, args=(name, every, job, stop), daemon=True, name=name
+            )
+            thread.start()
+            threads.append(thread)
+    return threads
+
+
+def _loop(name: str, every: float, job: Callable[[], object], stop: threading.Event) -> None:
+    while not stop.wait(every):
+        try:
+            job()
+        except Exception as exc:  # the next round retries
+            log.warning("%s round failed: %s", name, type(exc).__name__)
