@@ -34,7 +34,6 @@ def mount(app: typer.Typer) -> None:
         with reported_errors(False):
             import uvicorn
 
-            from bastion.cli.serve_snapshots import running_refresher
             from bastion.gateway.app import ENV_SWEEP, create_app
             from bastion.gateway.runtime import Runtime
 
@@ -52,18 +51,17 @@ def mount(app: typer.Typer) -> None:
                     f"Bastion gateway on http://{host}:{port} with {workers} workers",
                     highlight=False,
                 )
-                with running_refresher(h):
-                    uvicorn.run(
-                        "bastion.gateway.app:app_from_environment",
-                        factory=True,
-                        host=host,
-                        port=port,
-                        workers=workers,
-                        log_level=log_level,
-                        log_config=None,  # keep the redacting handler configure_logging set
-                        access_log=False,
-                        timeout_graceful_shutdown=5,
-                    )
+                uvicorn.run(
+                    "bastion.gateway.app:app_from_environment",
+                    factory=True,
+                    host=host,
+                    port=port,
+                    workers=workers,
+                    log_level=log_level,
+                    log_config=None,  # keep the redacting handler configure_logging set
+                    access_log=False,
+                    timeout_graceful_shutdown=5,
+                )
                 return
             rt = Runtime.open(h)
             try:
@@ -84,7 +82,6 @@ def mount(app: typer.Typer) -> None:
                     http="auto",
                     timeout_graceful_shutdown=5,
                 )
-                with running_refresher(h):
-                    uvicorn.Server(config).run()
+                uvicorn.Server(config).run()
             finally:
                 rt.close()
