@@ -24,13 +24,25 @@ def cli(home: Path, *args: str) -> Any:
     return runner.invoke(app, list(args), env={"BASTION_HOME": str(home)})
 
 
-@pytest.fixture
-def home(tmp_path: Path, platform_dir: Path) -> Path:
-    h = tmp_path / "home"
+@pytest.fixture(scope="module")
+def snapshot_home(tmp_path_factory: pytest.TempPathFactory, platform_dir: Path) -> Path:
+    """A home whose vault holds the platform's events, and the snapshot built from it."""
+    h = tmp_path_factory.mktemp("cleanroom-cli") / "home"
     res = cli(h, "init", "--json")
     assert res.exit_code == 0, res.output
-    (h / "cleanroom").mkdir()
-    shutil.copy(platform_dir / "events.parquet", h / "cleanroom" / "events.parquet")
+    res = cli(h, "ingest", "events", str(platform_dir / "events.parquet"), "--json")
+    assert res.exit_code == 0, res.output
+    res = cli(h, "cleanroom", "snapshot", "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["mode"] == "full" and out["records"] == out["opened"] == 40_000
+    return h
+
+
+@pytest.fixture
+def home(tmp_path: Path, snapshot_home: Path) -> Path:
+    h = tmp_path / "home"
+    shutil.copytree(snapshot_home, h)
     return h
 
 
@@ -112,14 +124,20 @@ def test_table_output_and_bad_input(home: Path) -> None:
         assert message in json.loads(res.stdout)["message"], args
 
 
-def test_missing_data_is_a_configuration_error(home: Path) -> None:
+def test_a_placed_file_is_not_a_snapshot(home: Path) -> None:
     for scope, who in (("analyst", "ana"), ("organization", "acme")):
         cli(home, "cleanroom", "budget", "set", scope, who, "--epsilon", "5", "--reason", "r")
-    (home / "cleanroom" / "events.parquet").unlink()
+    (home / "cleanroom" / "snapshot.json").unlink()
+    (home / "cleanroom" / "events.parquet").write_bytes(b"PAR1 placed by hand")
     res = cli(home, "cleanroom", "query", "count", "-e", "1", "--org", "acme", "--json")
-    assert res.exit_code == 2 and "no events.parquet" in json.loads(res.stdout)["message"]
+    assert res.exit_code == 10 and "no snapshot" in json.loads(res.stdout)["message"]
     res = cli(home, "cleanroom", "budget", "--org", "acme", "--json")
     assert json.loads(res.stdout)["budgets"][0]["epsilon_spent"] == 0, "nothing was charged"
+    res = cli(home, "cleanroom", "snapshot")  # rebuilt from the vault, not from that file
+    assert res.exit_code == 0 and "(full; 40,000 opened" in " ".join(res.stdout.split())
+    res = cli(home, "cleanroom", "query", "count", "-e", "1", "--analyst", "ana", "--org", "acme",
+              "--json")  # fmt: skip
+    assert res.exit_code == 0, res.output
 
 
 def test_uninitialized_home(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ accepted and ``delta_per_query``, ``selection_share``, ``confidence`` and the re
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from bastion.cleanroom import BoundedAggregate, CleanRoomConfig, release
+from bastion.cleanroom.snapshot import read_manifest
 from bastion.cli.home_cmd import init_home
 from bastion.clock import FixedClock
 from bastion.demo.platform import PRINCIPALS, bootstrap
@@ -27,6 +27,7 @@ from bastion.gateway.runtime import Runtime
 from bastion.gateway.server import ThreadedServer
 from bastion.home import CONFIG_NAME, Home
 from bastion.store import Database
+from snapshot_from_vault import snapshot_from_synth
 
 SETTINGS = """
 [cleanroom]
@@ -40,16 +41,17 @@ response_quantum_s = 0.25
 
 @pytest.fixture
 def bare_runtime(db: Database, tmp_path: Path, clock: FixedClock) -> Iterator[Runtime]:
-    """A gateway runtime on a home with the settings above, its clean room not yet opened."""
-    from bastion.synth import SynthSpec, generate
+    """A gateway runtime on a home with the settings above, its clean room not yet opened,
+    its snapshot built from the events in its vault."""
+    from bastion.synth import SynthSpec
 
     home = init_home(tmp_path / "home")
     with open(home.path / CONFIG_NAME, "a") as fh:
         fh.write(SETTINGS)
     home = Home.load(home.path)
     rt = bootstrap(home, db, clock, publish_interval=0.05)
-    out = home.path / "cleanroom"
-    generate(SynthSpec(seed=3, users=300, videos=40, events=4_000, campaigns=4), out, "parquet")
+    spec = SynthSpec(seed=3, users=300, videos=40, events=4_000, campaigns=4)
+    snapshot_from_synth(rt, spec, tmp_path / "synth")
     yield rt
     rt.close()
 
@@ -124,26 +126,33 @@ def test_delta_share_confidence_and_padding_apply_over_http(
     assert elapsed >= 0.25
 
 
-def test_data_with_a_non_finite_measure_is_a_503_that_names_no_row(
-    bare_runtime: Runtime, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The way in refuses the file (the operator's log says where); the partner learns only
-    that the clean room is not configured, and nothing is recorded as a failed query."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = bare_runtime.home.path / "cleanroom" / "events.parquet"
-    table = pq.read_table(path)
-    watch = table["watch_time_s"].to_pylist()
-    row = next(i for i, v in enumerate(watch) if v is not None)
-    watch[row] = math.inf
-    index = table.schema.get_field_index("watch_time_s")
-    pq.write_table(table.set_column(index, "watch_time_s", pa.array(watch, pa.float64())), path)
-    size = bare_runtime.ledger.size()
-    for client in _client(bare_runtime):
+def test_a_stale_or_altered_snapshot_is_a_503_and_records_nothing(bare_runtime: Runtime) -> None:
+    """The clean room answers only from a current, whole snapshot built from the vault; the
+    partner learns that it is unavailable, and nothing is charged or recorded as a query."""
+    rt = bare_runtime
+    admin = Actor(id="pat", kind="operator")
+    for scope, who in (("analyst", "adco"), ("organization", "adpartner")):
+        rt.cleanroom().set_budget(scope, who, epsilon=5.0, delta=1e-5, admin=admin, reason="t")
+    clock = rt.clock
+    assert isinstance(clock, FixedClock)
+    size = rt.ledger.size()
+    limit = rt.home.settings.cleanroom.max_snapshot_age_seconds
+    clock.advance(timedelta(seconds=limit + 1))
+    for client in _client(rt):
         with pytest.raises(GatewayError) as err:
             client.cleanroom_query({"template": "count", "epsilon": 0.1})
-        assert err.value.status == 503 and err.value.kind == "not-configured"
-        assert "row" not in err.value.message and str(path) not in err.value.message
-    assert f"row {row + 1}" in caplog.text and "watch_time_s" in caplog.text
-    assert bare_runtime.ledger.size() == size
+        assert err.value.status == 503 and err.value.kind == "snapshot-unavailable"
+        assert "old" in err.value.message
+        rt.snapshot_builder().refresh()  # current again: answered
+        client.cleanroom_query({"template": "count", "epsilon": 0.1})
+        manifest = read_manifest(rt.home.path / "cleanroom")
+        assert manifest is not None
+        path = rt.home.path / "cleanroom" / manifest.file
+        path.write_bytes(path.read_bytes()[:-8])  # torn: never served
+        clock.advance(timedelta(seconds=1))
+        rt.snapshot_builder().refresh()  # nothing changed in the vault: the same file
+        with pytest.raises(GatewayError) as err:
+            client.cleanroom_query({"template": "count", "epsilon": 0.1})
+        assert err.value.status == 503 and err.value.kind == "snapshot-unavailable"
+    queries = [decode_event(rt.ledger.entry(i)) for i in range(size, rt.ledger.size())]
+    assert [q.outcome for q in queries if isinstance(q, AnalyticsQuery)] == ["released"]

@@ -32,7 +32,7 @@ ORG_OPTION = typer.Option(
 DATA_OPTION = typer.Option(
     None,
     "--data",
-    help="Directory holding events.parquet (default: [cleanroom] data_dir or <home>/cleanroom).",
+    help="The snapshot's directory (default: [cleanroom] data_dir or <home>/cleanroom).",
 )
 
 
@@ -40,13 +40,15 @@ DATA_OPTION = typer.Option(
 def opened_cleanroom(
     home_path: Path | None, data: Path | None = None, engine: str | None = None
 ) -> Iterator[Any]:
-    """A CleanRoom on the home's database and log. ``engine`` is opened before anything is
-    charged (a missing data directory is a configuration error, not a failed query); without
-    one, the room can manage budgets but not answer queries."""
+    """A CleanRoom on the home's database and log, over the snapshot Bastion built from the
+    vault. ``engine`` is opened before anything is charged (no snapshot, or a stale one, is a
+    refusal with exit code 10, not a failed query); without one, the room can manage budgets
+    but not answer queries."""
     require("analytics", "the clean room")
     if engine == "spark":
         require("spark", "the Spark engine")
-    from bastion.cleanroom import CleanRoom, CleanRoomConfig, LazyEngine, default_data_dir
+    from bastion.cleanroom import CleanRoom, CleanRoomConfig, default_data_dir
+    from bastion.cleanroom.snapshot_engine import SnapshotEngine
     from bastion.clock import SystemClock
     from bastion.home import Home
     from bastion.ledger.log import open_log
@@ -55,7 +57,8 @@ def opened_cleanroom(
     home = Home.load(home_path)
     config = CleanRoomConfig.from_settings(home.settings)
     data_dir = data or default_data_dir(home.path, home.settings)
-    eng: Any = LazyEngine(engine or "duckdb", data_dir)
+    max_age = home.settings.cleanroom.max_snapshot_age_seconds
+    eng: Any = SnapshotEngine(engine or "duckdb", data_dir, SystemClock(), max_age_s=max_age)
     if engine:
         eng.open()
     try:
@@ -335,6 +338,70 @@ def templates_cmd(as_json: bool = JSON_OPTION) -> None:
     for key in ds.private_keys:
         groups.add_row(key, "private key", "released only via DP partition selection")
     console.print(groups)
+
+
+@cleanroom_app.command("snapshot")
+def snapshot_cmd(
+    full: bool = typer.Option(False, "--full", help="Rebuild from the whole change feed."),
+    home: Path | None = HOME_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Build or refresh the clean room's snapshot from the vault (recorded in the ledger)."""
+    with reported_errors(as_json):
+        require("analytics", "the clean room's snapshot")
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        from bastion.cleanroom import CleanRoomConfig, default_data_dir
+        from bastion.cleanroom.snapshot import SnapshotBuilder
+        from bastion.clock import SystemClock
+        from bastion.home import Home
+        from bastion.ledger.log import open_log
+        from bastion.store import open_database
+        from bastion.vault import open_vault
+
+        h = Home.load(home)
+        clock = SystemClock()
+        db = open_database(h.database_url, bounds=h.settings.bounds)
+        try:
+            log = open_log(h, db, clock, background=False)
+            try:
+                builder = SnapshotBuilder(
+                    open_vault(h, db, clock),
+                    log,
+                    clock,
+                    default_data_dir(h.path, h.settings),
+                    config=CleanRoomConfig.from_settings(h.settings),
+                )
+                bar = Progress(
+                    "[progress.description]{task.description}",
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TimeElapsedColumn(),
+                    console=console,
+                    disable=as_json,
+                    transient=True,
+                )
+                with bar:
+                    task = bar.add_task("opening records", total=None)
+
+                    def progress(done: int, total: int) -> None:
+                        bar.update(task, completed=done, total=total)
+
+                    result = builder.refresh(full=full, progress=progress)
+            finally:
+                log.close()
+        finally:
+            db.close()
+        if as_json:
+            emit_json({"ok": True, **result.to_json()})
+            return
+        m = result.manifest
+        console.print(
+            f"Snapshot {m.file}: {m.records:,} records of {m.dataset} ({result.mode}; "
+            f"{result.opened:,} opened, {result.removed:,} dropped), change feed through "
+            f"#{m.cursor}, ledger #{m.ledger_index}",
+            highlight=False,
+        )
 
 
 cleanroom_app.add_typer(budget_app)

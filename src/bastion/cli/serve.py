@@ -34,6 +34,7 @@ def mount(app: typer.Typer) -> None:
         with reported_errors(False):
             import uvicorn
 
+            from bastion.cli.serve_snapshots import running_refresher
             from bastion.gateway.app import ENV_SWEEP, create_app
             from bastion.gateway.runtime import Runtime
 
@@ -51,17 +52,18 @@ def mount(app: typer.Typer) -> None:
                     f"Bastion gateway on http://{host}:{port} with {workers} workers",
                     highlight=False,
                 )
-                uvicorn.run(
-                    "bastion.gateway.app:app_from_environment",
-                    factory=True,
-                    host=host,
-                    port=port,
-                    workers=workers,
-                    log_level=log_level,
-                    log_config=None,  # keep the redacting handler configure_logging set
-                    access_log=False,
-                    timeout_graceful_shutdown=5,
-                )
+                with running_refresher(h):
+                    uvicorn.run(
+                        "bastion.gateway.app:app_from_environment",
+                        factory=True,
+                        host=host,
+                        port=port,
+                        workers=workers,
+                        log_level=log_level,
+                        log_config=None,  # keep the redacting handler configure_logging set
+                        access_log=False,
+                        timeout_graceful_shutdown=5,
+                    )
                 return
             rt = Runtime.open(h)
             try:
@@ -82,6 +84,7 @@ def mount(app: typer.Typer) -> None:
                     http="auto",
                     timeout_graceful_shutdown=5,
                 )
-                uvicorn.Server(config).run()
+                with running_refresher(h):
+                    uvicorn.Server(config).run()
             finally:
                 rt.close()

@@ -13,7 +13,6 @@ from typing import Any
 
 from bastion.catalog import Catalog, SensitiveCategory
 from bastion.clock import Clock, SystemClock
-from bastion.errors import ConfigError, InputError
 from bastion.extras import require
 from bastion.gateway.auth import TokenIssuer, TokenVerifier, TrustedIssuer
 from bastion.gateway.bulk_commits import BulkCommits
@@ -136,35 +135,34 @@ class Runtime:
         return self.policy.engine()
 
     def cleanroom(self) -> Any:
-        """The clean room (DuckDB over the home's events), opened on first use, with the
+        """The clean room (DuckDB over the vault's snapshot), opened on first use, with the
         home's ``[cleanroom]`` settings (per-query ε cap, δ, selection share, confidence,
         response padding): the same limits ``bastion cleanroom query`` applies."""
         with self._lock:
             if self._cleanroom is None:
                 require("analytics", "the clean room")  # a 503 naming the extra, not a 500
-                from bastion.cleanroom import (
-                    CleanRoom,
-                    CleanRoomConfig,
-                    default_data_dir,
-                    open_engine,
-                )
+                from bastion.cleanroom import open_cleanroom
 
-                config = CleanRoomConfig.from_settings(self.home.settings)
-                try:
-                    engine = open_engine(
-                        "duckdb", default_data_dir(self.home.path, self.home.settings)
-                    )
-                except InputError as exc:
-                    # The data file itself is refused (e.g. a measure that is not a number):
-                    # the operator's to fix. Where it is goes to the log, not to the partner.
-                    log.error("clean-room data refused: %s", exc)
-                    raise ConfigError(
-                        "the clean room's data did not pass validation (see the gateway log)"
-                    ) from None
-                self._cleanroom = CleanRoom(
-                    self.db, self.ledger, self.clock, engine, catalog=self.catalog, config=config
+                # Over the snapshot Bastion builds from the vault (the refresher of
+                # `bastion serve`); each query first checks it is there and current.
+                self._cleanroom = open_cleanroom(
+                    self.home, self.db, self.ledger, self.clock, catalog=self.catalog
                 )
             return self._cleanroom
+
+    def snapshot_builder(self) -> Any:
+        """What refreshes the clean room's snapshot from this runtime's vault and log."""
+        require("analytics", "the clean room's snapshot")
+        from bastion.cleanroom import CleanRoomConfig, default_data_dir
+        from bastion.cleanroom.snapshot import SnapshotBuilder
+
+        return SnapshotBuilder(
+            self.vault,
+            self.writer,
+            self.clock,
+            default_data_dir(self.home.path, self.home.settings),
+            config=CleanRoomConfig.from_settings(self.home.settings),
+        )
 
     @classmethod
     def open(cls, home: Home, *, clock: Clock | None = None) -> Runtime:

@@ -37,6 +37,7 @@ def cleanroom_query(
     """
     require("analytics", "the clean room")  # not installed: a 503 that names the extra
     from bastion.cleanroom import QueryFailed, QueryRefused
+    from bastion.cleanroom.snapshot import SnapshotUnavailable
 
     rid = new_request_id(request)
     plan = rt.engine().plan(
@@ -85,5 +86,9 @@ def cleanroom_query(
         raise ApiError(403, "query-refused", str(exc)) from None
     except QueryFailed as exc:
         raise ApiError(503, "query-failed", str(exc)) from None
+    except SnapshotUnavailable as exc:
+        # No snapshot, or one too old to answer from (it may still count an erased person),
+        # or one that fails its check. Raised before any budget is charged; says only ages.
+        raise ApiError(503, "snapshot-unavailable", str(exc)) from None
     out: dict[str, Any] = result.to_json()
     return out
