@@ -98,12 +98,14 @@ def test_bulk_threshold_config() -> None:
 
 
 @pytest.fixture
-def cleanroom_data(runtime: Runtime) -> Path:
-    from bastion.synth import SynthSpec, generate
+def cleanroom_data(runtime: Runtime, tmp_path: Path) -> Path:
+    """The clean room's snapshot, built from events in the runtime's vault."""
+    from bastion.synth import SynthSpec
+    from snapshot_from_vault import snapshot_from_synth
 
-    out = runtime.home.path / "cleanroom"
-    generate(SynthSpec(seed=3, users=300, videos=40, events=4_000, campaigns=4), out, "parquet")
-    return out
+    spec = SynthSpec(seed=3, users=300, videos=40, events=4_000, campaigns=4)
+    snapshot_from_synth(runtime, spec, tmp_path / "synth")
+    return runtime.home.path / "cleanroom"
 
 
 def test_cleanroom_queries_through_the_gateway(

@@ -588,13 +588,11 @@ def test_publish_puts_typed_text_in_the_log(
 def test_an_unknown_clean_room_column_is_committed(runtime: Runtime, connect: Connect) -> None:
     """A clean-room query grouping by a column the catalog does not know: the refusal names
     it by its commitment, in the field and in the reason."""
-    from bastion.synth import SynthSpec, generate
+    from bastion.synth import SynthSpec
+    from snapshot_from_vault import snapshot_from_synth
 
-    generate(
-        SynthSpec(seed=3, users=50, videos=5, events=300, campaigns=2),
-        runtime.home.path / "cleanroom",
-        "parquet",
-    )
+    spec = SynthSpec(seed=3, users=50, videos=5, events=300, campaigns=2)
+    snapshot_from_synth(runtime, spec, runtime.home.path / "synth")
     with pytest.raises(GatewayError) as err:
         connect("adco").cleanroom_query({"template": "count", "epsilon": 0.1, "group_by": [EMAIL]})
     assert err.value.kind == "invalid-query" and EMAIL in err.value.message  # to the caller

@@ -5,8 +5,8 @@ background refresher ``bastion serve`` runs.
 It reads the manifest every time and refuses (``SnapshotUnavailable``: 503 from the gateway,
 exit code 10 from the CLI) when there is no snapshot, when its ``as_of`` is older than
 ``max_age_s`` by the injected clock, or when the file it names does not match its size and
-SHA-256 (a torn or altered file is never served). A new snapshot is checked once, then the
-engine's view is pointed at it.
+SHA-256 (a torn or altered file is never served). A new snapshot is hashed once (and again
+if its size or mtime changes), then the engine's view is pointed at it.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class SnapshotEngine:
         self.clock = clock
         self.max_age_s = max_age_s
         self._engine: DuckDBEngine | SparkEngine | None = None
-        self._file: str | None = None
+        self._file: tuple[str, str, int, int] | None = None
         self._lock = threading.Lock()
 
     def open(self) -> SnapshotEngine:
@@ -63,8 +63,15 @@ class SnapshotEngine:
                 f"{self.max_age_s:g} s limit ([cleanroom] max_snapshot_age_seconds): it may "
                 "still count erased or deleted records, so nothing is answered from it"
             )
+        try:
+            st = (self.data_dir / manifest.file).stat()
+        except OSError:
+            raise SnapshotUnavailable("the clean-room snapshot file is missing") from None
+        # Hashed again whenever the file, its size or its mtime is not the one last checked:
+        # a file changed on disk after its check is not served either.
+        seen = (manifest.file, manifest.sha256, st.st_size, st.st_mtime_ns)
         with self._lock:
-            if manifest.file != self._file:
+            if seen != self._file:
                 path = verify_file(self.data_dir, manifest)
                 if self._engine is None:
                     self._engine = (
@@ -72,7 +79,7 @@ class SnapshotEngine:
                     )
                 else:
                     self._engine.repoint(path)
-                self._file = manifest.file
+                self._file = seen
         return self
 
     def aggregate(self, plan: QueryPlan, salt: str) -> BoundedAggregate:
