@@ -1,7 +1,9 @@
 """The clean room's part of ``bastion demo``: the ad partner's day.
 
-An administrator grants the partner a budget (logged); the partner asks for CTR by campaign
-and reach by age band x region, then asks for more than its budget allows and is refused.
+Bastion builds the clean room's snapshot from the vault (recorded in the ledger first; a
+shredded subject's events are not in it); an administrator grants the partner a budget
+(logged); the partner asks for CTR by campaign and reach by age band x region, then asks for
+more than its budget allows and is refused.
 """
 
 from __future__ import annotations
@@ -13,25 +15,29 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bastion.cleanroom.engines import DuckDBEngine
 from bastion.cleanroom.service import CleanRoom, QueryRefused, QueryResult
+from bastion.cleanroom.snapshot import SnapshotBuilder
+from bastion.cleanroom.snapshot_engine import SnapshotEngine
 from bastion.clock import Clock
 from bastion.events import Actor
 from bastion.ledger.api import LedgerWriter
 from bastion.store import Database
+from bastion.vault import Vault, ingest_file
 
 PARTNER = "adpartner.example"
 ANALYST = "analyst@adpartner.example"
 PRIVACY_OFFICER = Actor(id="dpo@custodian.example", kind="operator", role="privacy-officer")
 
 
-def _ensure_data(data_dir: Path, console: Console) -> None:
-    if (data_dir / "events.parquet").is_file():
+def _ensure_events(vault: Vault, scratch: Path, console: Console) -> None:
+    """Events in the vault (the story ingested them already; on its own, this scene does)."""
+    if vault.stats().records.get("events"):
         return
     from bastion.synth import SynthSpec, generate
 
-    result = generate(SynthSpec(seed=7, users=3_000, videos=500, events=60_000), data_dir)
-    console.print(f"Generated {result.rows['events']:,} events for the clean room")
+    result = generate(SynthSpec(seed=7, users=3_000, videos=500, events=60_000), scratch)
+    ingest_file(vault, "events", scratch / "events.parquet")
+    console.print(f"Ingested {result.rows['events']:,} synthetic events into the vault")
 
 
 def _ctr_table(result: QueryResult, limit: int = 12) -> Table:
@@ -73,14 +79,22 @@ def demo(
     db: Database,
     ledger: LedgerWriter,
     clock: Clock,
-    data_dir: Path,
+    vault: Vault,
+    snapshot_dir: Path,
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Run the ad partner's scenario; returns what happened (for ``bastion demo --json``)."""
     out = console or Console()
     started = time.perf_counter()
-    _ensure_data(data_dir, out)
-    engine = DuckDBEngine(data_dir)
+    _ensure_events(vault, snapshot_dir.parent / "cleanroom-synth", out)
+    snapshot = SnapshotBuilder(vault, ledger, clock, snapshot_dir).refresh()
+    m = snapshot.manifest
+    out.print(
+        f"Snapshot built from the vault: {m.records:,} events, fields {', '.join(m.fields)} "
+        f"(user_id as its token), recorded first as ledger #{m.ledger_index}; erased "
+        "subjects' events are not in it, and the clean room reads nothing else"
+    )
+    engine = SnapshotEngine("duckdb", snapshot_dir, clock, max_age_s=300)
     try:
         room = CleanRoom(db, ledger, clock, engine)
         room.set_budget(
@@ -144,6 +158,8 @@ def demo(
     finally:
         engine.close()
     return {
+        "snapshot_records": m.records,
+        "snapshot_ledger_index": m.ledger_index,
         "ctr_campaigns_released": ctr.keys_released,
         "ctr_ledger_index": ctr.receipt.index,
         "reach_groups": reach.keys_released,

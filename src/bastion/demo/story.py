@@ -389,8 +389,9 @@ def gateway_story(ctx: DemoContext) -> None:
 def cleanroom_story(ctx: DemoContext) -> None:
     from bastion.demo.cleanroom import demo as run_cleanroom
 
+    # The clean room reads the snapshot Bastion builds from the vault, not the synthetic files.
     ctx.report["cleanroom"] = run_cleanroom(
-        ctx.db, ctx.log, ctx.clock, ctx.data_dir, console=ctx.console
+        ctx.db, ctx.log, ctx.clock, ctx.vault, ctx.home.path / "cleanroom", console=ctx.console
     )
 
 
