@@ -26,7 +26,7 @@ from bastion.policy.principal import (
     PrincipalSpec,
     derive_attributes,
 )
-from bastion.policy.vocabulary import REVEAL_ORDER
+from bastion.policy.vocabulary import REVEAL_ORDER, Transform
 
 NS = "Bastion"
 ROLES = (
@@ -40,6 +40,8 @@ ROLES = (
     "privacy_officer",
     "policy_admin",
     "ticketing_service",
+    "service",
+    "service",
     # Roles no policy names.
     "intern",
     "analyst",
@@ -83,6 +85,8 @@ FIELDS = (
     ("users", "country", "string"),
     ("users", "lat", "float"),
     ("videos", "title", "string"),
+    ("videos", "upload_ip", "string"),
+    ("events", "event_id", "string"),
     ("events", "revenue", "float"),
     ("genomes", "sequence", "string"),
     ("billing", "card", "string"),
@@ -90,7 +94,9 @@ FIELDS = (
 PURPOSES = ("", "", "support case 42", "fraud review", "x", " ")
 TICKETS = ("", "", "SUP-1042", "SUP-7", "INC-77", "SEC-9", "INC-7-P1", "jane.doe", "x")
 SUBJECT_COUNTS = (0, 1, 2, 7, 99, 100, 101, 5000)
-ACTIONS = ("read", "search", "export", "break_glass")
+ACTIONS = ("read", "search", "export", "break_glass", "write", "delete")
+# A service principal's name is its token's sub (the id here); "mailer" is named by no policy.
+SERVICES = ("profile-service", "content-service", "events-service", "mailer")
 INSTANTS = (
     "2025-06-01T00:00:00Z",
     "2026-01-01T00:00:00Z",
@@ -122,7 +128,7 @@ def sample_requests(rng: random.Random, n: int) -> list[Sample]:
         employer = None if rng.random() < 0.05 else rng.choice(EMPLOYERS)
         amr = tuple(rng.sample(AMR_METHODS, rng.choice((0, 0, 1, 1, 2, 3))))
         spec = PrincipalSpec(
-            id=f"p{i}",
+            id=rng.choice(SERVICES) if role == "service" else f"p{i}",
             role=role,
             employer=employer,
             employer_country=_pick_country(rng),
@@ -267,7 +273,11 @@ def outcome(compiled: CompiledPolicies, res: Any) -> Outcome:
     ]
     reveals = 0
     if allowed:
-        reveals = min(REVEAL_ORDER[i.transform] for i in infos if i.transform is not None)
+        # A write permit carries no transform: an allowed write is the whole value.
+        reveals = min(
+            (REVEAL_ORDER[i.transform] for i in infos if i.transform is not None),
+            default=REVEAL_ORDER[Transform.CLEAR],
+        )
     return Outcome(allowed, reveals, tuple(i.id for i in infos))
 
 
@@ -376,6 +386,7 @@ class _Token:
     clearance: str
     amr: tuple[str, ...]
     subject_id: str | None
+    sub: str = ""
 
 
 def replay(compiled: CompiledPolicies, inv: Invariant, cx: Counterexample) -> None:
@@ -391,12 +402,13 @@ def replay(compiled: CompiledPolicies, inv: Invariant, cx: Counterexample) -> No
         clearance=p["clearance"],
         amr=tuple(p["amr"]),
         subject_id=p["subject_id"] or None,
+        sub=p["service"],
     )
     derived = derive_attributes(token).cedar_attrs()
     if p["role"] == "subject" and p["subject_id"] == "probe":
         # The checker's probe id stands for the subject's own id.
         derived["subject_id"] = "probe"
-    for key in ("clearance_level", "mfa", "covered_person", "custodian"):
+    for key in ("clearance_level", "mfa", "covered_person", "custodian", "service"):
         assert derived[key] == p[key], f"{inv.id}: {key} is not what Bastion derives: {doc}"
     context = dict(doc["context"])
     resource = doc["resource"]

@@ -92,6 +92,32 @@ PRINCIPALS: dict[str, dict[str, Any]] = {
         "clearance": "none",
         "amr": ["pwd"],
     },
+    # The platform's US back-end services: they write through the gateway. A service
+    # authenticates with a hardware-bound workload key (amr "hwk").
+    "profile-service": {
+        "role": "service",
+        "employer": "custodian",
+        "employer_country": "US",
+        "location_country": "US",
+        "clearance": "none",
+        "amr": ["hwk"],
+    },
+    "content-service": {
+        "role": "service",
+        "employer": "custodian",
+        "employer_country": "US",
+        "location_country": "US",
+        "clearance": "none",
+        "amr": ["hwk"],
+    },
+    "events-service": {
+        "role": "service",
+        "employer": "custodian",
+        "employer_country": "US",
+        "location_country": "US",
+        "clearance": "none",
+        "amr": ["hwk"],
+    },
     "adco": {
         "role": "ad_partner",
         "employer": "adpartner",

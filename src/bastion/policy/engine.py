@@ -58,6 +58,7 @@ from bastion.policy.transforms import kind_of
 from bastion.policy.vocabulary import (
     FIELD_ACTIONS,
     MAX_APPROVERS,
+    WRITE_ACTIONS,
     Action,
     JustificationType,
     RowFilterKind,
@@ -76,6 +77,7 @@ T_FIELD = f"{NAMESPACE}::Field"
 T_REQUEST = f"{NAMESPACE}::AccessRequest"
 T_HISTORY = f"{NAMESPACE}::AccessHistory"
 T_SYSTEM = f"{NAMESPACE}::System"
+T_SUBJECT_DATA = f"{NAMESPACE}::SubjectData"
 T_CATEGORY = f"{NAMESPACE}::Category"
 T_CLASSIFICATION = f"{NAMESPACE}::Classification"
 T_JUSTIFICATION = f"{NAMESPACE}::Justification"
@@ -119,6 +121,36 @@ class Decision:
             verb = "permitted by" if self.allowed else "forbidden by"
             return f"{verb} {', '.join(self.policy_ids)}"
         return "no policy permits it (default deny)"
+
+
+@dataclass(frozen=True)
+class WriteDecision:
+    """A write decided field by field; allowed only when every field is."""
+
+    dataset: str
+    action: Action
+    fields: Mapping[str, Decision]
+    policy_sha256: str
+
+    @property
+    def allowed(self) -> bool:
+        return all(d.allowed for d in self.fields.values())
+
+    @property
+    def denied(self) -> tuple[str, ...]:
+        return tuple(name for name, d in self.fields.items() if not d.allowed)
+
+    @property
+    def policy_ids(self) -> tuple[str, ...]:
+        return tuple(sorted({p for d in self.fields.values() for p in d.policy_ids}))
+
+    @property
+    def reason(self) -> str:
+        denied = self.denied
+        if not denied:
+            return ""
+        first = self.fields[denied[0]]
+        return f"field {denied[0]!r}: {first.reason}"
 
 
 @dataclass(frozen=True)
@@ -316,6 +348,58 @@ class PolicyEngine:
         }
         return self.authorize(
             principal, Action.READ, ("AccessHistory", subject_id), extra_entities=[entity]
+        )
+
+    def decide_write(
+        self, principal: PrincipalLike, dataset: str, fields: Sequence[str], action: Action
+    ) -> WriteDecision:
+        """Decide a write (or a record delete) field by field: allowed only when every field
+        is. Raises InputError naming an unknown dataset or field."""
+        if action not in WRITE_ACTIONS:
+            raise InputError(f"action {action.value!r} does not write a dataset")
+        ds = self.catalog.dataset(dataset)
+        specs = [ds.field(name) for name in dict.fromkeys(fields)]
+        if not specs:
+            raise InputError("no fields to write", dataset=ds.name)
+        attrs = self.attributes(principal)
+        entities = self._entities_with([principal_entity(attrs)])
+        ctx = self._context()
+        decisions = self._decide(
+            entities,
+            attrs.id,
+            [(action, _uid(T_FIELD, field_entity_id(ds.name, f.name)), ctx) for f in specs],
+        )
+        return WriteDecision(
+            dataset=ds.name,
+            action=action,
+            fields={f.name: d for f, d in zip(specs, decisions, strict=True)},
+            policy_sha256=self.sha256,
+        )
+
+    def can_exercise_right(
+        self, principal: PrincipalLike, action: Action, subject_id: str
+    ) -> Decision:
+        """A data-subject right (export, erasure request) over ``subject_id``'s data."""
+        if action not in (Action.SUBJECT_EXPORT, Action.REQUEST_ERASURE):
+            raise InputError(f"action {action.value!r} is not a data-subject right")
+        entity = {"uid": _uid(T_SUBJECT_DATA, subject_id), "attrs": {"subject": subject_id}}
+        return self.authorize(
+            principal,
+            action,
+            ("SubjectData", subject_id),
+            extra_entities=[{**entity, "parents": []}],
+        )
+
+    def can_follow_changes(self, principal: PrincipalLike, dataset: str) -> Decision:
+        """Following a dataset's change feed (record keys and field names, never values)."""
+        return self.authorize(principal, Action.FOLLOW_CHANGES, ("Dataset", dataset))
+
+    def can_place_legal_hold(self, principal: PrincipalLike) -> Decision:
+        return self.authorize(
+            principal,
+            Action.LEGAL_HOLD,
+            ("System", "bastion"),
+            extra_entities=[{"uid": _uid(T_SYSTEM, "bastion"), "attrs": {}, "parents": []}],
         )
 
     # ------------------------------------------------------------------ plans

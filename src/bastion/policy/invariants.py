@@ -63,7 +63,7 @@ from bastion.policy.symbolic import (
     enum_members,
     read_policies,
 )
-from bastion.policy.vocabulary import MAX_APPROVERS, RELEASE_ACTIONS, Transform
+from bastion.policy.vocabulary import FIELD_RESOURCE_ACTIONS, MAX_APPROVERS, Transform
 from bastion.settings import Settings
 
 INVARIANTS_FILE = "invariants.yaml"
@@ -142,7 +142,7 @@ class Scope(BaseModel):
     @field_validator("action")
     @classmethod
     def _actions(cls, v: list[str] | None) -> list[str] | None:
-        known = {a.value for a in RELEASE_ACTIONS}
+        known = {a.value for a in FIELD_RESOURCE_ACTIONS}
         if v is not None and not v:
             raise ValueError("an empty list of actions matches nothing")
         for name in v or ():

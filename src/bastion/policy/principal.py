@@ -146,6 +146,7 @@ class PrincipalAttributes:
     custodian: bool
     subject_id: str
     covered_reasons: tuple[str, ...] = field(default=())
+    service: str = ""
 
     def cedar_attrs(self) -> dict[str, Any]:
         return {
@@ -160,6 +161,7 @@ class PrincipalAttributes:
             "covered_person": self.covered_person,
             "custodian": self.custodian,
             "subject_id": self.subject_id,
+            "service": self.service,
         }
 
     def actor(self) -> Actor:
@@ -196,6 +198,17 @@ def _subject_id(p: PrincipalLike) -> str:
     return ""
 
 
+def _service(p: PrincipalLike) -> str:
+    """A platform service's name: the token's own ``sub`` (the registered principal the
+    registry admitted), never a claim the token adds. Only for role "service"."""
+    if p.role != "service":
+        return ""
+    sub = getattr(p, "sub", None)
+    if sub is None:  # a PrincipalSpec (tests, the CLI) names the service by its id
+        sub = p.id
+    return sub if isinstance(sub, str) and _NAME.match(sub) else ""
+
+
 def derive_attributes(
     p: PrincipalLike, config: PrincipalConfig = DEFAULT_PRINCIPAL_CONFIG
 ) -> PrincipalAttributes:
@@ -229,4 +242,5 @@ def derive_attributes(
         custodian=employer in config.custodian_employers and not reasons,
         subject_id=_subject_id(p),
         covered_reasons=tuple(reasons),
+        service=_service(p),
     )

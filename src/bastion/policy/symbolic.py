@@ -56,7 +56,7 @@ from bastion.policy.principal import (
     PrincipalSpec,
     derive_attributes,
 )
-from bastion.policy.vocabulary import RELEASE_ACTIONS, REVEAL_ORDER, Transform
+from bastion.policy.vocabulary import FIELD_RESOURCE_ACTIONS, REVEAL_ORDER, Transform
 
 # A variable is named by where it lives and the attribute: ("principal", "role"),
 # ("resource", "classification"), ("context", "ticket"), or ("action", "").
@@ -113,6 +113,7 @@ PRINCIPAL_KINDS: dict[str, Kind] = {
     "covered_person": "bool",
     "custodian": "bool",
     "subject_id": "string",
+    "service": "string",
 }
 ENUM_TYPES = {
     ("resource", "classification"): "Classification",
@@ -455,7 +456,7 @@ def applies_to_fields(est: Mapping[str, Any]) -> bool:
         names = [str(action["entity"]["id"])]
     elif action.get("op") == "in":
         names = [str(e["id"]) for e in action.get("entities", [])]
-    if names and not set(names) & {a.value for a in RELEASE_ACTIONS}:
+    if names and not set(names) & {a.value for a in FIELD_RESOURCE_ACTIONS}:
         return False
     resource = est.get("resource", {})
     if resource.get("op") == "is":
@@ -676,7 +677,7 @@ def enum_members(var: VarName) -> tuple[str, ...]:
 def build_domain(literals: Literals, config: PrincipalConfig, *, max_approvers: int) -> Domain:
     closure = _close(literals, config)
     values: dict[VarName, tuple[Value, ...]] = {
-        ACTION: tuple(sorted(a.value for a in RELEASE_ACTIONS)),
+        ACTION: tuple(sorted(a.value for a in FIELD_RESOURCE_ACTIONS)),
     }
     for attr, kind in FIELD_ATTRS.items():
         var = ("resource", attr)
@@ -793,6 +794,9 @@ def _principals(
     clearances = sorted({*CLEARANCE_LEVELS, *closure.named(("principal", "clearance"))})
     amrs = _amr_sets(literals, closure)
     subjects = sorted({"", SHARED, *closure.named(("principal", "subject_id"))})
+    services = _string_reps(
+        ("principal", "service"), closure.named(("principal", "service")), base=("",)
+    )
     employer_countries = _countries(("principal", "employer_country"), closure, config)
     location_countries = _countries(("principal", "location_country"), closure, config)
     axes: list[Sequence[Any]] = [
@@ -803,6 +807,7 @@ def _principals(
         clearances,
         amrs,
         subjects,
+        services,
     ]
     total = 1
     for axis in axes:
@@ -813,8 +818,8 @@ def _principals(
             f"more than {MAX_PRINCIPALS}); the principals cannot be enumerated"
         )
     out: dict[tuple[Value, ...], Mapping[str, Value]] = {}
-    for role, employer, ec, lc, clearance, amr, subject in itertools.product(*axes):
-        spec = _Token(str(role), str(employer), ec, lc, clearance, amr, subject)
+    for role, employer, ec, lc, clearance, amr, subject, service in itertools.product(*axes):
+        spec = _Token(str(role), str(employer), ec, lc, clearance, amr, subject, str(service))
         attrs = derive_attributes(spec, config).cedar_attrs()
         row: dict[str, Value] = {k: _freeze(attrs[k]) for k in PRINCIPAL_KINDS}
         out.setdefault(tuple(row[k] for k in PRINCIPAL_KINDS), row)
@@ -839,6 +844,8 @@ class _Token:
     clearance: str
     amr: tuple[str, ...]
     subject_id: str
+    # A service's name is its token's sub (derive_attributes reads it for role "service").
+    sub: str = ""
     id: str = "probe"
 
 

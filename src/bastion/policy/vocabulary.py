@@ -23,12 +23,26 @@ class Action(StrEnum):
     # policy decision like any other.
     OPEN_TICKET = "open_ticket"
     CLOSE_TICKET = "close_ticket"
+    # Writes from the platform's services and from data subjects (rectification). A record
+    # delete asks ``delete`` for every field of the dataset.
+    WRITE = "write"
+    DELETE = "delete"
+    # A data subject's rights (resource: SubjectData) and legal holds (resource: System).
+    SUBJECT_EXPORT = "subject_export"
+    REQUEST_ERASURE = "request_erasure"
+    LEGAL_HOLD = "legal_hold"
+    # Following a dataset's change feed (resource: Dataset).
+    FOLLOW_CHANGES = "follow_changes"
 
 
 # Actions whose resource is a Field: they produce a per-field plan with transforms.
 FIELD_ACTIONS = frozenset({Action.READ, Action.SEARCH, Action.EXPORT})
 # Every action whose resource is a Field, the engine's own break-glass action included.
 RELEASE_ACTIONS = FIELD_ACTIONS | {Action.BREAK_GLASS}
+# Actions that change a Field's stored values; a permit for them carries no @transform.
+WRITE_ACTIONS = frozenset({Action.WRITE, Action.DELETE})
+# Every action on a Field: what the invariant checker proves its invariants over.
+FIELD_RESOURCE_ACTIONS = RELEASE_ACTIONS | WRITE_ACTIONS
 
 
 class Transform(StrEnum):
