@@ -154,6 +154,10 @@ class GatewaySettings(Section):
     max_page_size: Annotated[int, Strict(), Field(ge=1, le=HARD_MAX_PAGE)] = 500
     max_batch: Annotated[int, Strict(), Field(ge=1, le=HARD_MAX_PAGE)] = 500
     max_export: Annotated[int, Strict(), Field(ge=1, le=1_000_000)] = 10_000
+    # Records in one POST /datasets/{dataset}/records (all or nothing; docs/WRITES.md).
+    max_write_batch: Annotated[int, Strict(), Field(ge=1, le=HARD_MAX_PAGE)] = 500
+    # How long GET /datasets/{dataset}/changes may hold a request open for new changes.
+    max_change_wait_s: Annotated[float, Strict(), Field(ge=0, le=60)] = 30.0
     # category -> limit of distinct subjects per 12 months, for each employer and principal;
     # empty: the legal thresholds of 28 CFR 202.205.
     bulk_thresholds: dict[Text, Annotated[int, Strict(), Field(ge=0)]] = Field(default_factory=dict)

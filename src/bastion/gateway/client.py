@@ -34,6 +34,7 @@ from bastion.gateway.models import (
     ReleaseOut,
     SearchRequest,
     WhoAmI,
+    WriteOut,
 )
 
 Context = AccessContext
@@ -192,9 +193,14 @@ class GatewayClient:
         json: Any = None,
         params: dict[str, Any] | None = None,
         request_id: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Any:
         resp = self._http.request(
-            method, path, json=json, params=params, headers=self._headers(request_id)
+            method,
+            path,
+            json=json,
+            params=params,
+            headers={**self._headers(request_id), **(headers or {})},
         )
         if resp.status_code >= 400:
             raise _error(resp)
@@ -210,6 +216,79 @@ class GatewayClient:
             request_id=request_id,
         )
         return ReleaseOut.model_validate(data)
+
+    # -- writes ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _write_headers(idempotency_key: str | None, if_match: int | None = None) -> dict[str, str]:
+        headers = {}
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
+        if if_match is not None:
+            headers["If-Match"] = f'"{if_match}"'
+        return headers
+
+    def write_records(
+        self,
+        dataset: str,
+        records: list[dict[str, Any]],
+        *,
+        upsert: bool = False,
+        idempotency_key: str | None = None,
+        request_id: str | None = None,
+    ) -> WriteOut:
+        """Insert (or upsert) records, all or nothing; returns versions and tokens."""
+        data = self.request(
+            "POST",
+            f"/datasets/{dataset}/records",
+            json={"records": records, "mode": "upsert" if upsert else "insert"},
+            request_id=request_id,
+            headers=self._write_headers(idempotency_key),
+        )
+        return WriteOut.model_validate(data)
+
+    def change_record(
+        self,
+        dataset: str,
+        record_id: str,
+        fields: dict[str, Any],
+        *,
+        if_match: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> WriteOut:
+        data = self.request(
+            "PATCH",
+            f"/datasets/{dataset}/records/{record_id}",
+            json={"fields": fields},
+            headers=self._write_headers(idempotency_key, if_match),
+        )
+        return WriteOut.model_validate(data)
+
+    def delete_record(
+        self,
+        dataset: str,
+        record_id: str,
+        *,
+        if_match: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> WriteOut:
+        data = self.request(
+            "DELETE",
+            f"/datasets/{dataset}/records/{record_id}",
+            headers=self._write_headers(idempotency_key, if_match),
+        )
+        return WriteOut.model_validate(data)
+
+    def changes(
+        self, dataset: str, *, after: int = 0, limit: int = 100, wait: float = 0
+    ) -> dict[str, Any]:
+        """Changes after cursor ``after`` (long-polls up to ``wait`` seconds)."""
+        result: dict[str, Any] = self.request(
+            "GET",
+            f"/datasets/{dataset}/changes",
+            params={"after": after, "limit": limit, "wait": wait},
+        )
+        return result
 
     # -- service ---------------------------------------------------------------------------
 

@@ -7,6 +7,8 @@ audience = "bastion-gateway"      # aud every accepted token must carry
 max_page_size = 500               # search/list pages; larger requests get a 422
 max_batch = 500                   # record ids in one batch read
 max_export = 10000                # records in one export
+max_write_batch = 500             # records in one write (all or nothing)
+max_change_wait_s = 30.0          # how long a change-feed request may wait for changes
 bulk_thresholds = { precise_geolocation = 1000 }   # 28 CFR 202.205 limits (default: the law's)
 tickets = "registered"            # a ticket's subjects come from the ticket a ticketing
                                   # service registered; "caller": from the reader (old)

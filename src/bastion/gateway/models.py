@@ -176,3 +176,24 @@ class Health(BaseModel):
     log_size: int | None
     policy_sha256: str | None
     checks: dict[str, str]
+
+
+class WrittenOut(BaseModel):
+    record_id: str
+    version: int = Field(description="The record's version after this write (ETag).")
+    created: bool
+    tokens: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Pseudonym tokens of the record's interoperable identifiers: keep these "
+        "instead of the values.",
+    )
+
+
+class WriteOut(BaseModel):
+    request_id: str
+    dataset: str
+    op: str
+    records: list[WrittenOut]
+    leaf_hash: str = Field(description="RFC 6962 leaf hash of the write's data.write entry.")
+    receipt: ReceiptOut | None = None
+    replayed: bool = False

@@ -38,7 +38,12 @@ DDL = [
     "INSERT INTO gateway_index_state (id, next_index) VALUES (1, 0) ON CONFLICT (id) DO NOTHING",
 ]
 _BATCH = 256
-_MARKERS = (b'"type":"access.decision"', b'"type":"approval"', b'"type":"ticket"')
+_MARKERS = (
+    b'"type":"access.decision"',
+    b'"type":"approval"',
+    b'"type":"ticket"',
+    b'"type":"data.write"',
+)
 
 
 def migrate_index(db: Database) -> None:
@@ -170,6 +175,8 @@ class SubjectIndex:
                 if ref is not None:
                     refs.add(ref)
             return refs
+        if doc.get("type") == "data.write":
+            return {str(r.get("subject")) for r in doc.get("records") or [] if r.get("subject")}
         if doc.get("type") == "ticket":
             return {str(s) for s in doc.get("subject_refs") or []}
         return set()

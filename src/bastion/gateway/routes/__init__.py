@@ -18,10 +18,12 @@ def register_routes(app: FastAPI, runtime: Runtime) -> None:
         subjects,
         tickets,
         transparency,
+        writes,
     )
 
     app.include_router(public.router)
     app.include_router(data.router)
+    app.include_router(writes.router)
     app.include_router(access.router)
     app.include_router(tickets.router)
     app.include_router(transparency.router)

@@ -1,0 +1,473 @@
+"""Writes to live records: insert, upsert, change and delete, with versions.
+
+A write runs in two phases so that its ledger entry and its data commit together:
+
+1. :meth:`VaultWrites.stage` (outside the ledger's commit): validate every value with the
+   catalog's compiled validator, give new subjects their pseudonyms and data keys (in a
+   vault transaction of its own, as ingest does), refuse erased subjects, and seal the
+   values with the one sealing path ingest uses (``DatasetLayout.seal``). Nothing of the
+   record is stored yet, and the staged write holds only ciphertext and tokens.
+2. :meth:`VaultWrites.apply` (inside the ledger's commit, as its side write, under the
+   vault lock): re-check that every subject still holds its data key (410 otherwise), check
+   versions (412 on a stale If-Match, 409 on a duplicate insert, 404 on a missing record),
+   store the rows and append their change-feed rows. If it raises, the ledger drops the
+   write's entry with it, so no acknowledged write lacks its entry and no entry names a
+   write that did not happen.
+
+A change (``update``) seals only the fields it names; the record's other sealed values are
+kept as they are (each value is sealed on its own, bound to dataset, record, subject and
+field, so a value moves between blobs of the same record unchanged).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from bastion.catalog import DatasetSpec, Value
+from bastion.catalog.compiled import ValidBatch, compile_field, row_validator
+from bastion.catalog.values import BadValue
+from bastion.clock import iso
+from bastion.errors import InputError
+from bastion.store import Cursor
+from bastion.vault import codec
+from bastion.vault.changes import ChangeOp, change_row, record_changes
+from bastion.vault.schema import VAULT_LOCK
+from bastion.vault.sealing import DatasetLayout
+from bastion.vault.subject_keys import FieldKey
+from bastion.vault.vault import Vault
+
+
+class WriteOp(StrEnum):
+    INSERT = "insert"  # a new record; 409 if its id is taken
+    UPSERT = "upsert"  # a new record, or a whole new version of an existing one
+    UPDATE = "update"  # some fields of an existing record
+    DELETE = "delete"  # an existing record
+
+
+class WriteRefused(InputError):
+    """A write the vault refuses for what is stored (not for its shape): carries the HTTP
+    status that says why (404 missing, 409 duplicate, 410 erased subject, 412 stale)."""
+
+    def __init__(self, status: int, reason: str, **where: object) -> None:
+        super().__init__(reason, **where)  # type: ignore[arg-type]
+        self.status = status
+
+
+@dataclass(frozen=True)
+class StagedRecord:
+    record_id: str  # as the caller named it
+    record_key: str  # as the vault stores it (the id's pseudonym where it is pseudonymized)
+    subject: str  # the subject's token
+    fields: tuple[str, ...]  # the fields this write sets
+    clear: Mapping[str, object] | None  # clear values (public values and tokens) it sets
+    sealed: Mapping[str, bytes] | None  # field -> nonce||ciphertext||tag it sets
+    expected_version: int | None
+    tokens: Mapping[str, object]  # pseudonymized field -> its token(s), for the response
+
+
+@dataclass(frozen=True)
+class StagedWrite:
+    dataset: str
+    op: WriteOp
+    records: tuple[StagedRecord, ...]
+    commitment: str  # keyed hash over the staged content (what the ledger entry carries)
+    created_secrets: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class WrittenRecord:
+    record_id: str
+    record_key: str
+    subject: str
+    version: int
+    created: bool
+
+
+def _row_where(dataset: str, row: int, field_name: str | None = None) -> dict[str, object]:
+    return {"dataset": dataset, "row": row, "field": field_name}
+
+
+class VaultWrites:
+    """The write path of one vault."""
+
+    def __init__(self, vault: Vault) -> None:
+        self.vault = vault
+
+    # ---- phase 1: validate, resolve, seal ---------------------------------------------------
+
+    def stage(
+        self,
+        dataset: str,
+        op: WriteOp,
+        records: Sequence[Mapping[str, object]],
+        *,
+        record_id: str | None = None,
+        expected_version: int | None = None,
+    ) -> StagedWrite:
+        """Validate and seal a write. ``records``: whole rows for insert and upsert, the
+        changed fields for update (one), nothing for delete (``record_id`` names it)."""
+        spec = self.vault.catalog.dataset(dataset)
+        if op in (WriteOp.INSERT, WriteOp.UPSERT):
+            staged = self._stage_rows(spec, op, records)
+        elif op is WriteOp.UPDATE:
+            if record_id is None or len(records) != 1:
+                raise InputError("a change names one record and its fields", dataset=dataset)
+            staged = [self._stage_change(spec, record_id, records[0], expected_version)]
+        else:
+            if record_id is None:
+                raise InputError("a delete names its record", dataset=dataset)
+            staged = [self._stage_delete(spec, record_id, expected_version)]
+        return StagedWrite(
+            dataset=spec.name,
+            op=op,
+            records=tuple(staged),
+            commitment=self._commitment(spec.name, op, staged),
+        )
+
+    def _stage_rows(
+        self, spec: DatasetSpec, op: WriteOp, records: Sequence[Mapping[str, object]]
+    ) -> list[StagedRecord]:
+        validator = row_validator(spec)
+        batch = validator.batch(enumerate(records, start=1), file="<request>")
+        layout = DatasetLayout.of(spec)
+        subjects = [str(s) for s in batch.columns[spec.subject_key]]
+        tokens, keys = self._resolve(spec, layout, batch, subjects)
+        subject_tokens = [tokens[s] for s in subjects]
+        rows = layout.seal(batch, subject_tokens, tokens, keys, "<request>")
+        names = tuple(spec.field_names)
+        out = []
+        for i, (_ds, key, subject, clear, sealed) in enumerate(rows):
+            out.append(
+                StagedRecord(
+                    record_id=str(batch.columns[spec.record_id][i]),
+                    record_key=key,
+                    subject=subject,
+                    fields=names,
+                    clear=json.loads(clear),
+                    sealed=codec.unpack_sealed(sealed),
+                    expected_version=None,
+                    tokens=_tokens_of(layout, json.loads(clear)),
+                )
+            )
+        return out
+
+    def _resolve(
+        self, spec: DatasetSpec, layout: DatasetLayout, batch: ValidBatch, subjects: list[str]
+    ) -> tuple[dict[str, str], dict[str, FieldKey]]:
+        """Tokens for every identifying value and field keys for every subject, made where
+        missing, in a vault transaction of their own (as ingest makes them). A subject made
+        here whose write then fails is left with no records: it opens nothing."""
+        vault = self.vault
+        vault.identity.load()
+        tokens: dict[str, str] = {}
+        with vault.db.transaction(lock=VAULT_LOCK) as cur:
+            vault.provider.refresh()
+            others = layout.identifying_values(batch, subjects)
+            vault._pseudonyms.resolve(cur, subjects, others, tokens)
+            wanted = list(dict.fromkeys(tokens[s] for s in subjects))
+            keys = vault._keys.load(cur, wanted)
+            fresh = [t for t in wanted if t not in keys]
+            if fresh:
+                self._refuse_erased(spec, batch, subjects, set(fresh), tokens, cur)
+                keys.update(vault._keys.create(cur, fresh, iso(vault.clock.now())))
+        return tokens, keys
+
+    def _refuse_erased(
+        self,
+        spec: DatasetSpec,
+        batch: ValidBatch,
+        subjects: Sequence[str],
+        fresh: set[str],
+        tokens: Mapping[str, str],
+        cur: Cursor,
+    ) -> None:
+        try:
+            self.vault._refuse_erased(cur, DatasetLayout.of(spec), batch, subjects, fresh, tokens)
+        except InputError as exc:
+            raise WriteRefused(
+                410,
+                "the subject was erased; their data cannot be written again",
+                dataset=spec.name,
+                row=exc.row,
+                field=spec.subject_key,
+            ) from None
+
+    def _existing(self, spec: DatasetSpec, record_id: str) -> tuple[str, str, str, bytes]:
+        """(record key, subject token, clear JSON, sealed blob) of a live record, or 404."""
+        vault = self.vault
+        pseudonymized = spec.field(spec.record_id).pseudonymize
+        if pseudonymized:
+            vault.identity.load()
+        with vault.db.transaction() as cur:
+            if pseudonymized:
+                found = vault._pseudonyms.lookup(cur, [record_id])
+                key = str(found[record_id][0]) if record_id in found else None
+            else:
+                key = record_id
+            row = (
+                cur.execute(
+                    "SELECT r.subject, r.clear, r.sealed FROM vault_records r "
+                    "JOIN vault_subjects s ON s.token = r.subject "
+                    "WHERE r.dataset = ? AND r.record_key = ?",
+                    (spec.name, key),
+                ).fetchone()
+                if key is not None
+                else None
+            )
+        if row is None or key is None:
+            raise WriteRefused(
+                404, "no such record", dataset=spec.name, field=spec.record_id, row=1
+            )
+        return key, str(row[0]), str(row[1]), bytes(row[2])
+
+    def _stage_change(
+        self,
+        spec: DatasetSpec,
+        record_id: str,
+        changes: Mapping[str, object],
+        expected_version: int | None,
+    ) -> StagedRecord:
+        values = _validate_changes(spec, changes)
+        key, subject, clear_text, _sealed = self._existing(spec, record_id)
+        layout = DatasetLayout.of(spec)
+        vault = self.vault
+        # One row through the one sealing path: the changed fields hold their new values,
+        # the others None (sealed, then dropped: only the changed fields' values are kept).
+        row: dict[str, Value] = {name: None for name in spec.field_names}
+        row.update(values)
+        row[spec.record_id] = record_id
+        batch = ValidBatch.from_rows([(1, row)], spec.field_names)
+        subjects = [subject]
+        tokens: dict[str, str] = {record_id: key} if layout.record_id_pseudonymized else {}
+        others = {v: subject for v in layout.identifying_values(batch, subjects) if v not in tokens}
+        vault.identity.load()
+        with vault.db.transaction(lock=VAULT_LOCK) as cur:
+            vault.provider.refresh()
+            if others:
+                vault._pseudonyms.resolve(cur, [], others, tokens)
+            keys = vault._keys.load(cur, [subject])
+        if subject not in keys:
+            raise WriteRefused(410, "the subject was erased", dataset=spec.name, row=1)
+        # The subject key's column is the subject's own token (seal reads it from there).
+        tokens.setdefault(subject, subject)
+        (_ds, _key, _subj, new_clear, new_sealed) = layout.seal(
+            batch, [subject], tokens, keys, "<request>"
+        )[0]
+        clear_new = json.loads(new_clear)
+        sealed_new = codec.unpack_sealed(new_sealed)
+        names = tuple(sorted(values))
+        return StagedRecord(
+            record_id=record_id,
+            record_key=key,
+            subject=subject,
+            fields=names,
+            clear={n: clear_new[n] for n in names if n in clear_new},
+            sealed={n: sealed_new[n] for n in names if n in sealed_new},
+            expected_version=expected_version,
+            tokens=_tokens_of(layout, {**json.loads(clear_text), **clear_new}),
+        )
+
+    def _stage_delete(
+        self, spec: DatasetSpec, record_id: str, expected_version: int | None
+    ) -> StagedRecord:
+        key, subject, _clear, _sealed = self._existing(spec, record_id)
+        return StagedRecord(
+            record_id=record_id,
+            record_key=key,
+            subject=subject,
+            fields=tuple(spec.field_names),
+            clear=None,
+            sealed=None,
+            expected_version=expected_version,
+            tokens={},
+        )
+
+    def _commitment(self, dataset: str, op: WriteOp, records: Sequence[StagedRecord]) -> str:
+        """A keyed hash over what the write stores: the ledger entry commits to the content
+        without revealing it (the key stays with the custodian, so a guess cannot be
+        checked against the public log)."""
+        digest = hashlib.sha256()
+        for r in records:
+            digest.update(
+                json.dumps(
+                    [
+                        r.record_key,
+                        r.subject,
+                        sorted((r.clear or {}).items()),
+                        sorted((k, v.hex()) for k, v in (r.sealed or {}).items()),
+                    ],
+                    sort_keys=True,
+                    default=str,
+                ).encode()
+            )
+        key = self.vault.identity.load()[1]
+        mac = hmac.new(
+            key,
+            b"bastion/write/v1\x00" + f"{dataset}\x00{op.value}\x00".encode() + digest.digest(),
+            hashlib.sha256,
+        )
+        return "hmac-sha256:" + mac.hexdigest()
+
+    # ---- phase 2: store, inside the ledger's commit ------------------------------------------
+
+    def apply(self, cur: Cursor, staged: StagedWrite) -> list[WrittenRecord]:
+        """Store a staged write in the caller's transaction (the ledger commit); all records
+        or none (the caller's savepoint rolls back on any error)."""
+        vault = self.vault
+        vault.db.lock_in(cur, VAULT_LOCK)
+        spec = vault.catalog.dataset(staged.dataset)
+        at = iso(vault.clock.now())
+        layout = DatasetLayout.of(spec)
+        written: list[WrittenRecord] = []
+        changes = []
+        added: dict[str, int] = {}
+        for number, rec in enumerate(staged.records, start=1):
+            where = {"dataset": spec.name, "row": number, "field": spec.record_id}
+            if (
+                cur.execute(
+                    "SELECT 1 FROM vault_subjects WHERE token = ?", (rec.subject,)
+                ).fetchone()
+                is None
+            ):
+                raise WriteRefused(410, "the subject was erased", **where)
+            row = cur.execute(
+                "SELECT version, clear, sealed FROM vault_records "
+                "WHERE dataset = ? AND record_key = ?",
+                (spec.name, rec.record_key),
+            ).fetchone()
+            op, version = self._apply_one(cur, spec, layout, staged.op, rec, row, at, where)
+            if op == "insert":
+                added[rec.subject] = added.get(rec.subject, 0) + 1
+            elif op == "delete":
+                added[rec.subject] = added.get(rec.subject, 0) - 1
+            changes.append(change_row(spec.name, rec.record_key, version, op, rec.fields, at))
+            written.append(
+                WrittenRecord(rec.record_id, rec.record_key, rec.subject, version, op == "insert")
+            )
+        for token, n in added.items():
+            cur.execute(
+                "UPDATE vault_subjects SET records = records + ? WHERE token = ?", (n, token)
+            )
+        record_changes(vault.db, cur, changes)
+        return written
+
+    def _apply_one(
+        self,
+        cur: Cursor,
+        spec: DatasetSpec,
+        layout: DatasetLayout,
+        op: WriteOp,
+        rec: StagedRecord,
+        row: tuple[object, ...] | None,
+        at: str,
+        where: dict[str, object],
+    ) -> tuple[ChangeOp, int]:
+        if row is None and op is not WriteOp.INSERT and op is not WriteOp.UPSERT:
+            raise WriteRefused(404, "no such record", **where)
+        if row is not None and op is WriteOp.INSERT:
+            raise WriteRefused(409, "a record with this id already exists", **where)
+        if (
+            row is not None
+            and rec.expected_version is not None
+            and int(str(row[0])) != rec.expected_version
+        ):
+            raise WriteRefused(
+                412,
+                f"the record is at version {row[0]}, not {rec.expected_version} (If-Match)",
+                **where,
+            )
+        if row is None:
+            cur.execute(
+                "INSERT INTO vault_records (dataset, record_key, subject, clear, sealed, "
+                "version, stored_at) VALUES (?, ?, ?, ?, ?, 1, ?)",
+                (
+                    spec.name,
+                    rec.record_key,
+                    rec.subject,
+                    _clear_json(rec.clear or {}),
+                    _pack(layout, rec.sealed or {}),
+                    at,
+                ),
+            )
+            return "insert", 1
+        version = int(str(row[0])) + 1
+        if op is WriteOp.DELETE:
+            cur.execute(
+                "DELETE FROM vault_records WHERE dataset = ? AND record_key = ?",
+                (spec.name, rec.record_key),
+            )
+            return "delete", version
+        if op is WriteOp.UPDATE:
+            clear = {**json.loads(str(row[1])), **(rec.clear or {})}
+            sealed = {**codec.unpack_sealed(_blob(row[2])), **(rec.sealed or {})}
+        else:
+            clear, sealed = dict(rec.clear or {}), dict(rec.sealed or {})
+        cur.execute(
+            "UPDATE vault_records SET clear = ?, sealed = ?, version = ? "
+            "WHERE dataset = ? AND record_key = ?",
+            (_clear_json(clear), _pack(layout, sealed), version, spec.name, rec.record_key),
+        )
+        return "update", version
+
+
+def _validate_changes(spec: DatasetSpec, changes: Mapping[str, object]) -> dict[str, Value]:
+    """The changed fields, each checked by the catalog's compiled coercer for that field."""
+    if not changes:
+        raise InputError("no fields to change", dataset=spec.name)
+    fixed = {spec.record_id, spec.subject_key}
+    out: dict[str, Value] = {}
+    for name, raw in changes.items():
+        spec.field(name)  # InputError naming an unknown field
+        if name in fixed:
+            raise InputError(
+                "the record id and the subject cannot change; delete and insert instead",
+                dataset=spec.name,
+                field=name,
+            )
+        f = spec.field(name)
+        try:
+            value = compile_field(f)(raw)
+        except BadValue as exc:
+            raise InputError(str(exc), dataset=spec.name, row=1, field=name) from None
+        if value is None and not f.nullable:
+            raise InputError("a value is required", dataset=spec.name, row=1, field=name)
+        out[name] = value
+    return out
+
+
+def _blob(value: object) -> bytes:
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise TypeError("a sealed blob is bytes")
+    return bytes(value)
+
+
+def _tokens_of(layout: DatasetLayout, clear: Mapping[str, object]) -> dict[str, object]:
+    return {f.name: clear.get(f.name) for f in layout.clear if f.pseudonymized}
+
+
+def _clear_json(clear: Mapping[str, object]) -> str:
+    return json.dumps(clear, separators=(",", ":"), ensure_ascii=False)
+
+
+def _pack(layout: DatasetLayout, sealed: Mapping[str, bytes]) -> bytes:
+    """The sealed blob, fields in the layout's order (as ingest writes them)."""
+    parts: list[bytes] = []
+    for f in layout.sealed:
+        if f.name in sealed:
+            parts += (f.header, codec.blob_part(sealed[f.name]))
+    return codec.pack_sealed(parts)
+
+
+__all__ = [
+    "StagedRecord",
+    "StagedWrite",
+    "VaultWrites",
+    "WriteOp",
+    "WriteRefused",
+    "WrittenRecord",
+]
