@@ -41,7 +41,6 @@ ROLES = (
     "policy_admin",
     "ticketing_service",
     "service",
-    "service",
     # Roles no policy names.
     "intern",
     "analyst",
@@ -94,7 +93,8 @@ FIELDS = (
 PURPOSES = ("", "", "support case 42", "fraud review", "x", " ")
 TICKETS = ("", "", "SUP-1042", "SUP-7", "INC-77", "SEC-9", "INC-7-P1", "jane.doe", "x")
 SUBJECT_COUNTS = (0, 1, 2, 7, 99, 100, 101, 5000)
-ACTIONS = ("read", "search", "export", "break_glass", "write", "delete")
+# break_glass twice: its planted bugs need enough samples among the added write actions.
+ACTIONS = ("read", "search", "export", "break_glass", "break_glass", "write", "delete")
 # A service principal's name is its token's sub (the id here); "mailer" is named by no policy.
 SERVICES = ("profile-service", "content-service", "events-service", "mailer")
 INSTANTS = (
