@@ -386,6 +386,14 @@ def gateway_story(ctx: DemoContext) -> None:
     )
 
 
+def live_vault_story(ctx: DemoContext) -> None:
+    from bastion.demo.live_vault import run_demo as run_live_vault
+
+    ctx.report["live_vault"] = run_live_vault(
+        home=ctx.home, db=ctx.db, ledger=ctx.log, clock=ctx.clock, console=ctx.console
+    )
+
+
 def cleanroom_story(ctx: DemoContext) -> None:
     from bastion.demo.cleanroom import demo as run_cleanroom
 
@@ -399,6 +407,10 @@ def extra_steps() -> list[tuple[str, Step]]:
     """Scenarios of the parts above the vault and ledger, in the order the story needs them."""
     return [
         ("Gateway: every access decided, minimized, approved and recorded first", gateway_story),
+        (
+            "Live vault: the platform writes; a person downloads and erases their data",
+            live_vault_story,
+        ),
         ("Clean room: the ad partner gets differentially private aggregates only", cleanroom_story),
         ("Release assurance: only reviewed code ships, and a phone can check it", releases_story),
     ]
