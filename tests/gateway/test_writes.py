@@ -86,8 +86,15 @@ def test_versions_conflicts_and_missing_records(runtime: Runtime, connect: Conne
     with pytest.raises(GatewayError) as err:
         svc.change_record("users", "u99999", {"language": "de"})
     assert err.value.status == 404
+    raw = svc._http.request(
+        "PATCH",
+        f"/datasets/users/records/{rid}",
+        json={"fields": {"language": "it"}},
+        headers={**svc._headers(None), "If-Match": '"2"'},
+    )
+    assert raw.status_code == 200 and raw.headers["etag"] == '"3"'
     upserted = svc.write_records("users", [_new_user(USERS + 3)], upsert=True)
-    assert upserted.records[0].version == 3 and not upserted.records[0].created
+    assert upserted.records[0].version == 4 and not upserted.records[0].created
     refusals = [e for e in _entries(runtime) if e["type"] == "request.rejected"]
     assert {e["status"] for e in refusals} >= {404, 409, 412}
 

@@ -10,14 +10,16 @@ import asyncio
 import time
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
+from bastion.gateway.auth import Principal
 from bastion.gateway.deps import CurrentPrincipal, RuntimeDep
 from bastion.gateway.errors import ERROR_RESPONSES, ApiError
 from bastion.gateway.models import ID, NAME, WriteOut
 from bastion.gateway.recording import endpoint_of, new_request_id
+from bastion.gateway.runtime import Runtime
 from bastion.gateway.writes import WriteGate, WriteRequest, body_digest, parse_if_match
 from bastion.settings import HARD_MAX_PAGE
 from bastion.vault.changes import MAX_PAGE, read_changes
@@ -98,8 +100,11 @@ def _request(
     )
 
 
-def _etag(out: WriteOut) -> dict[str, str]:
-    return {"ETag": f'"{out.records[0].version}"'} if len(out.records) == 1 else {}
+def _answer(rt: Runtime, principal: Principal, req: WriteRequest, response: Response) -> WriteOut:
+    out = WriteGate(rt).write(principal, req)
+    if len(out.records) == 1:
+        response.headers["ETag"] = f'"{out.records[0].version}"'  # what If-Match takes back
+    return out
 
 
 @router.post("/datasets/{dataset}/records", responses=_RESPONSES, response_model=WriteOut)
@@ -107,6 +112,7 @@ def write_records(
     dataset: DatasetName,
     body: WriteRecordsRequest,
     request: Request,
+    response: Response,
     principal: CurrentPrincipal,
     rt: RuntimeDep,
     idempotency_key: IdempotencyKey = None,
@@ -116,7 +122,7 @@ def write_records(
     req = _request(
         request, dataset, op, body.records, body.model_dump(mode="json"), key=idempotency_key
     )
-    return WriteGate(rt).write(principal, req)
+    return _answer(rt, principal, req, response)
 
 
 @router.patch(
@@ -127,6 +133,7 @@ def change_record(
     record_id: RecordId,
     body: ChangeFieldsRequest,
     request: Request,
+    response: Response,
     principal: CurrentPrincipal,
     rt: RuntimeDep,
     if_match: IfMatch = None,
@@ -143,7 +150,7 @@ def change_record(
         if_match=if_match,
         key=idempotency_key,
     )
-    return WriteGate(rt).write(principal, req)
+    return _answer(rt, principal, req, response)
 
 
 @router.delete(
@@ -153,6 +160,7 @@ def delete_record(
     dataset: DatasetName,
     record_id: RecordId,
     request: Request,
+    response: Response,
     principal: CurrentPrincipal,
     rt: RuntimeDep,
     if_match: IfMatch = None,
@@ -169,7 +177,7 @@ def delete_record(
         if_match=if_match,
         key=idempotency_key,
     )
-    return WriteGate(rt).write(principal, req)
+    return _answer(rt, principal, req, response)
 
 
 @router.get("/datasets/{dataset}/changes", responses=ERROR_RESPONSES, response_model=ChangesOut)
