@@ -559,24 +559,20 @@ class Sequencer:
                 return old, edge.size
             edge = None  # another process moved the tree: reload under the lock
             self.reloads += 1
-        try:
-            with self.storage.exclusive() as tx:
-                size = tx.tree_size()
-                if edge is None or edge.size != size:
-                    if edge is not None:
-                        self.reloads += 1
-                    edge = RightEdge.load(tx, size)
-                records, hashes = batch.records, batch.hashes
-                if batch.sides is not None:
-                    cursor = tx.cursor
-                    if cursor is None:
-                        raise ConfigError(f"{self.storage.description} cannot run side writes")
-                    records, hashes = _run_side_writes(cursor, batch)
-                writes = edge.integrate(records, hashes)
-                tx.write(size, edge.size, writes)
-        except _Refused:  # the batch's one submission: rolled back whole, the edge unchanged
-            self._edge = edge
-            return size, size
+        with self.storage.exclusive() as tx:
+            size = tx.tree_size()
+            if edge is None or edge.size != size:
+                if edge is not None:
+                    self.reloads += 1
+                edge = RightEdge.load(tx, size)
+            records, hashes = batch.records, batch.hashes
+            if batch.sides is not None:
+                cursor = tx.cursor
+                if cursor is None:
+                    raise ConfigError(f"{self.storage.description} cannot run side writes")
+                records, hashes = _run_side_writes(cursor, batch)
+            writes = edge.integrate(records, hashes)
+            tx.write(size, edge.size, writes)
         self._edge = edge
         return size, edge.size
 
@@ -590,28 +586,14 @@ class Sequencer:
             thread.join()
 
 
-class _Refused(Exception):
-    """The side write of a batch's only submission raised: roll the whole transaction back."""
-
-
 def _run_side_writes(cur: Cursor, batch: _Batch) -> tuple[list[bytes], list[bytes]]:
     """Run the batch's side writes, each in a savepoint; return the records and hashes of the
     submissions whose side write succeeded (all of the batch's other entries included).
 
-    A batch that is one submission with a side write (a principal's grouped releases, say)
-    needs no savepoint: if the side write raises, nothing of the batch is kept, so the whole
-    transaction is rolled back instead (raises `_Refused`; on PostgreSQL two round trips
-    fewer per commit)."""
+    Even a batch of one submission keeps its savepoint: rolling back to it is also what
+    tells a side write that raised from a transaction that was lost under it (the rollback
+    fails, and the commit fails as the ledger's: a 503, not the side write's error)."""
     assert batch.sides is not None
-    if len(batch.sides) == 1 and batch.sides[0].count == len(batch.hashes):
-        side = batch.sides[0]
-        try:
-            side.write(cur)
-        except Exception as exc:
-            side.error = exc
-            batch.removed = [(side.position, side.count)]
-            raise _Refused from None
-        return batch.records, batch.hashes
     removed: list[tuple[int, int]] = []
     for side in batch.sides:
         cur.execute(f"SAVEPOINT {_SAVEPOINT}")
