@@ -110,3 +110,34 @@ def register_ticket(
         helpdesk,
         TicketSpec(id=ticket_id, subjects=tuple(subjects), expires_at=rt.clock.now() + ttl),
     )
+
+
+DemoScene = Callable[..., tuple[dict[str, Any], list[bytes]]]
+
+
+@pytest.fixture
+def demo_scene(db: Database, tmp_path: Path) -> DemoScene:
+    """``demo_scene(run_demo)`` -> (its report, every log entry): a demo scene run on a fresh
+    home with every part initialized, as ``bastion demo`` runs it."""
+    import io
+
+    from rich.console import Console
+
+    from bastion.clock import SystemClock
+    from bastion.demo.platform import initialize_all
+    from bastion.ledger.log import open_log
+
+    def run(scene: Callable[..., dict[str, Any]]) -> tuple[dict[str, Any], list[bytes]]:
+        home = init_home(tmp_path / "home")
+        clock = SystemClock()
+        initialize_all(home, db, clock)
+        log = open_log(home, db, clock)
+        try:
+            report = scene(
+                home=home, db=db, ledger=log, clock=clock, console=Console(file=io.StringIO())
+            )
+            return report, [bytes(log.entry(i)) for i in range(log.size())]
+        finally:
+            log.close()
+
+    return run

@@ -2,31 +2,14 @@
 
 from __future__ import annotations
 
-import io
-from pathlib import Path
-
-from rich.console import Console
-
-from bastion.cli.home_cmd import init_home
-from bastion.clock import SystemClock
 from bastion.demo.gateway import SUBJECTS, run_demo
-from bastion.demo.platform import initialize_all, sample_user
-from bastion.ledger.log import open_log
-from bastion.store import Database
+from bastion.demo.platform import sample_user
+
+from .conftest import DemoScene
 
 
-def test_demo_story(db: Database, tmp_path: Path) -> None:
-    home = init_home(tmp_path / "home")
-    clock = SystemClock()
-    initialize_all(home, db, clock)
-    log = open_log(home, db, clock)
-    try:
-        report = run_demo(
-            home=home, db=db, ledger=log, clock=clock, console=Console(file=io.StringIO())
-        )
-        entries = [bytes(log.entry(i)) for i in range(log.size())]
-    finally:
-        log.close()
+def test_demo_story(demo_scene: DemoScene) -> None:
+    report, entries = demo_scene(run_demo)
     assert report["ok"] and len(report["steps"]) == 8
     assert "A policy change that breaks an invariant is refused" in [
         s["step"] for s in report["steps"]
