@@ -203,12 +203,12 @@ def test_sigkill_under_write_load_loses_no_acknowledged_write(
                     assert stored[key] == 1  # inserted once, never again (idempotency key)
         # 2. Nothing without its entry, and no entry without its write.
         written = {(ev.dataset, r.record, r.version) for ev in writes.values() for r in ev.records}
-        ingested = {k for k, op in changes.items() if k[0] == "users" and k[2] == 1}
+        ingested = {c for c in changes if c[0] == "users" and c[2] == 1}
         assert all(changes[k] == "insert" for k in ingested) and len(ingested) == USERS
         assert set(changes) - ingested == written
         newest: dict[tuple[str, str], int] = {}
-        for ds, key, v in changes:
-            newest[(ds, key)] = max(v, newest.get((ds, key), 0))
+        for ds, rkey, v in changes:
+            newest[(ds, rkey)] = max(v, newest.get((ds, rkey), 0))
         assert stored == newest
         # 3. An auditor verifies the whole log over HTTP from the restarted server.
         deadline = time.monotonic() + 10
