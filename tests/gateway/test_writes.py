@@ -222,3 +222,24 @@ def test_every_write_entry_decodes(runtime: Runtime, connect: Connect) -> None:
     reader = runtime.ledger.reader
     types = {decode_event(e).type for _i, e in reader.entries(0, reader.tree_size())}
     assert "data.write" in types
+
+
+def test_a_service_writes_only_its_registered_datasets(runtime: Runtime, connect: Connect) -> None:
+    from bastion.policy.registry import PrincipalEntry
+
+    entry = runtime.registry.get(runtime.issuer.issuer, "events-service")
+    assert entry is not None and entry.datasets == ("events",)
+    # Policy allows the events service the events dataset; the registry narrows it to none.
+    runtime.registry.register(entry.model_copy(update={"datasets": ("videos",)}))
+    assert isinstance(runtime.registry.get(runtime.issuer.issuer, "events-service"), PrincipalEntry)
+    with pytest.raises(GatewayError) as err:
+        connect("events-service").write_records("events", [sample_event(9200, 2)])
+    assert err.value.status == 403 and "registered" in err.value.message
+    assert _entries(runtime)[-1]["decision"] == "deny"
+
+
+def test_missing_subject_key_names_it(runtime: Runtime, connect: Connect) -> None:
+    row = {k: v for k, v in sample_event(9300, 2).items() if k != "user_id"}
+    with pytest.raises(GatewayError) as err:
+        connect("events-service").write_records("events", [row])
+    assert err.value.status == 422 and "user_id" in err.value.message

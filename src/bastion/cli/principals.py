@@ -103,6 +103,9 @@ def register(
     location: list[str] = typer.Option(
         [], "--location", help="A country it may work from (repeatable; default any)."
     ),
+    dataset: list[str] = typer.Option(
+        [], "--dataset", help="A dataset a service may write (repeatable; default: policy's)."
+    ),
     issuer: str | None = typer.Option(None, help="Its issuer (default Bastion's own)."),
     home: Path | None = HOME_OPTION,
     as_json: bool = JSON_OPTION,
@@ -120,6 +123,7 @@ def register(
                 employer_country=employer_country,
                 max_clearance=max_clearance,
                 locations=tuple(location) if location else None,
+                datasets=tuple(dataset) if dataset else None,
             )
         except ValidationError as exc:
             first = exc.errors()[0]

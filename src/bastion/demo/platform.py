@@ -129,6 +129,14 @@ PRINCIPALS: dict[str, dict[str, Any]] = {
 }
 
 
+# The datasets each demo service is registered for (the registry's allow-list).
+SERVICE_DATASETS: dict[str, tuple[str, ...]] = {
+    "profile-service": ("users",),
+    "content-service": ("videos",),
+    "events-service": ("events",),
+}
+
+
 def register_principals(rt: Runtime, names: Iterable[str] | None = None) -> None:
     """Register the demo's principals (``PRINCIPALS``) with Bastion's own issuer, each allowed
     exactly its role, employer, employer country and clearance."""
@@ -144,6 +152,7 @@ def register_principals(rt: Runtime, names: Iterable[str] | None = None) -> None
                 employer=attrs.get("employer"),
                 employer_country=attrs.get("employer_country"),
                 max_clearance=attrs.get("clearance", "none"),
+                datasets=SERVICE_DATASETS.get(name),
             )
         )
 

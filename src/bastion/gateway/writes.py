@@ -180,6 +180,7 @@ class WriteGate:
     ) -> tuple[str, ...]:
         rt = self.rt
         action = Action.DELETE if staged.op is WriteOp.DELETE else Action.WRITE
+        self._check_registered_datasets(principal, request, staged.dataset, action)
         fields = sorted({f for r in staged.records for f in r.fields})
         decision = rt.engine().decide_write(principal, staged.dataset, fields, action)
         reason = decision.reason
@@ -214,6 +215,32 @@ class WriteGate:
             f"policy denies this write: {reason}",
             detail={"denied_fields": list(decision.denied)},
         )
+        err.receipt = receipt_out(receipt)
+        err.request_id = request.request_id
+        raise err
+
+    def _check_registered_datasets(
+        self, principal: Principal, request: WriteRequest, dataset: str, action: Action
+    ) -> None:
+        """A service writes only the datasets its registry entry lists (when it lists any):
+        a second, operator-held allow-list under the policy's."""
+        if principal.role != "service":
+            return
+        entry = self.rt.registry.entry(principal.issuer, principal.sub or principal.id)
+        if entry is None or entry.datasets is None or dataset in entry.datasets:
+            return
+        event = AccessDecision(
+            actor=principal.actor(),
+            reason="write",
+            at=iso(self.rt.clock.now()),
+            request_id=request.request_id,
+            action=action.value,
+            dataset=dataset,
+            decision="deny",
+            denied_reason="the service is not registered for this dataset",
+        )
+        (receipt,) = record(self.rt, [event])
+        err = ApiError(403, "denied", "the service is not registered for this dataset")
         err.receipt = receipt_out(receipt)
         err.request_id = request.request_id
         raise err

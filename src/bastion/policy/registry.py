@@ -74,6 +74,9 @@ class PrincipalEntry(BaseModel):
     # None: any country (where a person works from is not fixed); else an allow-list.
     locations: tuple[str, ...] | None = None
     status: Literal["active", "disabled"] = "active"
+    # A platform service's datasets: it writes and follows no other, whatever policy says
+    # (None: no restriction here; policy alone decides). Checked by the gateway's writes.
+    datasets: tuple[str, ...] | None = None
 
     @field_validator("max_clearance")
     @classmethod
@@ -133,7 +136,9 @@ def check_entry(entry: PrincipalEntry | None, claimed: Claimed) -> None:
         )
 
 
-_COLUMNS = "issuer, sub, roles, employer, employer_country, max_clearance, locations, status"
+_COLUMNS = (
+    "issuer, sub, roles, employer, employer_country, max_clearance, locations, status, datasets"
+)
 
 
 class PrincipalRegistry:
@@ -151,6 +156,7 @@ class PrincipalRegistry:
 
     def migrate(self) -> None:
         self.db.migrate("principals", REGISTRY_DDL)
+        self.db.add_columns("principals", "principals", [("datasets", "TEXT")])
 
     def register(self, entry: PrincipalEntry) -> PrincipalEntry:
         """Add or replace an entry (the custodian's operator decides who is admitted)."""
@@ -165,13 +171,14 @@ class PrincipalRegistry:
             entry.max_clearance,
             "\n".join(entry.locations) if entry.locations is not None else None,
             entry.status,
+            "\n".join(entry.datasets) if entry.datasets is not None else None,
             iso(self.clock.now()),
         )
         with self.db.transaction(lock="principals") as cur:
             cur.execute("DELETE FROM principals WHERE issuer = ? AND sub = ?", row[:2])
             cur.execute(
                 f"INSERT INTO principals ({_COLUMNS}, registered_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 row,
             )
         self._forget(entry.issuer, entry.sub)
@@ -198,6 +205,10 @@ class PrincipalRegistry:
             f"SELECT {_COLUMNS} FROM principals ORDER BY issuer, sub LIMIT ?", (limit,)
         )
         return [_entry(r) for r in rows]
+
+    def entry(self, issuer: str, sub: str) -> PrincipalEntry | None:
+        """The registered entry, through the cache."""
+        return self._cached(issuer, sub)
 
     def admit(self, claimed: Claimed) -> None:
         """Raise PrincipalRefused unless the token's principal is registered and allowed
@@ -237,7 +248,7 @@ class PrincipalRegistry:
 
 
 def _entry(row: tuple[object, ...]) -> PrincipalEntry:
-    issuer, sub, roles, employer, ec, clearance, locations, status = row
+    issuer, sub, roles, employer, ec, clearance, locations, status, datasets = row
     return PrincipalEntry(
         issuer=str(issuer),
         sub=str(sub),
@@ -247,6 +258,7 @@ def _entry(row: tuple[object, ...]) -> PrincipalEntry:
         max_clearance=str(clearance),
         locations=tuple(str(locations).split("\n")) if locations is not None else None,
         status="disabled" if status == "disabled" else "active",
+        datasets=tuple(str(datasets).split("\n")) if datasets is not None else None,
     )
 
 
