@@ -92,9 +92,7 @@ def test_a_raising_side_write_leaves_no_entry_and_no_row(side_log: Log, db: Data
     assert side_log.verify_storage().entries_checked == 2
 
 
-def test_side_write_commits_fill_and_compact_tiles_and_bundles(
-    side_log: Log, db: Database
-) -> None:
+def test_side_write_commits_fill_and_compact_tiles_and_bundles(side_log: Log, db: Database) -> None:
     """Commits with side writes write every kind of row (a partial bundle's chunks, a bundle
     filled through more chunks than a bundle keeps, so rewritten whole, full tiles): what
     they stored is the log, entry for entry and hash for hash."""
