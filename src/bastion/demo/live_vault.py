@@ -98,7 +98,7 @@ def _scene(
         return {"versions": [rec.version, version]}
 
     def download() -> dict[str, Any]:
-        doc = me.request("GET", f"/subjects/{USER}/export")
+        doc = me.export_subject(USER)
         records = int(doc["records"])
         emails = [r["values"].get("email") for r in doc["datasets"]["users"]["records"]]
         out.print(f"    the export holds {records} record(s), recorded before it left")
@@ -108,23 +108,19 @@ def _scene(
     state: dict[str, str] = {}
 
     def erase_under_hold() -> dict[str, Any]:
-        hold = officer.request(
-            "POST", f"/subjects/{USER}/legal-holds", json={"reason": "litigation hold 2026-17"}
-        )["hold"]
-        opened = me.request("POST", f"/subjects/{USER}/erasure-requests")["request"]
+        hold = officer.place_legal_hold(USER, "litigation hold 2026-17")["hold"]
+        opened = me.request_erasure(USER)["request"]
         state["request"] = opened["id"]
         out.print(f"    erasure requested while a legal hold is in place: {opened['status']}")
         _expect(opened["status"] == "held", "a legal hold keeps the erasure pending")
-        officer.request(
-            "POST", f"/legal-holds/{hold['id']}/release", json={"reason": "litigation settled"}
-        )
-        status = me.request("GET", f"/subjects/{USER}/erasure-requests/{opened['id']}")
+        officer.release_legal_hold(hold["id"], "litigation settled")
+        status = me.erasure_status(USER, opened["id"])
         out.print(f"    hold released; the erasure is now {status['request']['status']}")
         _expect(status["request"]["status"] == "executed", "releasing the hold runs it")
         return {"request": opened["id"]}
 
     def receipt() -> dict[str, Any]:
-        status = me.request("GET", f"/subjects/{USER}/erasure-requests/{state['request']}")
+        status = me.erasure_status(USER, state["request"])
         deletion = status["request"]["deletion_receipt"]
         verify_proof(
             status["proof"], deletion_entry(deletion), NoteVerifier.from_vkey(rt.ledger.vkey)

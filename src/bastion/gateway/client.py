@@ -290,6 +290,42 @@ class GatewayClient:
         )
         return result
 
+    # -- data-subject rights ---------------------------------------------------------------
+
+    def export_subject(self, subject_id: str) -> dict[str, Any]:
+        """Every record about the subject (docs/SUBJECTS.md, ``bastion.subject-export``)."""
+        out: dict[str, Any] = self.request("GET", f"/subjects/{subject_id}/export")
+        return out
+
+    def request_erasure(self, subject_id: str) -> dict[str, Any]:
+        """Open an erasure request; returns the request (status, due time, receipt)."""
+        out: dict[str, Any] = self.request("POST", f"/subjects/{subject_id}/erasure-requests")
+        return out
+
+    def erasure_status(self, subject_id: str, request_id: str) -> dict[str, Any]:
+        """The request, and once executed its deletion receipt with an inclusion proof."""
+        out: dict[str, Any] = self.request(
+            "GET", f"/subjects/{subject_id}/erasure-requests/{request_id}"
+        )
+        return out
+
+    def place_legal_hold(self, subject_id: str, reason: str) -> dict[str, Any]:
+        out: dict[str, Any] = self.request(
+            "POST", f"/subjects/{subject_id}/legal-holds", json={"reason": reason}
+        )
+        return out
+
+    def release_legal_hold(self, hold_id: str, reason: str) -> dict[str, Any]:
+        out: dict[str, Any] = self.request(
+            "POST", f"/legal-holds/{hold_id}/release", json={"reason": reason}
+        )
+        return out
+
+    def legal_holds(self, *, subject: str | None = None) -> dict[str, Any]:
+        params = {"subject": subject} if subject is not None else None
+        out: dict[str, Any] = self.request("GET", "/legal-holds", params=params)
+        return out
+
     # -- service ---------------------------------------------------------------------------
 
     def health(self) -> Health:
