@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
-from bastion.demo.platform import sample_event, sample_user
+from bastion.cli.home_cmd import init_home
+from bastion.clock import FixedClock
+from bastion.demo.platform import PRINCIPALS, bootstrap, sample_event, sample_user
 from bastion.events import Actor, decode_event
+from bastion.gateway.app import create_app
 from bastion.gateway.client import GatewayClient, GatewayError
 from bastion.gateway.runtime import Runtime
+from bastion.gateway.server import ThreadedServer
+from bastion.home import Home
+from bastion.store import Database
 
 from .conftest import USERS, Connect
 
@@ -243,3 +250,27 @@ def test_missing_subject_key_names_it(runtime: Runtime, connect: Connect) -> Non
     with pytest.raises(GatewayError) as err:
         connect("events-service").write_records("events", [row])
     assert err.value.status == 422 and "user_id" in err.value.message
+
+
+def test_a_files_backed_log_refuses_writes(db: Database, tmp_path: Path, clock: FixedClock) -> None:
+    # The files driver commits entries apart from the database, so a write and its entry
+    # could not be durable together: the gateway refuses writes rather than risk it.
+    home = init_home(tmp_path / "home")
+    config = home.config_file.read_text()
+    home.config_file.write_text(
+        config.replace(
+            "[ledger]\n", f'[ledger]\nstorage = "files"\ndirectory = "{tmp_path}/log"\n', 1
+        )
+    )
+    rt = bootstrap(Home.load(home.path), db, clock, publish_interval=0.05)
+    try:
+        with ThreadedServer(create_app(rt)) as srv:
+            token = rt.issuer.issue(
+                "profile-service", PRINCIPALS["profile-service"], ttl=timedelta(hours=1)
+            )
+            with GatewayClient(srv.url, token=token) as svc, pytest.raises(GatewayError) as err:
+                svc.write_records("users", [_new_user(1)])
+        assert err.value.status == 503 and err.value.kind == "writes-unavailable"
+        assert rt.vault.stats().records["users"] == 0
+    finally:
+        rt.close()
