@@ -24,6 +24,7 @@ from collections import OrderedDict
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any
 
 import cedarpy
@@ -220,6 +221,9 @@ class PolicyEngine:
         self._cache: OrderedDict[Hashable, AccessPlan] = OrderedDict()
         self._cache_size = 0 if policies.uses_now else plan_cache_size
         self._cache_lock = threading.Lock()
+        # Write decisions repeat the same way (a service writes the same fields all day), and
+        # one Cedar batch per write was most of a single write's CPU time.
+        self._write_cache: OrderedDict[Hashable, WriteDecision] = OrderedDict()
 
     @property
     def sha256(self) -> str:
@@ -362,6 +366,13 @@ class PolicyEngine:
         if not specs:
             raise InputError("no fields to write", dataset=ds.name)
         attrs = self.attributes(principal)
+        key: Hashable = (attrs, ds.name, tuple(f.name for f in specs), action)
+        if self._cache_size:
+            with self._cache_lock:
+                cached = self._write_cache.get(key)
+                if cached is not None:
+                    self._write_cache.move_to_end(key)
+                    return cached
         entities = self._entities_with([principal_entity(attrs)])
         ctx = self._context()
         decisions = self._decide(
@@ -369,12 +380,18 @@ class PolicyEngine:
             attrs.id,
             [(action, _uid(T_FIELD, field_entity_id(ds.name, f.name)), ctx) for f in specs],
         )
-        return WriteDecision(
+        decision = WriteDecision(
             dataset=ds.name,
             action=action,
-            fields={f.name: d for f, d in zip(specs, decisions, strict=True)},
+            fields=MappingProxyType({f.name: d for f, d in zip(specs, decisions, strict=True)}),
             policy_sha256=self.sha256,
         )
+        if self._cache_size:
+            with self._cache_lock:
+                self._write_cache[key] = decision
+                while len(self._write_cache) > self._cache_size:
+                    self._write_cache.popitem(last=False)
+        return decision
 
     def can_exercise_right(
         self, principal: PrincipalLike, action: Action, subject_id: str
