@@ -36,6 +36,7 @@ from bastion.gateway.runtime import Runtime
 from bastion.ledger import merkle
 from bastion.policy import Action
 from bastion.store import Cursor
+from bastion.vault.schema import select_in
 from bastion.vault.writes import StagedWrite, VaultWrites, WriteOp, WriteRefused, WrittenRecord
 
 # RFC-draft "Idempotency-Key": an opaque string; printable ASCII keeps it out of harm's way.
@@ -336,14 +337,26 @@ class WriteGate:
         return out
 
     def _expected_versions(self, staged: StagedWrite) -> list[int]:
-        """Each record's version once this write commits (read now; re-checked in commit)."""
+        """Each record's version once this write commits (read now, in one query; re-checked
+        in the commit). A record named twice in a batch counts up from its first write."""
+        db = self.rt.db
+        keys = list(dict.fromkeys(r.record_key for r in staged.records))
+        with db.transaction() as cur:
+            now = {
+                str(key): int(version)
+                for key, version in select_in(
+                    cur,
+                    db.dialect,
+                    "SELECT record_key, version FROM vault_records WHERE dataset = ? AND {in}",
+                    "record_key",
+                    keys,
+                    [staged.dataset],
+                )
+            }
         out = []
         for rec in staged.records:
-            rows = self.rt.db.query(
-                "SELECT version FROM vault_records WHERE dataset = ? AND record_key = ?",
-                (staged.dataset, rec.record_key),
-            )
-            out.append(int(rows[0][0]) + 1 if rows else 1)
+            now[rec.record_key] = now.get(rec.record_key, 0) + 1
+            out.append(now[rec.record_key])
         return out
 
     # -- 5. respond --------------------------------------------------------------------------

@@ -33,11 +33,11 @@ from bastion.catalog.compiled import ValidBatch, compile_field, row_validator
 from bastion.catalog.values import BadValue
 from bastion.clock import iso
 from bastion.errors import InputError
-from bastion.store import Cursor
+from bastion.store import Cursor, Database, DuplicateKey
 from bastion.vault import codec
 from bastion.vault.changes import ChangeOp, change_row, record_changes
-from bastion.vault.schema import VAULT_LOCK
-from bastion.vault.sealing import DatasetLayout
+from bastion.vault.schema import VAULT_LOCK, select_in
+from bastion.vault.sealing import RECORD_COLUMNS, DatasetLayout
 from bastion.vault.subject_keys import FieldKey
 from bastion.vault.vault import Vault
 
@@ -317,30 +317,45 @@ class VaultWrites:
 
     def apply(self, cur: Cursor, staged: StagedWrite) -> list[WrittenRecord]:
         """Store a staged write in the caller's transaction (the ledger commit); all records
-        or none (the caller's savepoint rolls back on any error)."""
+        or none (the caller's savepoint rolls back on any error).
+
+        This runs inside the ledger's commit, so its cost holds up every other commit: the
+        live subjects and the stored records are read with one query each, and new records
+        are inserted in bulk (``copy_rows``), not one statement per record."""
         vault = self.vault
-        vault.db.lock_in(cur, VAULT_LOCK)
+        db = vault.db
+        db.lock_in(cur, VAULT_LOCK)
         spec = vault.catalog.dataset(staged.dataset)
         at = iso(vault.clock.now())
         layout = DatasetLayout.of(spec)
+        subjects = list(dict.fromkeys(r.subject for r in staged.records))
+        live = {
+            str(token)
+            for (token,) in select_in(
+                cur, db.dialect, "SELECT token FROM vault_subjects WHERE {in}", "token", subjects
+            )
+        }
+        stored: dict[str, _Stored | None] = {
+            str(key): (int(version), str(clear), _blob(sealed))
+            for key, version, clear, sealed in select_in(
+                cur,
+                db.dialect,
+                "SELECT record_key, version, clear, sealed FROM vault_records "
+                "WHERE dataset = ? AND {in}",
+                "record_key",
+                list(dict.fromkeys(r.record_key for r in staged.records)),
+                [spec.name],
+            )
+        }
+        pending = _Inserts(db, cur)
         written: list[WrittenRecord] = []
         changes = []
         added: dict[str, int] = {}
         for number, rec in enumerate(staged.records, start=1):
             where = {"dataset": spec.name, "row": number, "field": spec.record_id}
-            if (
-                cur.execute(
-                    "SELECT 1 FROM vault_subjects WHERE token = ?", (rec.subject,)
-                ).fetchone()
-                is None
-            ):
+            if rec.subject not in live:
                 raise WriteRefused(410, "the subject was erased", **where)
-            row = cur.execute(
-                "SELECT version, clear, sealed FROM vault_records "
-                "WHERE dataset = ? AND record_key = ?",
-                (spec.name, rec.record_key),
-            ).fetchone()
-            op, version = self._apply_one(cur, spec, layout, staged.op, rec, row, at, where)
+            op, version = self._apply_one(pending, spec, layout, staged.op, rec, stored, at, where)
             if op == "insert":
                 added[rec.subject] = added.get(rec.subject, 0) + 1
             elif op == "delete":
@@ -349,70 +364,90 @@ class VaultWrites:
             written.append(
                 WrittenRecord(rec.record_id, rec.record_key, rec.subject, version, op == "insert")
             )
-        for token, n in added.items():
-            cur.execute(
-                "UPDATE vault_subjects SET records = records + ? WHERE token = ?", (n, token)
-            )
-        record_changes(vault.db, cur, changes)
+        pending.flush()
+        vault._add_record_counts(cur, {t: n for t, n in added.items() if n})
+        record_changes(db, cur, changes)
         return written
 
     def _apply_one(
         self,
-        cur: Cursor,
+        pending: _Inserts,
         spec: DatasetSpec,
         layout: DatasetLayout,
         op: WriteOp,
         rec: StagedRecord,
-        row: tuple[object, ...] | None,
+        stored: dict[str, _Stored | None],
         at: str,
         where: dict[str, object],
     ) -> tuple[ChangeOp, int]:
+        """One record, against ``stored`` (what the vault holds, kept current as this batch
+        goes, so a record named twice in one batch sees its own earlier write)."""
+        row = stored.get(rec.record_key)
         if row is None and op is not WriteOp.INSERT and op is not WriteOp.UPSERT:
             raise WriteRefused(404, "no such record", **where)
         if row is not None and op is WriteOp.INSERT:
             raise WriteRefused(409, "a record with this id already exists", **where)
-        if (
-            row is not None
-            and rec.expected_version is not None
-            and int(str(row[0])) != rec.expected_version
-        ):
+        if row is not None and rec.expected_version is not None and row[0] != rec.expected_version:
             raise WriteRefused(
                 412,
                 f"the record is at version {row[0]}, not {rec.expected_version} (If-Match)",
                 **where,
             )
         if row is None:
-            cur.execute(
-                "INSERT INTO vault_records (dataset, record_key, subject, clear, sealed, "
-                "version, stored_at) VALUES (?, ?, ?, ?, ?, 1, ?)",
-                (
-                    spec.name,
-                    rec.record_key,
-                    rec.subject,
-                    _clear_json(rec.clear or {}),
-                    _pack(layout, rec.sealed or {}),
-                    at,
-                ),
-            )
+            clear_text, blob = _clear_json(rec.clear or {}), _pack(layout, rec.sealed or {})
+            pending.add((spec.name, rec.record_key, rec.subject, clear_text, blob, 1, at))
+            stored[rec.record_key] = (1, clear_text, blob)
             return "insert", 1
-        version = int(str(row[0])) + 1
+        version = row[0] + 1
+        # A statement on a record of this batch must come after the insert that made it.
+        pending.flush()
+        cur = pending.cur
         if op is WriteOp.DELETE:
             cur.execute(
                 "DELETE FROM vault_records WHERE dataset = ? AND record_key = ?",
                 (spec.name, rec.record_key),
             )
+            stored[rec.record_key] = None
             return "delete", version
         if op is WriteOp.UPDATE:
-            clear = {**json.loads(str(row[1])), **(rec.clear or {})}
-            sealed = {**codec.unpack_sealed(_blob(row[2])), **(rec.sealed or {})}
+            clear = {**json.loads(row[1]), **(rec.clear or {})}
+            sealed = {**codec.unpack_sealed(row[2]), **(rec.sealed or {})}
         else:
             clear, sealed = dict(rec.clear or {}), dict(rec.sealed or {})
+        clear_text, blob = _clear_json(clear), _pack(layout, sealed)
         cur.execute(
             "UPDATE vault_records SET clear = ?, sealed = ?, version = ? "
             "WHERE dataset = ? AND record_key = ?",
-            (_clear_json(clear), _pack(layout, sealed), version, spec.name, rec.record_key),
+            (clear_text, blob, version, spec.name, rec.record_key),
         )
+        stored[rec.record_key] = (version, clear_text, blob)
         return "update", version
+
+
+# A stored record as apply sees it: version, clear JSON, sealed blob.
+_Stored = tuple[int, str, bytes]
+_INSERT_COLUMNS = (*RECORD_COLUMNS, "version", "stored_at")
+
+
+class _Inserts:
+    """New records of one apply, inserted together (one bulk statement, not one each)."""
+
+    def __init__(self, db: Database, cur: Cursor) -> None:
+        self.db, self.cur = db, cur
+        self.rows: list[tuple[object, ...]] = []
+
+    def add(self, row: tuple[object, ...]) -> None:
+        self.rows.append(row)
+
+    def flush(self) -> None:
+        if self.rows:
+            rows, self.rows = self.rows, []
+            try:
+                self.db.copy_rows(self.cur, "vault_records", _INSERT_COLUMNS, rows)
+            except DuplicateKey:
+                # Another writer stored one of these keys since it was read, which the vault
+                # lock rules out; refuse rather than guess which record it was.
+                raise WriteRefused(409, "a record with this id already exists") from None
 
 
 def _validate_changes(spec: DatasetSpec, changes: Mapping[str, object]) -> dict[str, Value]:
