@@ -36,7 +36,7 @@ from bastion.gateway.runtime import Runtime
 from bastion.ledger import merkle
 from bastion.policy import Action
 from bastion.store import Cursor
-from bastion.vault.schema import select_in
+from bastion.vault.idempotency import IdempotencyStore
 from bastion.vault.writes import StagedWrite, VaultWrites, WriteOp, WriteRefused, WrittenRecord
 
 # RFC-draft "Idempotency-Key": an opaque string; printable ASCII keeps it out of harm's way.
@@ -84,6 +84,7 @@ class WriteGate:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.writes = VaultWrites(rt.vault)
+        self.answers = IdempotencyStore(rt.db)
 
     def write(self, principal: Principal, request: WriteRequest) -> WriteOut:
         self._check_key(principal, request)
@@ -119,14 +120,10 @@ class WriteGate:
     def _replay(self, principal: Principal, request: WriteRequest) -> WriteOut | None:
         if request.idempotency_key is None:
             return None
-        rows = self.rt.db.query(
-            "SELECT request_sha256, response FROM vault_idempotency "
-            "WHERE principal = ? AND idem_key = ?",
-            (principal.id, request.idempotency_key),
-        )
-        if not rows:
+        found = self.answers.find(principal.id, request.idempotency_key)
+        if found is None:
             return None
-        digest, response = rows[0]
+        digest, response = found.request_sha256, found.response
         if digest != request.body_sha256:
             raise self._reject(
                 principal,
@@ -256,7 +253,9 @@ class WriteGate:
         policies: tuple[str, ...],
     ) -> WriteOut:
         rt = self.rt
-        versions = self._expected_versions(staged)
+        versions = self.writes.expected_versions(staged)
+        # One keyed hash per subject, not per record (a batch has many records per subject).
+        refs = {s: rt.subject_ref(s) for s in {r.subject for r in staged.records}}
         event = DataWrite(
             actor=principal.actor(),
             reason=f"{staged.op.value} {staged.dataset}",
@@ -266,7 +265,7 @@ class WriteGate:
             op=staged.op.value,
             records=[
                 # Record keys are record ids or pseudonym tokens (for a pseudonymized id).
-                RecordWrite(record=r.record_key, version=v, subject=rt.subject_ref(r.subject))
+                RecordWrite(record=r.record_key, version=v, subject=refs[r.subject])
                 for r, v in zip(staged.records, versions, strict=True)
             ],
             fields=sorted({f for r in staged.records for f in r.fields}),
@@ -291,16 +290,13 @@ class WriteGate:
                 raise WriteRefused(412, "the record changed while this write was staged")
             done[:] = written
             if request.idempotency_key is not None:
-                cur.execute(
-                    "INSERT INTO vault_idempotency (principal, idem_key, request_sha256, "
-                    "status, response, at) VALUES (?, ?, ?, 200, ?, ?)",
-                    (
-                        principal.id,
-                        request.idempotency_key,
-                        request.body_sha256,
-                        self._out(request, staged, written, leaf, None).model_dump_json(),
-                        iso(rt.clock.now()),
-                    ),
+                self.answers.insert(
+                    cur,
+                    principal.id,
+                    request.idempotency_key,
+                    request.body_sha256,
+                    self._out(request, staged, written, leaf, None).model_dump_json(),
+                    iso(rt.clock.now()),
                 )
 
         try:
@@ -325,38 +321,10 @@ class WriteGate:
         out = self._out(request, staged, done, leaf, receipt_out(receipt))
         if request.idempotency_key is not None:
             # The first answer gains its receipt (the side write could not know the index).
-            with rt.db.transaction() as cur:
-                cur.execute(
-                    "UPDATE vault_idempotency SET response = ? "
-                    "WHERE principal = ? AND idem_key = ?",
-                    (out.model_dump_json(), principal.id, request.idempotency_key),
-                )
+            self.answers.complete(principal.id, request.idempotency_key, out.model_dump_json())
         rt.metrics.decisions.labels(
             "delete" if staged.op is WriteOp.DELETE else "write", "allow"
         ).inc()
-        return out
-
-    def _expected_versions(self, staged: StagedWrite) -> list[int]:
-        """Each record's version once this write commits (read now, in one query; re-checked
-        in the commit). A record named twice in a batch counts up from its first write."""
-        db = self.rt.db
-        keys = list(dict.fromkeys(r.record_key for r in staged.records))
-        with db.transaction() as cur:
-            now = {
-                str(key): int(version)
-                for key, version in select_in(
-                    cur,
-                    db.dialect,
-                    "SELECT record_key, version FROM vault_records WHERE dataset = ? AND {in}",
-                    "record_key",
-                    keys,
-                    [staged.dataset],
-                )
-            }
-        out = []
-        for rec in staged.records:
-            now[rec.record_key] = now.get(rec.record_key, 0) + 1
-            out.append(now[rec.record_key])
         return out
 
     # -- 5. respond --------------------------------------------------------------------------

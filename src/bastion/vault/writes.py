@@ -68,6 +68,10 @@ class StagedRecord:
     sealed: Mapping[str, bytes] | None  # field -> nonce||ciphertext||tag it sets
     expected_version: int | None
     tokens: Mapping[str, object]  # pseudonymized field -> its token(s), for the response
+    # What the write sets, as stored: clear JSON text and sealed blob (None for a delete).
+    # A whole-row write (insert, upsert) stores these as they are, so the rows sealing
+    # made are not decoded and encoded again inside the ledger's commit.
+    stored: tuple[str, bytes] | None = None
 
 
 @dataclass(frozen=True)
@@ -142,16 +146,18 @@ class VaultWrites:
         names = tuple(spec.field_names)
         out = []
         for i, (_ds, key, subject, clear, sealed) in enumerate(rows):
+            clear_values = json.loads(clear)
             out.append(
                 StagedRecord(
                     record_id=str(batch.columns[spec.record_id][i]),
                     record_key=key,
                     subject=subject,
                     fields=names,
-                    clear=json.loads(clear),
-                    sealed=codec.unpack_sealed(sealed),
+                    clear=clear_values,
+                    sealed=None,  # a whole row: ``stored`` holds its sealed blob
                     expected_version=None,
-                    tokens=_tokens_of(layout, json.loads(clear)),
+                    tokens=_tokens_of(layout, clear_values),
+                    stored=(clear, sealed),
                 )
             )
         return out
@@ -261,15 +267,18 @@ class VaultWrites:
         clear_new = json.loads(new_clear)
         sealed_new = codec.unpack_sealed(new_sealed)
         names = tuple(sorted(values))
+        clear_set = {n: clear_new[n] for n in names if n in clear_new}
+        sealed_set = {n: sealed_new[n] for n in names if n in sealed_new}
         return StagedRecord(
             record_id=record_id,
             record_key=key,
             subject=subject,
             fields=names,
-            clear={n: clear_new[n] for n in names if n in clear_new},
-            sealed={n: sealed_new[n] for n in names if n in sealed_new},
+            clear=clear_set,
+            sealed=sealed_set,
             expected_version=expected_version,
             tokens=_tokens_of(layout, {**json.loads(clear_text), **clear_new}),
+            stored=(_clear_json(clear_set), _pack(layout, sealed_set)),
         )
 
     def _stage_delete(
@@ -293,18 +302,10 @@ class VaultWrites:
         checked against the public log)."""
         digest = hashlib.sha256()
         for r in records:
-            digest.update(
-                json.dumps(
-                    [
-                        r.record_key,
-                        r.subject,
-                        sorted((r.clear or {}).items()),
-                        sorted((k, v.hex()) for k, v in (r.sealed or {}).items()),
-                    ],
-                    sort_keys=True,
-                    default=str,
-                ).encode()
-            )
+            clear, blob = r.stored or ("", b"")
+            for part in (r.record_key.encode(), r.subject.encode(), clear.encode(), blob):
+                digest.update(len(part).to_bytes(8, "big"))  # length-prefixed: unambiguous
+                digest.update(part)
         key = self.vault.identity.load()[1]
         mac = hmac.new(
             key,
@@ -312,6 +313,29 @@ class VaultWrites:
             hashlib.sha256,
         )
         return "hmac-sha256:" + mac.hexdigest()
+
+    def expected_versions(self, staged: StagedWrite) -> list[int]:
+        """Each record's version once this write commits (read now, in one query; re-checked
+        in the commit). A record named twice in a batch counts up from its first write."""
+        db = self.vault.db
+        keys = list(dict.fromkeys(r.record_key for r in staged.records))
+        with db.transaction() as cur:
+            now = {
+                str(key): int(version)
+                for key, version in select_in(
+                    cur,
+                    db.dialect,
+                    "SELECT record_key, version FROM vault_records WHERE dataset = ? AND {in}",
+                    "record_key",
+                    keys,
+                    [staged.dataset],
+                )
+            }
+        out = []
+        for rec in staged.records:
+            now[rec.record_key] = now.get(rec.record_key, 0) + 1
+            out.append(now[rec.record_key])
+        return out
 
     # ---- phase 2: store, inside the ledger's commit ------------------------------------------
 
@@ -394,7 +418,7 @@ class VaultWrites:
                 **where,
             )
         if row is None:
-            clear_text, blob = _clear_json(rec.clear or {}), _pack(layout, rec.sealed or {})
+            clear_text, blob = _as_stored(layout, rec)
             pending.add((spec.name, rec.record_key, rec.subject, clear_text, blob, 1, at))
             stored[rec.record_key] = (1, clear_text, blob)
             return "insert", 1
@@ -412,9 +436,9 @@ class VaultWrites:
         if op is WriteOp.UPDATE:
             clear = {**json.loads(row[1]), **(rec.clear or {})}
             sealed = {**codec.unpack_sealed(row[2]), **(rec.sealed or {})}
+            clear_text, blob = _clear_json(clear), _pack(layout, sealed)
         else:
-            clear, sealed = dict(rec.clear or {}), dict(rec.sealed or {})
-        clear_text, blob = _clear_json(clear), _pack(layout, sealed)
+            clear_text, blob = _as_stored(layout, rec)
         cur.execute(
             "UPDATE vault_records SET clear = ?, sealed = ?, version = ? "
             "WHERE dataset = ? AND record_key = ?",
@@ -483,6 +507,13 @@ def _blob(value: object) -> bytes:
 
 def _tokens_of(layout: DatasetLayout, clear: Mapping[str, object]) -> dict[str, object]:
     return {f.name: clear.get(f.name) for f in layout.clear if f.pseudonymized}
+
+
+def _as_stored(layout: DatasetLayout, rec: StagedRecord) -> tuple[str, bytes]:
+    """A whole row's clear JSON and sealed blob, as sealing made them."""
+    if rec.stored is not None:
+        return rec.stored
+    return _clear_json(rec.clear or {}), _pack(layout, rec.sealed or {})
 
 
 def _clear_json(clear: Mapping[str, object]) -> str:
