@@ -8,8 +8,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # An absolute path literal handed to Path()/open(), or the workspace's shared folder by name.
-# Built from parts so that this file does not match itself.
-_ABSOLUTE = re.compile(r"""(?:Path|open)\(\s*f?["']/(?!dev/)""")
+# Built from parts so that this file does not match itself. /dev and /proc are the kernel's
+# interfaces (devices, a process's own CPU counters), on every Linux machine: not files.
+_ABSOLUTE = re.compile(r"""(?:Path|open)\(\s*f?["']/(?!dev/|proc/)""")
 _WORKSPACE = re.compile("/" + "work/")
 
 

@@ -213,6 +213,9 @@ def servers(static_home: tuple[Home, Path], tmp_path: Path) -> Iterator[tuple[st
     home, www = static_home
     static_port, serve_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k != "BASTION_DATABASE_URL"}
+    # The served log must stay the 700 entries the static server has: no clean-room
+    # snapshot refresh (it records an entry) while the two are compared.
+    env["BASTION_CLEANROOM_SNAPSHOT_REFRESH_SECONDS"] = "0"
     static = subprocess.Popen(
         [sys.executable, "-m", "http.server", str(static_port), "--bind", "127.0.0.1"],
         cwd=www,
