@@ -131,14 +131,9 @@ def hold_cmd(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Place a legal hold on a subject: erasure waits until it is released."""
-    with reported_errors(as_json):
-        principal = _who(who)
-        with rights_service(home) as rights:
-            hold = _call(lambda: rights.place_hold(principal, subject_id, reason))
-        if as_json:
-            emit_json({"ok": True, "hold": hold.to_json()})
-        else:
-            console.print(f"Legal hold {hold.id} placed.", highlight=False)
+    _hold_step(
+        home, who, as_json, "placed", lambda rights, p: rights.place_hold(p, subject_id, reason)
+    )
 
 
 @subjects_app.command("holds")
@@ -183,14 +178,27 @@ def release_cmd(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Release a legal hold; erasures it held back run now."""
+    _hold_step(
+        home, who, as_json, "released", lambda rights, p: rights.release_hold(p, hold_id, reason)
+    )
+
+
+def _hold_step(
+    home: Path | None,
+    who: str,
+    as_json: bool,
+    done: str,
+    act: Callable[[Any, PrincipalSpec], Any],
+) -> None:
+    """Place or release a hold as ``who`` (a recorded, policy-decided step)."""
     with reported_errors(as_json):
         principal = _who(who)
         with rights_service(home) as rights:
-            hold = _call(lambda: rights.release_hold(principal, hold_id, reason))
+            hold = _call(lambda: act(rights, principal))
         if as_json:
             emit_json({"ok": True, "hold": hold.to_json()})
         else:
-            console.print(f"Legal hold {hold.id} released.", highlight=False)
+            console.print(f"Legal hold {hold.id} {done}.", highlight=False)
 
 
 @subjects_app.command("process-erasures")
