@@ -497,18 +497,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for backend in backends:
             results.append(bench_backend(backend, args, Path(tmp)))
+    emit_report({"results": results}, args.out)
+
+
+def emit_report(body: dict[str, Any], out: Path | None) -> None:
+    """Print a benchmark's JSON report, with the machine it ran on, and keep it in ``out``."""
     report = {
         "machine": {
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
             "load_average_end": os.getloadavg(),
         },
-        "results": results,
+        **body,
     }
     text = json.dumps(report, indent=2)
     print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    if out:
+        out.write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -15,9 +15,7 @@ JSON on stdout; progress on stderr.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 import threading
@@ -31,6 +29,7 @@ from bastion.ledger import storage
 from bastion.ledger.log import Log
 from bastion.ledger.note import NoteSigner
 from bastion.store import Cursor, Database, open_database
+from bench_gateway import emit_report
 
 PG_URL = os.environ.get("BASTION_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 COUNTER = "CREATE TABLE IF NOT EXISTS bench_counts (k TEXT PRIMARY KEY, n {int} NOT NULL DEFAULT 0)"
@@ -114,18 +113,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         results = {b: bench(b, args, Path(tmp)) for b in args.backends.split(",")}
-    report = {
-        "machine": {
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "load_average_end": os.getloadavg(),
-        },
-        "appends_per_s": results,
-    }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit_report({"appends_per_s": results}, args.out)
 
 
 if __name__ == "__main__":

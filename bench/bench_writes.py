@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
-import platform
 import statistics
 import tempfile
 import threading
@@ -43,7 +41,7 @@ from bastion.demo.platform import PRINCIPALS, sample_event
 from bastion.gateway.runtime import own_issuer
 from bastion.vault import open_vault
 from bastion.vault.sealing import DatasetLayout
-from bench_gateway import Conn, Server, Setup, log, open_loop, prepare, register
+from bench_gateway import Conn, Server, Setup, emit_report, log, open_loop, prepare, register
 
 WRITER = "events-service"
 PATH = "/datasets/events/records"
@@ -263,18 +261,7 @@ def main() -> None:
             (root / "served").mkdir(parents=True)
             (root / "baseline").mkdir(parents=True)
             results.append(bench_backend(backend, args, root))
-    report = {
-        "machine": {
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "load_average_end": os.getloadavg(),
-        },
-        "results": results,
-    }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit_report({"results": results}, args.out)
 
 
 if __name__ == "__main__":
