@@ -179,13 +179,14 @@ class VaultWrites:
             keys = vault._keys.load(cur, wanted)
             fresh = [t for t in wanted if t not in keys]
             if fresh:
-                self._refuse_erased(spec, batch, subjects, set(fresh), tokens, cur)
+                self._refuse_erased(spec, layout, batch, subjects, set(fresh), tokens, cur)
                 keys.update(vault._keys.create(cur, fresh, iso(vault.clock.now())))
         return tokens, keys
 
     def _refuse_erased(
         self,
         spec: DatasetSpec,
+        layout: DatasetLayout,
         batch: ValidBatch,
         subjects: Sequence[str],
         fresh: set[str],
@@ -193,7 +194,7 @@ class VaultWrites:
         cur: Cursor,
     ) -> None:
         try:
-            self.vault._refuse_erased(cur, DatasetLayout.of(spec), batch, subjects, fresh, tokens)
+            self.vault._refuse_erased(cur, layout, batch, subjects, fresh, tokens)
         except InputError as exc:
             raise WriteRefused(
                 410,
@@ -203,8 +204,9 @@ class VaultWrites:
                 field=spec.subject_key,
             ) from None
 
-    def _existing(self, spec: DatasetSpec, record_id: str) -> tuple[str, str, str, bytes]:
-        """(record key, subject token, clear JSON, sealed blob) of a live record, or 404."""
+    def _existing(self, spec: DatasetSpec, record_id: str) -> tuple[str, str, str]:
+        """(record key, subject token, clear JSON) of a live record, or 404. Its sealed blob
+        is read where it is used: in the commit (``apply``), under the vault lock."""
         vault = self.vault
         pseudonymized = spec.field(spec.record_id).pseudonymize
         if pseudonymized:
@@ -217,7 +219,7 @@ class VaultWrites:
                 key = record_id
             row = (
                 cur.execute(
-                    "SELECT r.subject, r.clear, r.sealed FROM vault_records r "
+                    "SELECT r.subject, r.clear FROM vault_records r "
                     "JOIN vault_subjects s ON s.token = r.subject "
                     "WHERE r.dataset = ? AND r.record_key = ?",
                     (spec.name, key),
@@ -229,7 +231,7 @@ class VaultWrites:
             raise WriteRefused(
                 404, "no such record", dataset=spec.name, field=spec.record_id, row=1
             )
-        return key, str(row[0]), str(row[1]), bytes(row[2])
+        return key, str(row[0]), str(row[1])
 
     def _stage_change(
         self,
@@ -239,7 +241,7 @@ class VaultWrites:
         expected_version: int | None,
     ) -> StagedRecord:
         values = _validate_changes(spec, changes)
-        key, subject, clear_text, _sealed = self._existing(spec, record_id)
+        key, subject, clear_text = self._existing(spec, record_id)
         layout = DatasetLayout.of(spec)
         vault = self.vault
         # One row through the one sealing path: the changed fields hold their new values,
@@ -284,7 +286,7 @@ class VaultWrites:
     def _stage_delete(
         self, spec: DatasetSpec, record_id: str, expected_version: int | None
     ) -> StagedRecord:
-        key, subject, _clear, _sealed = self._existing(spec, record_id)
+        key, subject, _clear = self._existing(spec, record_id)
         return StagedRecord(
             record_id=record_id,
             record_key=key,
