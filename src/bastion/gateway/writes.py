@@ -22,6 +22,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from bastion.clock import iso
 from bastion.errors import InputError
@@ -192,30 +193,18 @@ class WriteGate:
                 allowed, reason = False, "a data subject writes only their own records"
         if allowed:
             return decision.policy_ids
-        event = AccessDecision(
-            actor=principal.actor(),
-            reason="write",
-            at=iso(rt.clock.now()),
-            request_id=request.request_id,
-            action=action.value,
-            dataset=staged.dataset,
-            decision="deny",
-            policies=list(decision.policy_ids),
-            subjects=sorted({rt.subject_ref(r.subject) for r in staged.records}),
-            denied_reason=reason[:4096],
-            policy_sha256=decision.policy_sha256,
-        )
-        (receipt,) = record(rt, [event])
-        rt.metrics.decisions.labels(action.value, "deny").inc()
-        err = ApiError(
-            403,
-            "denied",
+        raise self._denied(
+            principal,
+            request,
+            action,
+            staged.dataset,
+            reason,
             f"policy denies this write: {reason}",
+            policies=decision.policy_ids,
+            policy_sha256=decision.policy_sha256,
+            subjects=sorted({rt.subject_ref(r.subject) for r in staged.records}),
             detail={"denied_fields": list(decision.denied)},
         )
-        err.receipt = receipt_out(receipt)
-        err.request_id = request.request_id
-        raise err
 
     def _check_registered_datasets(
         self, principal: Principal, request: WriteRequest, dataset: str, action: Action
@@ -227,21 +216,45 @@ class WriteGate:
         entry = self.rt.registry.entry(principal.issuer, principal.sub or principal.id)
         if entry is None or entry.datasets is None or dataset in entry.datasets:
             return
+        reason = "the service is not registered for this dataset"
+        raise self._denied(principal, request, action, dataset, reason, reason)
+
+    def _denied(
+        self,
+        principal: Principal,
+        request: WriteRequest,
+        action: Action,
+        dataset: str,
+        reason: str,
+        message: str,
+        *,
+        policies: Sequence[str] = (),
+        policy_sha256: str | None = None,
+        subjects: Sequence[str] = (),
+        detail: dict[str, Any] | None = None,
+    ) -> ApiError:
+        """Record a denied write (an access decision, before anything is written) and return
+        the 403 that names its receipt."""
+        rt = self.rt
         event = AccessDecision(
             actor=principal.actor(),
             reason="write",
-            at=iso(self.rt.clock.now()),
+            at=iso(rt.clock.now()),
             request_id=request.request_id,
             action=action.value,
             dataset=dataset,
             decision="deny",
-            denied_reason="the service is not registered for this dataset",
+            policies=list(policies),
+            subjects=list(subjects),
+            denied_reason=reason[:4096],
+            policy_sha256=policy_sha256,
         )
-        (receipt,) = record(self.rt, [event])
-        err = ApiError(403, "denied", "the service is not registered for this dataset")
+        (receipt,) = record(rt, [event])
+        rt.metrics.decisions.labels(action.value, "deny").inc()
+        err = ApiError(403, "denied", message, detail=detail)
         err.receipt = receipt_out(receipt)
         err.request_id = request.request_id
-        raise err
+        return err
 
     # -- 4. commit ---------------------------------------------------------------------------
 
