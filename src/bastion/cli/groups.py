@@ -22,6 +22,9 @@ releases_app = _group(
 cleanroom_app = _group("cleanroom", "Differentially private analytics for the ad partner.")
 config_app = _group("config", "The settings in force for a home, and where each came from.")
 subjects_app = _group("subjects", "Data-subject rights: export, erasure requests, legal holds.")
+egress_app = _group(
+    "egress", "Declared flows to outside recipients: load, run, deliver, verify on receipt."
+)
 
 ALL_GROUPS = (
     vault_app,
@@ -35,4 +38,5 @@ ALL_GROUPS = (
     cleanroom_app,
     config_app,
     subjects_app,
+    egress_app,
 )

@@ -64,6 +64,11 @@ COMMANDS: dict[str, Entry] = {
         ("subjects",),
         "subjects_app",
     ),
+    "egress": Entry(
+        "Declared flows to outside recipients: load, run, deliver, verify on receipt.",
+        ("egress", "egress_verify"),
+        "egress_app",
+    ),
     "keys": Entry("Key providers: local keyring or PKCS#11 HSM.", ("keys",), "keys_app"),
     "ledger": Entry(
         "The transparency log: append, checkpoints, proofs, verification.",

@@ -1,0 +1,1 @@
+"""Controlled egress: declared flows of interoperable and aggregate data to outside recipients."""
