@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from bastion.ledger.anchors import log_anchors
 from bastion.ledger.api import LedgerWriter
 from bastion.ledger.publish import WitnessEndpoint
 
@@ -45,4 +46,4 @@ class ReleaseLedger(LedgerWriter, Protocol):
 
 
 def witness_vkeys(ledger: ReleaseLedger) -> list[str]:
-    return [w.verifier.vkey for w in ledger.witnesses]
+    return [w.vkey for w in log_anchors(ledger).witnesses]

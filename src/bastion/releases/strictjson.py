@@ -22,6 +22,8 @@ import json
 import re
 from typing import Any
 
+from bastion.events import canonical
+
 MAX_DEPTH = 64
 """Deepest nesting any release document needs is about 8; 64 leaves room for predicates."""
 
@@ -31,6 +33,10 @@ _SPECIAL = re.compile(r'[\[\]{}"\\]')
 
 class JsonRefused(ValueError):
     """The text is not strict, bounded JSON; the message says why (no input is quoted)."""
+
+
+class NotCanonical(JsonRefused):
+    """Strict JSON, but not the RFC 8785 bytes of what it says."""
 
 
 def exceeds_depth(text: str, max_depth: int) -> bool:
@@ -101,3 +107,20 @@ def loads(text: str | bytes, *, max_bytes: int | None, max_depth: int = MAX_DEPT
         raise JsonRefused(f"nested more than {max_depth} levels deep") from None
     except ValueError as exc:
         raise JsonRefused(f"not JSON ({exc})") from None
+
+
+def loads_canonical(data: bytes, *, max_bytes: int | None) -> Any:
+    """Parse a log entry, accepted only as the exact RFC 8785 bytes of what it says.
+
+    The log commits to bytes; every verifier must read one meaning from them. Other
+    whitespace, key order, or number and string spellings would let the same logged bytes be
+    read two ways, so the text is parsed strictly, re-encoded, and refused (``NotCanonical``)
+    unless that gives the same bytes."""
+    doc = loads(data, max_bytes=max_bytes)
+    try:
+        again = canonical(doc)
+    except ValueError:  # rfc8785 refuses what JCS cannot encode (unsafe integers, surrogates)
+        again = b""
+    if again != bytes(data):
+        raise NotCanonical("not RFC 8785 canonical JSON (re-encoding it gives other bytes)")
+    return doc

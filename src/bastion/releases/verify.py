@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bastion.errors import BastionError
-from bastion.events import MAX_ENTRY_BYTES, ReleaseApproval, canonical, decode_event
+from bastion.events import MAX_ENTRY_BYTES, ReleaseApproval, decode_event
 from bastion.ledger.checkpoint import Checkpoint, CheckpointError
 from bastion.ledger.cosignature import CosignatureVerifier, QuorumError
 from bastion.ledger.merkle import verify_consistency
@@ -45,7 +45,7 @@ from bastion.releases.dsse import b64decode_any, parse_envelope
 from bastion.releases.errors import ReleaseRejected
 from bastion.releases.provenance import check_provenance
 from bastion.releases.review import check_review
-from bastion.releases.strictjson import JsonRefused
+from bastion.releases.strictjson import JsonRefused, NotCanonical, loads_canonical
 from bastion.releases.strictjson import loads as strict_loads
 from bastion.releases.vsa import check_vsa
 
@@ -331,18 +331,14 @@ def _decode_entry(entry: bytes) -> ReleaseApproval:
     strictly (no duplicate keys, bounded), re-encoded, and refused unless that is identical.
     """
     try:
-        doc = strict_loads(entry, max_bytes=MAX_ENTRY_BYTES)
-    except JsonRefused as exc:
-        raise ReleaseRejected("evidence.malformed", f"log entry is refused: {exc}") from None
-    try:
-        again = canonical(doc)
-    except ValueError:  # rfc8785 refuses what JCS cannot encode (unsafe integers, surrogates)
-        again = b""
-    if again != entry:
+        loads_canonical(entry, max_bytes=MAX_ENTRY_BYTES)
+    except NotCanonical:
         raise ReleaseRejected(
             "evidence.noncanonical",
             "log entry is not RFC 8785 canonical JSON (re-encoding it gives other bytes)",
-        )
+        ) from None
+    except JsonRefused as exc:
+        raise ReleaseRejected("evidence.malformed", f"log entry is refused: {exc}") from None
     try:
         event = decode_event(entry)
     except ValueError:
