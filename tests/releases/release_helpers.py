@@ -21,7 +21,6 @@ from bastion.ledger.merkle import (
 )
 from bastion.ledger.note import NoteSigner
 from bastion.ledger.tlogproof import build_proof
-from bastion.ledger.witness import Witness
 from bastion.releases.bundle import CustodianTrust, LogTrust, TrustBundle, WitnessTrust
 from bastion.releases.dsse import Envelope, public_key_to_b64, sign_envelope
 from bastion.releases.intoto import PAYLOAD_TYPE, Statement
@@ -45,12 +44,6 @@ ALICE = Person("Alice Reviewer", "alice@example.com")
 BOB = Person("Bob Reviewer", "bob@example.com")
 CAROL = Person("Carol Reviewer", "carol@example.com")
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-@dataclass
-class RunningWitness:
-    url: str
-    witness: Witness
 
 
 @dataclass

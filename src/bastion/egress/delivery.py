@@ -14,6 +14,7 @@ one file at a time, so the verifier never holds more than one chunk.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import stat
@@ -22,9 +23,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
 from bastion.egress.errors import EgressRejected
-from bastion.egress.manifest import MAX_CHUNKS, is_flow_name, peek_manifest
+from bastion.egress.manifest import (
+    MAX_CHUNKS,
+    envelope_bytes,
+    is_flow_name,
+    manifest_digest,
+    peek_manifest,
+)
+from bastion.egress.payload import seal_chunk
 from bastion.events import MAX_ENTRY_BYTES
+from bastion.releases.dsse import Envelope
 
 MANIFEST_FILE = "manifest.dsse.json"
 ENTRY_FILE = "entry.json"
@@ -153,7 +164,7 @@ class Delivery:
             if len(data) > max_bytes(name):
                 raise EgressRejected("egress.layout", f"{name} exceeds {max_bytes(name)} bytes")
         if flow is None or manifest_id is None:
-            predicate = peek_manifest(files[MANIFEST_FILE])
+            predicate = peek_manifest(files[MANIFEST_FILE]).predicate
             flow = predicate.flow if flow is None else flow
             manifest_id = predicate.manifest_id if manifest_id is None else manifest_id
         try:
@@ -245,3 +256,35 @@ class DirectorySource:
         if len(data) > limit:
             raise EgressRejected("egress.layout", f"{name} exceeds {limit} bytes")
         return data
+
+
+def seal_delivery(
+    *,
+    envelope: Envelope,
+    entry: bytes,
+    proof: str,
+    plaintexts: Iterable[bytes],
+    recipient: X25519PublicKey,
+) -> Delivery:
+    """The delivery of a logged manifest: each chunk plaintext sealed to ``recipient`` under
+    the manifest's digest, index and count. ``plaintexts`` are the chunks the manifest's
+    subjects hash (checked here, so a runner cannot seal what it did not sign)."""
+    manifest = peek_manifest(envelope)
+    predicate = manifest.predicate
+    digest = manifest_digest(envelope)
+    chunks = []
+    for i, plaintext in enumerate(plaintexts):
+        listed = manifest.chunk_sha256[i] if i < predicate.chunks else None
+        if hashlib.sha256(plaintext).hexdigest() != listed:
+            raise ValueError(f"chunk {i} is not the chunk the manifest lists")
+        chunks.append(seal_chunk(plaintext, recipient, digest, i, predicate.chunks))
+    if len(chunks) != predicate.chunks:
+        raise ValueError(f"{len(chunks)} chunks for a manifest of {predicate.chunks}")
+    return Delivery(
+        flow=predicate.flow,
+        manifest_id=predicate.manifest_id,
+        envelope=envelope_bytes(envelope),
+        entry=entry,
+        proof=proof,
+        chunks=tuple(chunks),
+    )

@@ -339,10 +339,10 @@ def parse_manifest(
     return _parse_payload(env, verified.signers)
 
 
-def peek_manifest(envelope: Envelope | Mapping[str, Any] | str | bytes) -> ManifestPredicate:
-    """The predicate WITHOUT checking any signature: only to route a delivery (its flow and
-    manifest id) before it is verified. Never trust what it returns."""
-    return _parse_payload(_envelope(envelope), ()).predicate
+def peek_manifest(envelope: Envelope | Mapping[str, Any] | str | bytes) -> Manifest:
+    """The manifest WITHOUT checking any signature (``signers`` is empty): only to route a
+    delivery (its flow and manifest id) or for the signer's own use. Never trust it."""
+    return _parse_payload(_envelope(envelope), ())
 
 
 def _parse_payload(env: Envelope, signers: tuple[str, ...]) -> Manifest:
