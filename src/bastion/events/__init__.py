@@ -354,6 +354,65 @@ class CleanroomSnapshot(_Event):
     removed: int = Field(default=0, ge=0, description="records the refresh dropped")
 
 
+class EgressFlowChange(_Event):
+    """A flow declaration was loaded, retired, or refused (at load, or when a run found it
+    would cross a limit). Recorded for refusals as for loads: a refused flow names its
+    reasons by code, so the monitor and an auditor see every attempt."""
+
+    type: Literal["egress.flow"] = "egress.flow"
+    flow: str
+    version: int = Field(ge=1)
+    flow_sha256: str = Field(description="SHA-256 of the declaration's canonical JSON")
+    step: Literal["loaded", "refused", "retired", "run-refused"]
+    recipient: str
+    recipient_employer: str | None = None
+    recipient_country: str | None = None
+    dataset: str
+    kind: Literal["records", "aggregate"]
+    fields: list[str]
+    restricted_transaction: bool = False
+    reasons: list[str] = Field(default=[], description="refusal codes, e.g. field.protected")
+    policies: list[str] = []
+    policy_sha256: str | None = None
+
+
+class EgressExtract(_Event):
+    """A flow run is about to read its source: the capability the vault opens it with
+    (``vault.snapshot.SnapshotGrant``), like ``cleanroom.snapshot``: exactly ``fields`` of
+    ``dataset`` for what the change feed wrote in ``(after_seq, through_seq]``, at most
+    ``records`` of them, once. Names and counts only."""
+
+    type: Literal["egress.extract"] = "egress.extract"
+    flow: str
+    flow_version: int = Field(ge=1)
+    run: int = Field(ge=1)
+    dataset: str
+    fields: list[str]
+    mode: Literal["full", "incremental"]
+    after_seq: int = Field(ge=0)
+    through_seq: int = Field(ge=0)
+    records: int = Field(ge=0, description="most records the range lets the vault open")
+
+
+class EgressManifest(_Event):
+    """A run's signed manifest, appended before anything is delivered. ``envelope`` is the
+    DSSE envelope (in-toto Statement) exactly as the recipient receives it, so the log holds
+    what was signed; the other fields repeat its figures for readers of the log."""
+
+    type: Literal["egress.manifest"] = "egress.manifest"
+    flow: str
+    flow_version: int = Field(ge=1)
+    manifest_id: str
+    recipient: str
+    run: int = Field(ge=1)
+    rows: int = Field(ge=0)
+    tombstones: int = Field(ge=0)
+    chunks: int = Field(ge=0)
+    cursor_after: int = Field(ge=0)
+    cursor_through: int = Field(ge=0)
+    envelope: dict[str, Any]
+
+
 Event = Annotated[
     AccessDecision
     | Export
@@ -371,6 +430,9 @@ Event = Annotated[
     | AnalyticsQuery
     | AnalyticsBudgetChange
     | CleanroomSnapshot
+    | EgressFlowChange
+    | EgressExtract
+    | EgressManifest
     | OperatorNote
     | AuthFailure
     | RequestRejected,

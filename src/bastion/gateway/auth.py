@@ -69,6 +69,7 @@ PRIVILEGED_ROLES = frozenset(
     {"security_officer", "privacy_officer", "policy_admin", "auditor", "subject"}
 )
 CUSTODIAN_EMPLOYERS = frozenset({"custodian"})
+RESERVED_ROLES = frozenset({"recipient"})
 EXTERNAL_MAX_CLEARANCE = "internal"
 ALLOWABLE = ("role", "employer", "employer_country", "clearance")
 
@@ -173,6 +174,10 @@ def validate_attributes(attrs: Mapping[str, Any]) -> dict[str, Any]:
     role = attrs.get("role")
     if not isinstance(role, str) or not _NAME.match(role):
         raise InputError("role is required: letters, digits and _.:@/+- only", field="role")
+    if role in RESERVED_ROLES:
+        # Egress asks policy for a flow's recipient in this role: a token claiming it could
+        # otherwise match the recipients' permits (though no route asks their action).
+        raise InputError(f"role {role!r} is Bastion's own; no token carries it", field="role")
     out["role"] = role
     for name in ("employer",):
         value = attrs.get(name)

@@ -200,8 +200,9 @@ def _subject_id(p: PrincipalLike) -> str:
 
 def _service(p: PrincipalLike) -> str:
     """A platform service's name: the token's own ``sub`` (the registered principal the
-    registry admitted), never a claim the token adds. Only for role "service"."""
-    if p.role != "service":
+    registry admitted), never a claim the token adds. Only for role "service", and for a
+    flow's recipient (role "recipient", named by its loaded declaration: ``egress.checks``)."""
+    if p.role not in ("service", "recipient"):
         return ""
     sub = getattr(p, "sub", None)
     if sub is None:  # a PrincipalSpec (tests, the CLI) names the service by its id

@@ -33,6 +33,9 @@ class Action(StrEnum):
     LEGAL_HOLD = "legal_hold"
     # Following a dataset's change feed (resource: Dataset).
     FOLLOW_CHANGES = "follow_changes"
+    # A field leaving through a declared flow, asked for the flow's recipient (role
+    # "recipient") when the flow loads and before each run; never asked by a caller.
+    EGRESS = "egress"
 
 
 # Actions whose resource is a Field: they produce a per-field plan with transforms.
@@ -42,7 +45,7 @@ RELEASE_ACTIONS = FIELD_ACTIONS | {Action.BREAK_GLASS}
 # Actions that change a Field's stored values; a permit for them carries no @transform.
 WRITE_ACTIONS = frozenset({Action.WRITE, Action.DELETE})
 # Every action on a Field: what the invariant checker proves its invariants over.
-FIELD_RESOURCE_ACTIONS = RELEASE_ACTIONS | WRITE_ACTIONS
+FIELD_RESOURCE_ACTIONS = RELEASE_ACTIONS | WRITE_ACTIONS | {Action.EGRESS}
 
 
 class Transform(StrEnum):

@@ -1,8 +1,9 @@
 """The vault's identity secret and the keyed hashes derived from it.
 
 One 256-bit secret, wrapped by the KEK like a data key and stored in ``vault_secrets``.
-HKDF derives from it the pseudonym index key (HMAC-SHA256 of identifying values) and the
-receipt key (the keyed subject hash a deletion receipt carries instead of the subject id).
+HKDF derives from it the pseudonym index key (HMAC-SHA256 of identifying values), the
+receipt key (the keyed subject hash a deletion receipt carries instead of the subject id)
+and the egress token key (each flow's tokens are keyed by a sub-key of it, ``egress/tokens``).
 """
 
 from __future__ import annotations
@@ -51,11 +52,11 @@ class VaultIdentity:
         self._db = db
         self._provider = provider
         self._lock = threading.Lock()
-        self._keys: tuple[hmac.HMAC, bytes] | None = None
+        self._keys: tuple[hmac.HMAC, bytes, bytes] | None = None
         self._epoch = -1
         self._wrapped: WrappedKey | None = None  # as stored: no secret without the KEK
 
-    def load(self) -> tuple[hmac.HMAC, bytes]:
+    def load(self) -> tuple[hmac.HMAC, bytes, bytes]:
         try:
             epoch = self._provider.revalidate()
         except KeyUnavailable:
@@ -83,6 +84,7 @@ class VaultIdentity:
         keys = (
             hmac.HMAC(codec.derive_vault_key(secret, "pseudonym-index"), hashes.SHA256()),
             codec.derive_vault_key(secret, "receipt-subject-hash"),
+            codec.derive_vault_key(secret, "egress-token"),
         )
         with self._lock:
             self._keys, self._epoch, self._wrapped = keys, epoch, wrapped
@@ -122,6 +124,11 @@ class VaultIdentity:
     def subject_hash(self, subject: str) -> str:
         """Keyed hash of a subject id for receipts: the custodian can match it, others cannot."""
         return "hmac-sha256:" + self._receipt_hmac(b"bastion/subject/v1\x00", subject)
+
+    def egress_token_key(self, scope: str) -> bytes:
+        """The key of one token scope of egress (a flow, or flows declared joinable): tokens
+        of two scopes cannot be matched without these keys, which never leave the vault."""
+        return codec.derive_vault_key(self.load()[2], "egress-token-scope/" + scope)
 
     def key_fingerprint(self, token: str) -> str:
         """A stable name for a subject's data key that reveals neither the subject nor its token."""
