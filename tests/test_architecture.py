@@ -276,3 +276,39 @@ def test_nothing_in_the_library_imports_the_demo() -> None:
         if i.target == "bastion.demo" or i.target.startswith("bastion.demo.")
     ]
     assert offenders == []
+
+
+# The recipient's side of egress (``bastion egress verify`` at the parent company or the
+# monitor) imports only formats, directly or through anything it imports: no database, vault,
+# policy, gateway or CLI, so it can be vendored like the ledger's verifier.
+EGRESS_RECIPIENT = {"verify", "manifest", "payload", "delivery", "trust", "errors"}
+RECIPIENT_MAY_REACH = (
+    {f"bastion.{name}" for name in FOUNDATION}
+    | {f"bastion.egress.{name}" for name in EGRESS_RECIPIENT}
+    | {f"bastion.releases.{name}" for name in ("dsse", "intoto", "errors", "strictjson")}
+    | {f"bastion.ledger.{name}" for name in (*VERIFIER_MODULES, "anchors")}
+    | {"bastion", "bastion.egress", "bastion.releases", "bastion.ledger"}
+)
+
+
+def test_the_egress_recipient_imports_only_formats() -> None:
+    graph = _graph()
+    loaded = {  # everything that can run: deferred imports too, type-only ones not
+        m: {i.target for i in imps if not i.type_only} for m, imps in graph.items()
+    }
+    offenders = []
+    for name in EGRESS_RECIPIENT:
+        start = f"bastion.egress.{name}"
+        assert start in graph, f"{start} is missing"
+        seen: set[str] = set()
+        stack = [start]
+        while stack:
+            node = stack.pop()
+            if node in seen:
+                continue
+            seen.add(node)
+            if node not in RECIPIENT_MAY_REACH:
+                offenders.append(f"{start} reaches {node}")
+                continue
+            stack.extend(loaded.get(node, ()))
+    assert offenders == []
