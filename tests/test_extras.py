@@ -24,6 +24,7 @@ MODULE_OF = {
     "pyspark": "pyspark",
     "matplotlib": "matplotlib",
     "python-pkcs11": "pkcs11",
+    "nats-py": "nats",
 }
 
 

@@ -8,6 +8,7 @@ gateway host does not carry a JVM binding or a plotting library it never uses::
     pip install 'bastion[spark]'       # the clean room's Spark engine
     pip install 'bastion[charts]'      # `bastion cleanroom query --chart`
     pip install 'bastion[hsm]'         # the PKCS#11 key provider
+    pip install 'bastion[egress]'      # the NATS JetStream egress destination
     pip install 'bastion[all]'         # everything above
 
 ``pyproject.toml`` declares the same sets; ``tests/test_extras.py`` checks the two agree and
@@ -26,6 +27,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "spark": ("pyspark",),
     "charts": ("matplotlib",),
     "hsm": ("pkcs11",),
+    "egress": ("nats",),
 }
 
 
