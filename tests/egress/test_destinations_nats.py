@@ -184,6 +184,17 @@ def test_a_server_that_is_down_fails_cleanly(names: tuple[str, str], tmp_path: P
     assert _count(stream) == len(d.files())
 
 
+@pytest.mark.timeout(30)  # the bound: connect_timeout_s=1
+def test_a_server_that_never_answers_is_unavailable_after_the_timeout() -> None:
+    with socket.socket() as silent:  # accepts connections (the backlog), never sends INFO
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        dest = NatsDestination(f"nats://127.0.0.1:{port}", connect_timeout_s=1)
+        with pytest.raises(DestinationUnavailable, match="within 1s"):
+            dest.deliver(delivery())
+
+
 def test_a_stream_that_does_not_take_the_subject_is_a_config_error(
     names: tuple[str, str],
 ) -> None:
