@@ -22,6 +22,9 @@ ALLOWED: dict[str, set[str]] = {
     "releases": {"keys", "store", "ledger"},
     "cleanroom": {"catalog", "store", "ledger.api", "synth", "vault"},
     "gateway": {"catalog", "keys", "store", "vault", "ledger", "policy", "cleanroom", "synth"},
+    # Flows to outside recipients: Cedar decides on each recipient, the clean room's release
+    # layer makes aggregate flows, and manifests are DSSE envelopes as releases sign them.
+    "egress": {"catalog", "keys", "store", "vault", "ledger", "policy", "cleanroom", "releases"},
 }
 
 # The auditor's side of the ledger: formats and the verifier import no server code.
@@ -281,7 +284,7 @@ def test_nothing_in_the_library_imports_the_demo() -> None:
 # The recipient's side of egress (``bastion egress verify`` at the parent company or the
 # monitor) imports only formats, directly or through anything it imports: no database, vault,
 # policy, gateway or CLI, so it can be vendored like the ledger's verifier.
-EGRESS_RECIPIENT = {"verify", "manifest", "payload", "delivery", "trust", "errors"}
+EGRESS_RECIPIENT = {"verify", "replay", "manifest", "payload", "delivery", "trust", "errors"}
 RECIPIENT_MAY_REACH = (
     {f"bastion.{name}" for name in FOUNDATION}
     | {f"bastion.egress.{name}" for name in EGRESS_RECIPIENT}

@@ -15,8 +15,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from bastion.egress.delivery import MemorySource, chunk_file_name
 from bastion.egress.errors import EgressInputError, EgressRejected
 from bastion.egress.manifest import sign_manifest
+from bastion.egress.replay import SqliteReplayState
 from bastion.egress.trust import EgressTrust, build_trust_bundle
-from bastion.egress.verify import SqliteReplayState, verify_delivery
+from bastion.egress.verify import verify_delivery
 from bastion.ledger.anchors import LogAnchors, log_anchors
 from bastion.ledger.note import NoteSigner
 

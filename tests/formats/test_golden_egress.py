@@ -15,8 +15,9 @@ import pytest
 from bastion.egress.errors import EgressRejected
 from bastion.egress.manifest import parse_manifest
 from bastion.egress.payload import private_key_from_pem
+from bastion.egress.replay import SqliteReplayState
 from bastion.egress.trust import parse_trust_bundle
-from bastion.egress.verify import SqliteReplayState, verify_delivery
+from bastion.egress.verify import verify_delivery
 from bastion.events import EgressManifest, decode_event, encode_event
 
 GOLDEN = Path(__file__).parent / "golden" / "v2" / "egress"

@@ -60,8 +60,9 @@ def verify_cmd(
     the Parquet files only if every check passes. Non-zero exit on the first failure."""
     with reported_errors(as_json):
         from bastion.egress.payload import private_key_from_pem
+        from bastion.egress.replay import SqliteReplayState
         from bastion.egress.trust import parse_trust_bundle
-        from bastion.egress.verify import SqliteReplayState, pending_deliveries, verify_delivery
+        from bastion.egress.verify import pending_deliveries, verify_delivery
 
         bundle = parse_trust_bundle(read_input_file(trust, "trust bundle"), file=str(trust))
         recipient = private_key_from_pem(read_input_file(key, "recipient key"), file=str(key))
