@@ -74,11 +74,12 @@ def write_staged(root: Path, flow: str, manifest_id: str, name: str, data: bytes
     _write_file(staging / check_file_name(name), data)
 
 
-def staged_files(root: Path, flow: str, manifest_id: str) -> dict[str, bytes]:
+def staged_names(root: Path, flow: str, manifest_id: str) -> list[str]:
+    """The files staged so far (a half-written ``.tmp`` is not one)."""
     staging = staging_dir(root, flow, manifest_id)
     if not staging.is_dir():
-        return {}
-    return {p.name: p.read_bytes() for p in staging.iterdir() if not p.name.startswith(".")}
+        return []
+    return sorted(p.name for p in staging.iterdir() if not p.name.startswith("."))
 
 
 def commit(root: Path, flow: str, manifest_id: str) -> None:

@@ -38,7 +38,7 @@ from bastion.egress.destinations.files import (
     commit,
     final_dir,
     is_complete,
-    staged_files,
+    staged_names,
     write_staged,
 )
 from bastion.egress.errors import EgressRejected
@@ -83,7 +83,7 @@ def _store(root: Path, flow: str, manifest_id: str, name: str, data: bytes) -> i
     if name != COMPLETE_FILE:
         write_staged(root, flow, manifest_id, name, data)
         return 201
-    staged = staged_files(root, flow, manifest_id)
+    staged = staged_names(root, flow, manifest_id)
     try:
         layout = check_layout([*staged, COMPLETE_FILE])
     except EgressRejected as exc:
