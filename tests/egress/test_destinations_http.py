@@ -15,6 +15,7 @@ import uvicorn
 from fastapi.testclient import TestClient
 
 from bastion.egress.destinations import DestinationUnavailable, DirectoryDestination
+from bastion.egress.destinations import files as files_mod
 from bastion.egress.destinations.http import HttpDestination
 from bastion.egress.destinations.http_receiver import create_receiver_app
 from bastion.egress.verify import verify_delivery
@@ -291,3 +292,17 @@ def test_the_receiver_bounds_each_file_and_checks_the_idempotency_key(
     r = _put(client, mid, "entry.json", b"{}", **{"Idempotency-Key": f"{'d' * 32}/entry.json"})
     assert r.status_code == 400
     assert client.get(f"/{FLOW}/{mid}/entry.json", headers=AUTH).status_code == 404
+
+
+def test_a_temporary_file_a_killed_writer_left_is_not_committed(
+    client: TestClient, tmp_path: Path
+) -> None:
+    d = delivery(chunks=1)
+    files = d.files()
+    for name, data in files[:-1]:
+        assert _put(client, d.manifest_id, name, data).status_code == 201
+    staging = files_mod.staging_dir(tmp_path / "in", FLOW, d.manifest_id)
+    (staging / ".chunk-00000.hpke.dead.tmp").write_bytes(b"torn")
+    assert _put(client, d.manifest_id, *files[-1]).status_code == 201
+    final = files_mod.final_dir(tmp_path / "in", FLOW, d.manifest_id)
+    assert sorted(p.name for p in final.iterdir()) == sorted(n for n, _ in files)

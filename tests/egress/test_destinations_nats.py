@@ -30,7 +30,7 @@ from bastion.egress.destinations.nats import (
     receive_nats,
 )
 from bastion.egress.verify import verify_delivery
-from bastion.errors import ConfigError
+from bastion.errors import ConfigError, InputError
 
 from .builders import FLOW as BUILT_FLOW
 from .builders import Custodian, rows
@@ -239,3 +239,21 @@ def test_fetch_skips_what_the_recipient_has(names: tuple[str, str]) -> None:
     got = fetch_deliveries(URL, stream, FLOW, subject_prefix=prefix, skip={a.manifest_id})
     assert [g.manifest_id for g in got] == [b.manifest_id]
     assert list(fetch_deliveries(URL, stream, "another-flow", subject_prefix=prefix)) == []
+
+
+def test_a_foreign_message_on_a_delivery_subject_is_refused_or_ignored(
+    names: tuple[str, str],
+) -> None:
+    stream, prefix = names
+    d = delivery()
+    NatsDestination(URL, stream=stream, subject_prefix=prefix).deliver(d)
+    subject = f"{prefix}.{FLOW}.{d.manifest_id}"
+
+    async def publish(js: JetStreamContext) -> None:
+        await js.publish(subject, b"no headers at all")  # not ours: passed over
+        await js.publish(subject, b"x", headers={"Bastion-Manifest": "e" * 32})
+
+    _admin(publish)
+    with pytest.raises(InputError, match="not a part of a delivery file") as caught:
+        list(fetch_deliveries(URL, stream, FLOW, subject_prefix=prefix))
+    assert caught.value.field == "Bastion-File"

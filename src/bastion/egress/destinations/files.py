@@ -14,6 +14,7 @@ functions of a root directory, with no server code.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -59,7 +60,9 @@ def _fsync_dir(path: Path) -> None:
 
 def _write_file(path: Path, data: bytes) -> None:
     """Write ``data`` durably: a temporary name, fsync, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    # A unique temporary name: two writers of the same file (a retry overlapping a slow
+    # first attempt at the HTTP receiver) never write into one temporary file.
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -86,6 +89,8 @@ def commit(root: Path, flow: str, manifest_id: str) -> None:
     """Rename the staging directory into place: the one step that makes it a delivery."""
     staging = staging_dir(root, flow, manifest_id)
     final = final_dir(root, flow, manifest_id)
+    for torn in staging.glob(".*"):  # a temporary file a killed writer left: not a file of it
+        torn.unlink()
     _fsync_dir(staging)
     final.parent.mkdir(parents=True, exist_ok=True)
     os.rename(staging, final)

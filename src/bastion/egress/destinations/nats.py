@@ -54,7 +54,7 @@ from bastion.egress.destinations.base import (
     check_manifest_id,
     layout,
 )
-from bastion.errors import ConfigError
+from bastion.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
     from bastion.egress.delivery import Delivery
@@ -248,6 +248,11 @@ class NatsDestination:
         part_size = min(nc.max_payload, stream_limit) - _HEADER_ROOM
         if self.part_size is not None:
             part_size = min(part_size, self.part_size)
+        if part_size < 1024:
+            raise ConfigError(
+                f"the NATS server at {self.url} takes messages of {nc.max_payload} bytes "
+                f"at most: too small to carry a delivery"
+            )
         messages = messages_of(delivery, part_size)
         if await self._is_complete(js, subject):
             return
@@ -289,17 +294,25 @@ class _Pending:
         if msg_id in self.seen:  # a duplicate stored outside the dedupe window: first wins
             return
         self.seen.add(msg_id)
-        name = check_file_name(headers["Bastion-File"])
-        part, parts = int(headers["Bastion-Part"]), int(headers["Bastion-Parts"])
+        try:
+            name = check_file_name(headers["Bastion-File"])
+            part, parts = int(headers["Bastion-Part"]), int(headers["Bastion-Parts"])
+        except (KeyError, ValueError):
+            raise InputError(
+                f"the NATS message {msg_id!r} is not a part of a delivery file",
+                field="Bastion-File",
+            ) from None
         if not 0 <= part < parts or self.counts.setdefault(name, parts) != parts:
-            raise ConfigError(f"the NATS message {msg_id!r} has inconsistent part headers")
+            raise InputError(
+                f"the NATS message {msg_id!r} has inconsistent part headers", field="Bastion-Part"
+            )
         self.parts.setdefault(name, {})[part] = payload
 
     def files(self) -> dict[str, bytes]:
         out = {}
         for name, parts in self.parts.items():
             if sorted(parts) != list(range(self.counts[name])):
-                raise ConfigError(f"the NATS delivery is missing parts of {name}")
+                raise InputError(f"the NATS delivery is missing parts of {name}", field="file")
             out[name] = b"".join(parts[i] for i in range(self.counts[name]))
         return out
 
