@@ -19,12 +19,13 @@ from bastion.egress.delivery import Delivery, seal_delivery
 from bastion.egress.manifest import (
     build_statement,
     manifest_digest,
+    manifest_event,
     new_manifest_id,
     sign_manifest,
 )
 from bastion.egress.payload import arrow_schema, columns_of, encode_chunks, to_table
 from bastion.egress.trust import EgressTrust, build_trust_bundle
-from bastion.events import SYSTEM, EgressManifest
+from bastion.events import SYSTEM
 from bastion.ledger.anchors import log_anchors
 from bastion.ledger.checkpoint import parse_checkpoint
 from bastion.ledger.log import Log
@@ -133,21 +134,8 @@ class Custodian:
     def log_manifest(self, envelope: Envelope) -> tuple[bytes, str, int]:
         """Append the egress.manifest event, publish, and prove it: (entry, proof, index)."""
         p = envelope_predicate(envelope)
-        event = EgressManifest(
-            actor=SYSTEM,
-            reason=f"egress run {p['run']} of {p['flow']}",
-            at=AT,
-            flow=p["flow"],
-            flow_version=p["flow_version"],
-            manifest_id=p["manifest_id"],
-            recipient=p["recipient"],
-            run=p["run"],
-            rows=p["rows"],
-            tombstones=p["tombstones"],
-            chunks=p["chunks"],
-            cursor_after=p["cursor"]["after"],
-            cursor_through=p["cursor"]["through"],
-            envelope=envelope.to_json(),
+        event = manifest_event(
+            envelope, actor=SYSTEM, reason=f"egress run {p['run']} of {p['flow']}", at=AT
         )
         receipt = self.log.append(event)
         self.log.publish()

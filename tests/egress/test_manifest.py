@@ -16,6 +16,7 @@ from bastion.egress.manifest import (
     build_statement,
     envelope_bytes,
     manifest_digest,
+    manifest_event,
     new_manifest_id,
     parse_manifest,
     peek_manifest,
@@ -190,3 +191,18 @@ def test_the_largest_manifest_fits_in_one_ledger_entry() -> None:
         envelope=envelope.to_json(),
     )
     encode_event(event)  # raises EntryTooLarge past 64 KiB
+
+
+def test_the_ledger_event_carries_the_envelope_and_the_signed_figures() -> None:
+    envelope = sign_manifest(_statement(), KEY)
+    event = manifest_event(envelope, actor=SYSTEM, reason="egress run 2", at="2026-12-04T12:00:00Z")
+    assert event.envelope == envelope.to_json()
+    assert (event.manifest_id, event.run, event.rows, event.tombstones, event.chunks) == (
+        "0" * 32,
+        2,
+        7,
+        1,
+        2,
+    )
+    assert (event.cursor_after, event.cursor_through, event.recipient) == (10, 20, "parent")
+    encode_event(event)

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bastion.egress.errors import EgressRejected
-from bastion.events import canonical
+from bastion.events import Actor, EgressManifest, canonical
 from bastion.releases.dsse import (
     Envelope,
     TrustedKey,
@@ -352,3 +352,26 @@ def _parse_payload(env: Envelope, signers: tuple[str, ...]) -> Manifest:
         raise _malformed(exc.detail) from None
     predicate = _predicate(statement.predicate)
     return Manifest(env, statement, predicate, _chunk_digests(statement, predicate.chunks), signers)
+
+
+def manifest_event(envelope: Envelope, *, actor: Actor, reason: str, at: str) -> EgressManifest:
+    """The ledger event to append BEFORE delivering: the envelope exactly as delivered, and
+    the figures the recipient checks against the signed predicate (taken from it here, so the
+    two cannot disagree)."""
+    p = peek_manifest(envelope).predicate
+    return EgressManifest(
+        actor=actor,
+        reason=reason,
+        at=at,
+        flow=p.flow,
+        flow_version=p.flow_version,
+        manifest_id=p.manifest_id,
+        recipient=p.recipient,
+        run=p.run,
+        rows=p.rows,
+        tombstones=p.tombstones,
+        chunks=p.chunks,
+        cursor_after=p.cursor.after,
+        cursor_through=p.cursor.through,
+        envelope=envelope.to_json(),
+    )
