@@ -12,6 +12,8 @@ always last. Two promises, which the runner relies on to retry a failed run safe
 
 A destination that cannot be reached raises :class:`DestinationUnavailable` quickly (every
 network call has a bounded timeout) and the run fails cleanly: nothing is marked delivered.
+(The error and the name checks live in ``common``, which the destinations import; this module
+builds them from a flow's config and re-exports both.)
 """
 
 from __future__ import annotations
@@ -25,31 +27,41 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from bastion.errors import InputError, StoreUnavailable
+from bastion.egress.destinations.common import (
+    COMPLETE,
+    DestinationUnavailable,
+    check_file_name,
+    check_flow,
+    check_manifest_id,
+    layout,
+)
+from bastion.egress.destinations.files import DirectoryDestination
+from bastion.egress.destinations.http import HttpDestination
+from bastion.errors import InputError
+from bastion.extras import require
 
 if TYPE_CHECKING:
     from bastion.egress.delivery import Delivery
 
-COMPLETE = "COMPLETE"
+__all__ = [
+    "COMPLETE",
+    "Destination",
+    "DestinationUnavailable",
+    "FilesConfig",
+    "HttpConfig",
+    "NatsConfig",
+    "check_file_name",
+    "check_flow",
+    "check_manifest_id",
+    "destination_from_config",
+    "layout",
+    "parse_config",
+]
 
-# Names that travel as path segments (files, HTTP) and as subject tokens (NATS): no separator,
-# no dot in a flow name (a NATS token boundary), nothing a path could climb out with.
-_FLOW = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
-_MANIFEST_ID = re.compile(r"[0-9a-f]{32}")
-_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _ENV = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # A JetStream stream name and a subject prefix (dot-separated tokens, no wildcard).
 _STREAM = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _PREFIX = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
-
-
-class DestinationUnavailable(StoreUnavailable):
-    """The destination could not be reached or written: nothing was marked delivered.
-
-    A :class:`~bastion.errors.StoreUnavailable` (exit code 4, a 503 in the gateway): like a
-    store that is down, it is the infrastructure's state, not the input's, and a retry later
-    completes the delivery. The message names the destination, never a payload byte.
-    """
 
 
 @runtime_checkable
@@ -61,42 +73,6 @@ class Destination(Protocol):
     def deliver(self, delivery: Delivery) -> None: ...
 
     def delivered(self, flow: str, manifest_id: str) -> bool: ...
-
-
-# ---- the names a delivery carries ------------------------------------------------------------
-
-
-def check_flow(flow: str) -> str:
-    if not _FLOW.fullmatch(flow):
-        raise InputError(
-            "a flow name for a destination is 1-128 letters, digits, '-' or '_'", field="flow"
-        )
-    return flow
-
-
-def check_manifest_id(manifest_id: str) -> str:
-    if not _MANIFEST_ID.fullmatch(manifest_id):
-        raise InputError("a manifest id is 32 lowercase hex digits", field="manifest_id")
-    return manifest_id
-
-
-def check_file_name(name: str) -> str:
-    """A layout file name: one path segment (no '/', no '..', no leading dot)."""
-    if not _FILE.fullmatch(name) or ".." in name:
-        raise InputError(f"not a delivery file name: {name!r}", field="file")
-    return name
-
-
-def layout(delivery: Delivery) -> list[tuple[str, bytes]]:
-    """The files to transport, in order, ``COMPLETE`` last (as ``Delivery.files`` gives them),
-    each name checked again here: a destination writes them as paths and subjects."""
-    check_flow(delivery.flow)
-    check_manifest_id(delivery.manifest_id)
-    files = [(check_file_name(n), bytes(b)) for n, b in delivery.files()]
-    names = [n for n, _ in files]
-    if len(set(names)) != len(names) or COMPLETE not in names or names[-1] != COMPLETE:
-        raise InputError("a delivery's files are unique and end with COMPLETE", field="file")
-    return files
 
 
 # ---- config ----------------------------------------------------------------------------------
@@ -209,14 +185,11 @@ def destination_from_config(cfg: Mapping[str, Any], *, home: Path) -> Destinatio
     """The destination a flow declares. A relative ``files`` path is under ``home``."""
     config = parse_config(cfg)
     if isinstance(config, FilesConfig):
-        from bastion.egress.destinations.files import DirectoryDestination
-
         path = Path(config.path).expanduser()
         return DirectoryDestination(path if path.is_absolute() else home / path)
     if isinstance(config, NatsConfig):
-        from bastion.extras import require
-
         require("egress", "the NATS egress destination")
+        # Deferred: nats-py is an optional extra (and nats.py never imports this module).
         from bastion.egress.destinations.nats import NatsDestination
 
         return NatsDestination(
@@ -225,6 +198,4 @@ def destination_from_config(cfg: Mapping[str, Any], *, home: Path) -> Destinatio
             subject_prefix=config.subject_prefix,
             connect_timeout_s=config.connect_timeout_s,
         )
-    from bastion.egress.destinations.http import HttpDestination
-
     return HttpDestination(config.url, token_env=config.token_env, timeout_s=config.timeout_s)

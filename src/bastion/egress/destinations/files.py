@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bastion.egress.destinations.base import (
+from bastion.egress.destinations.common import (
     COMPLETE,
     DestinationUnavailable,
     check_file_name,

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from bastion.egress.destinations.base import (
+from bastion.egress.destinations.common import (
     COMPLETE,
     DestinationUnavailable,
     check_flow,

@@ -33,7 +33,7 @@ from bastion.egress.delivery import (
     check_layout,
     max_bytes,
 )
-from bastion.egress.destinations.base import check_flow, check_manifest_id
+from bastion.egress.destinations.common import check_flow, check_manifest_id
 from bastion.egress.destinations.files import (
     commit,
     final_dir,

@@ -46,7 +46,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
-from bastion.egress.destinations.base import (
+from bastion.egress.destinations.common import (
     COMPLETE,
     DestinationUnavailable,
     check_file_name,
