@@ -24,6 +24,7 @@ from nats.js.api import StreamConfig
 from bastion.egress.delivery import Delivery
 from bastion.egress.destinations import DestinationUnavailable, DirectoryDestination
 from bastion.egress.destinations.nats import (
+    PART_SIZE,
     NatsDestination,
     fetch_deliveries,
     messages_of,
@@ -86,7 +87,7 @@ def test_a_delivery_round_trips_with_chunks_over_max_payload(names: tuple[str, s
     assert not dest.delivered(FLOW, d.manifest_id)  # no stream yet: not delivered
     dest.deliver(d)
     assert dest.delivered(FLOW, d.manifest_id)
-    expected = len(messages_of(d, MiB - 4096))
+    expected = len(messages_of(d, PART_SIZE))
     assert expected == 3 + 2 * 3 + 1  # manifest, entry, proof; 3 parts per chunk; COMPLETE
     assert _count(stream) == dest.published == expected
     [back] = fetch_deliveries(URL, stream, FLOW, subject_prefix=prefix)
@@ -115,7 +116,7 @@ def test_a_crash_after_k_messages_is_resumed_exactly_once(
     stream, prefix = names
     d = delivery(chunks=3, chunk_bytes=MiB + 1)  # 2 parts per chunk: 10 messages
     dest = NatsDestination(URL, stream=stream, subject_prefix=prefix)
-    total = len(messages_of(d, MiB - 4096))
+    total = len(messages_of(d, PART_SIZE))
     crash = CrashAfter(k, dest._publish)
     monkeypatch.setattr(dest, "_publish", crash)
     with pytest.raises(Crash):

@@ -66,6 +66,8 @@ DEFAULT_STREAM = "BASTION_EGRESS"
 DEFAULT_PREFIX = "bastion.egress"
 # Room for the headers within the server's max_payload (which counts headers and body).
 _HEADER_ROOM = 4096
+# The largest part: what the default max_payload (1 MiB) carries with the headers.
+PART_SIZE = (1 << 20) - _HEADER_ROOM
 _NETWORK_ERRORS = (nats.errors.Error, OSError, asyncio.TimeoutError)
 
 
@@ -165,7 +167,7 @@ class NatsDestination:
         subject_prefix: str = DEFAULT_PREFIX,
         connect_timeout_s: float = 5.0,
         request_timeout_s: float = 10.0,
-        part_size: int | None = None,
+        part_size: int = PART_SIZE,
     ) -> None:
         self.url = url
         self.stream = stream
@@ -245,9 +247,9 @@ class NatsDestination:
     async def _deliver(self, js: JetStreamContext, nc: Client, delivery: Delivery) -> None:
         subject = subject_of(self.prefix, delivery.flow, delivery.manifest_id)
         stream_limit = await self._ensure_stream(js, subject)
-        part_size = min(nc.max_payload, stream_limit) - _HEADER_ROOM
-        if self.part_size is not None:
-            part_size = min(part_size, self.part_size)
+        # A fixed part size (unless the server takes less): a retry against a server whose
+        # limit was raised splits files as the first attempt did, so the msg ids match.
+        part_size = min(self.part_size, min(nc.max_payload, stream_limit) - _HEADER_ROOM)
         if part_size < 1024:
             raise ConfigError(
                 f"the NATS server at {self.url} takes messages of {nc.max_payload} bytes "
