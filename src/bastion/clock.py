@@ -41,3 +41,11 @@ def to_unix(when: datetime) -> int:
 def iso(when: datetime) -> str:
     """RFC 3339 in UTC with a trailing Z, the form every event carries."""
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_iso(text: str) -> datetime:
+    """The inverse of :func:`iso` (any RFC 3339 time with an offset or a Z), in UTC."""
+    when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if when.tzinfo is None:
+        raise ValueError(f"time {text!r} has no offset")
+    return when.astimezone(UTC)

@@ -239,6 +239,18 @@ class RetentionSettings(Section):
     batch_size: Annotated[int, Strict(), Field(ge=1, le=5000)] = 500
 
 
+class EgressSettings(Section):
+    """Declared flows to outside recipients (docs/EGRESS.md)."""
+
+    # Where a run's chunks and manifest wait until delivered (relative: under BASTION_HOME).
+    spool_dir: Text = "egress/spool"
+    # Rows per payload chunk (a chunk is one Parquet file, sealed to the recipient).
+    chunk_rows: Annotated[int, Strict(), Field(ge=1, le=5_000_000)] = 500_000
+    # How often `bastion serve` (and `bastion egress worker`) looks for a flow that is due
+    # (0: never in serve; run `bastion egress worker` or `bastion egress run` instead).
+    scheduler_interval_s: Annotated[float, Strict(), Field(ge=0, le=86_400)] = 60.0
+
+
 class Settings(Section):
     """The whole of bastion.toml, every section optional."""
 
@@ -252,6 +264,7 @@ class Settings(Section):
     cleanroom: CleanRoomSettings = Field(default_factory=CleanRoomSettings)
     subjects: SubjectsSettings = Field(default_factory=SubjectsSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    egress: EgressSettings = Field(default_factory=EgressSettings)
     # Where each setting in force came from: "<section>.<key>" -> "file" (the home's
     # bastion.toml) or "env <NAME>"; a key that is absent took its default.
     sources: dict[str, str] = Field(default_factory=dict, exclude=True)

@@ -19,11 +19,12 @@ import re
 from collections.abc import Mapping
 from datetime import timedelta
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from bastion.egress.destinations.base import DestinationConfig
 from bastion.errors import InputError
 from bastion.events import canonical
 
@@ -205,29 +206,6 @@ class Schedule(_Strict):
         return timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
 
 
-class FilesDestination(_Strict):
-    type: Literal["files"]
-    path: str = Field(min_length=1)
-
-
-class NatsDestination(_Strict):
-    type: Literal["nats"]
-    url: str = Field(pattern=r"^nats://")
-    stream: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    subject_prefix: str = Field(default="bastion.egress", pattern=r"^[A-Za-z0-9_.-]{1,128}$")
-
-
-class HttpDestination(_Strict):
-    type: Literal["http"]
-    url: str = Field(pattern=r"^https?://")
-    token_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]*$")
-
-
-Destination = Annotated[
-    FilesDestination | NatsDestination | HttpDestination, Field(discriminator="type")
-]
-
-
 class Aggregate(_Strict):
     """An aggregate flow: DP counts and sums by public dimensions, through the clean room's
     release layer, with the flow's own budget."""
@@ -260,7 +238,7 @@ class Flow(_Strict):
     fields: dict[str, Transform] = Field(min_length=1)
     aggregate: Aggregate | None = None
     schedule: Schedule
-    destination: Destination
+    destination: DestinationConfig
     joinable_with: tuple[str, ...] = ()
     restricted_transaction: RestrictedTransaction | None = None
 
@@ -273,8 +251,9 @@ class Flow(_Strict):
 
     @property
     def delivered(self) -> list[str]:
-        """The fields a recipient receives, in declaration order (drops are read only)."""
-        return [name for name, t in self.fields.items() if not isinstance(t, Drop)]
+        """The fields a recipient receives, by name (drops are only read). By name, not in
+        declaration order: the declaration's digest is over canonical JSON, which has none."""
+        return sorted(name for name, t in self.fields.items() if not isinstance(t, Drop))
 
     @property
     def token_scope(self) -> str:
@@ -370,4 +349,4 @@ def _flow_error(exc: ValidationError, data: Mapping[str, Any], source: str) -> F
     return FlowError(message, file=source, flow=flow, field=path or None)
 
 
-_UNION_TAGS = {"files", "nats", "http"}
+_UNION_TAGS = {"files", "nats", "http", "function-after[_url(), str]"}

@@ -68,7 +68,7 @@ def source_type(spec: FieldSpec) -> pa.DataType:
 def output_type(spec: FieldSpec, transform: Transform) -> pa.DataType:
     """The Arrow type a recipient receives for a delivered field."""
     if isinstance(transform, Pseudonymize):
-        return pa.list_(pa.string()) if spec.type is FieldType.STRING_LIST else pa.string()
+        return pa.string()  # a list of identifiers: its tokens joined by ","
     if isinstance(transform, Generalize):
         g = transform.generalize
         if g is Generalization.DAY:
@@ -163,9 +163,10 @@ def transform_column(
 def _pseudonymize(spec: FieldSpec, col: pa.Array, tokens: FlowTokens) -> pa.Array:
     values = col.to_pylist()
     if spec.type is FieldType.STRING_LIST:
+        # Tokens hold no comma, so the list survives as one string column every reader has.
         return pa.array(
-            [None if v is None else [tokens.token(t) for t in v] for v in values],
-            pa.list_(pa.string()),
+            [None if v is None else ",".join(tokens.token(t) for t in v) for v in values],
+            pa.string(),
         )
     return pa.array(tokens.tokens(values), pa.string())
 
@@ -227,11 +228,13 @@ def build_table(
     columns: Mapping[str, Sequence[Value | Any]],
     tokens: FlowTokens,
     schema: pa.Schema,
-) -> pa.Table:
-    """One opened page as the rows the recipient receives: filtered, then transformed."""
+) -> tuple[pa.Table, list[bool]]:
+    """One opened page as the rows the recipient receives (filtered, then transformed), and
+    for each record of the page whether the filter kept it."""
     typed = {name: to_column(ds.field(name), columns[name]) for name in flow.fields}
     keys = pa.array(record_keys, pa.string())
     mask = row_mask(flow.source.filter, typed)
+    kept = [True] * len(keys) if mask is None else [bool(m) for m in mask.to_pylist()]
     if mask is not None:
         keys = pc.filter(keys, mask)
         typed = {name: pc.filter(col, mask) for name, col in typed.items()}
@@ -243,7 +246,7 @@ def build_table(
     for name in flow.delivered:
         out = transform_column(ds.field(name), flow.fields[name], typed[name], tokens)
         arrays.append(out.cast(schema.field(name).type))
-    return pa.Table.from_arrays(arrays, schema=schema)
+    return pa.Table.from_arrays(arrays, schema=schema), kept
 
 
 def tombstone_table(row_tokens: Sequence[str], schema: pa.Schema) -> pa.Table:

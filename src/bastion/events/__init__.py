@@ -383,6 +383,7 @@ class EgressExtract(_Event):
     ``records`` of them, once. Names and counts only."""
 
     type: Literal["egress.extract"] = "egress.extract"
+    extract_id: str = Field(description="random hex id: each extract opens once")
     flow: str
     flow_version: int = Field(ge=1)
     run: int = Field(ge=1)

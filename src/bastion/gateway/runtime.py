@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from bastion.catalog import Catalog, SensitiveCategory
+from bastion.catalog import Catalog
 from bastion.clock import Clock, SystemClock
 from bastion.extras import require
 from bastion.gateway.auth import TokenIssuer, TokenVerifier, TrustedIssuer
@@ -24,7 +24,6 @@ from bastion.keys.signing import load_or_create_signing_key
 from bastion.ledger.api import LedgerWriter
 from bastion.policy import (
     GRANT_KEY_NAME,
-    LEGAL_THRESHOLDS,
     ApprovalConfig,
     ApprovalService,
     BulkCounter,
@@ -41,6 +40,7 @@ from bastion.policy import (
 )
 from bastion.policy.invariants import invariants_for
 from bastion.policy.registry import PrincipalRegistry
+from bastion.policy.thresholds import configured_thresholds
 from bastion.store import Database, open_database
 from bastion.vault import Vault
 from bastion.vault.lookup import VaultLookup
@@ -52,11 +52,7 @@ ISSUER_KEY_NAME = "issuer"
 
 def bulk_thresholds(config: GatewayConfig) -> BulkThresholds | None:
     """The configured limits (both scopes), over the legal ones; None: the law's alone."""
-    if not config.bulk_thresholds:
-        return None
-    limits = dict(LEGAL_THRESHOLDS)
-    limits.update({SensitiveCategory(k): v for k, v in config.bulk_thresholds.items()})
-    return BulkThresholds(employer=dict(limits), principal=dict(limits))
+    return configured_thresholds(config.bulk_thresholds)
 
 
 def own_issuer(home: Home, clock: Clock) -> TokenIssuer:

@@ -361,10 +361,23 @@ class PolicyEngine:
         is. Raises InputError naming an unknown dataset or field."""
         if action not in WRITE_ACTIONS:
             raise InputError(f"action {action.value!r} does not write a dataset")
+        return self._decide_fields(principal, dataset, fields, action)
+
+    def decide_egress(
+        self, recipient: PrincipalLike, dataset: str, fields: Sequence[str]
+    ) -> WriteDecision:
+        """Decide a flow's fields for its recipient (role "recipient"), field by field: the
+        flow may read a field only when it is allowed. Raises InputError naming an unknown
+        dataset or field."""
+        return self._decide_fields(recipient, dataset, fields, Action.EGRESS)
+
+    def _decide_fields(
+        self, principal: PrincipalLike, dataset: str, fields: Sequence[str], action: Action
+    ) -> WriteDecision:
         ds = self.catalog.dataset(dataset)
         specs = [ds.field(name) for name in dict.fromkeys(fields)]
         if not specs:
-            raise InputError("no fields to write", dataset=ds.name)
+            raise InputError("no fields to decide", dataset=ds.name)
         attrs = self.attributes(principal)
         key: Hashable = (attrs, ds.name, tuple(f.name for f in specs), action)
         if self._cache_size:

@@ -145,6 +145,16 @@ class Reservation:
         }
 
 
+def configured_thresholds(overrides: Mapping[str, int]) -> BulkThresholds | None:
+    """The configured limits (``[gateway] bulk_thresholds``, both scopes) over the legal
+    ones; None: the law's alone."""
+    if not overrides:
+        return None
+    limits = dict(LEGAL_THRESHOLDS)
+    limits.update({SensitiveCategory(k): v for k, v in overrides.items()})
+    return BulkThresholds(employer=dict(limits), principal=dict(limits))
+
+
 def lock_name(employer: str) -> str:
     """One lock per employer: every principal of an employer counts into its total."""
     return f"bulk:{employer}"

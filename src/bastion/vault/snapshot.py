@@ -26,7 +26,7 @@ receipt; the guarantee against that is the log, in which every snapshot's entry 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import orjson
@@ -34,7 +34,7 @@ import orjson
 from bastion.catalog import Classification, Value
 from bastion.clock import iso
 from bastion.errors import InputError, IntegrityError
-from bastion.events import CleanroomSnapshot, decode_event
+from bastion.events import CleanroomSnapshot, EgressExtract, decode_event
 from bastion.ledger.api import Receipt
 from bastion.vault.changes import last_seq
 from bastion.vault.plan import FieldRef, leaf_hash
@@ -62,11 +62,15 @@ class SnapshotGrant:
     immutable, and it cannot be copied into a changed one."""
 
     __slots__ = ("event", "receipt")
-    event: CleanroomSnapshot
+    event: CleanroomSnapshot | EgressExtract
     receipt: Receipt
 
     def __init__(
-        self, event: CleanroomSnapshot, receipt: Receipt, *, _granted: object = None
+        self,
+        event: CleanroomSnapshot | EgressExtract,
+        receipt: Receipt,
+        *,
+        _granted: object = None,
     ) -> None:
         if _granted is not _GRANTED:
             raise TypeError(
@@ -118,8 +122,8 @@ class SnapshotGrant:
             event = decode_event(entry)
         except ValueError:
             raise IntegrityError("the recorded ledger entry is not a Bastion event") from None
-        if not isinstance(event, CleanroomSnapshot):
-            raise InputError("the recorded entry is not a cleanroom.snapshot event")
+        if not isinstance(event, CleanroomSnapshot | EgressExtract):
+            raise InputError("the recorded entry is not a cleanroom.snapshot or egress.extract")
         if event.dataset != dataset:
             raise InputError("the snapshot's ledger entry records another dataset", dataset=dataset)
         asked, recorded = set(fields), set(event.fields)
@@ -139,10 +143,12 @@ class SnapshotGrant:
 @dataclass(frozen=True)
 class SnapshotBatch:
     """Opened rows of one page: record keys and, per granted field, its values in order
-    (sealed fields typed, clear ones as their JSON holds them)."""
+    (sealed fields typed, clear ones as their JSON holds them), and each record's subject
+    as its vault token (what a bulk count of 28 CFR 202.205 counts)."""
 
     record_keys: list[str]
     columns: dict[str, list[Value]]
+    subjects: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.record_keys)
@@ -158,6 +164,31 @@ def count_writes(vault: Vault, dataset: str, after: int, through: int) -> int:
         (dataset, after, through),
     )
     return int(row[0][0]) if row else 0
+
+
+def removed_since(vault: Vault, dataset: str, after: int, through: int) -> list[str]:
+    """Record keys of ``dataset`` that a ``delete`` or an ``erase`` (a shred) removed in
+    ``(after, through]`` and that existed at ``after``: what a reader who copied the
+    dataset up to ``after`` must now delete (an egress flow's tombstones). Keys only."""
+    vault.catalog.dataset(dataset)
+    rows = vault.db.query(
+        "SELECT DISTINCT c.record_key FROM vault_changes c WHERE c.dataset = ? AND c.seq > ? "
+        "AND c.seq <= ? AND c.op IN ('delete', 'erase') AND EXISTS (SELECT 1 FROM "
+        "vault_changes p WHERE p.dataset = c.dataset AND p.record_key = c.record_key "
+        "AND p.seq <= ? AND p.op IN ('insert', 'update')) ORDER BY c.record_key",
+        (dataset, after, through, after),
+    )
+    return [str(key) for (key,) in rows]
+
+
+def distinct_subjects(vault: Vault, dataset: str) -> int:
+    """How many subjects hold records of ``dataset`` now (an upper bound of how many one
+    flow of it can reach)."""
+    vault.catalog.dataset(dataset)
+    rows = vault.db.query(
+        "SELECT COUNT(DISTINCT subject) FROM vault_records WHERE dataset = ?", (dataset,)
+    )
+    return int(rows[0][0]) if rows else 0
 
 
 def open_snapshot(
@@ -266,4 +297,8 @@ def _pages(vault: Vault, grant: SnapshotGrant, page: int) -> Iterator[SnapshotBa
             # Public values and pseudonym tokens as the clear column stores them (JSON: a
             # date is its ISO text); the caller types them by the catalog.
             columns[f.name] = [row.get(f.name) for row in parsed]
-        yield SnapshotBatch(list(live), {name: columns[name] for name in event.fields})
+        yield SnapshotBatch(
+            list(live),
+            {name: columns[name] for name in event.fields},
+            [subject for subject, _, _ in live.values()],
+        )
