@@ -21,7 +21,17 @@ ALLOWED: dict[str, set[str]] = {
     "policy": {"catalog", "store", "keys", "ledger.api"},
     "releases": {"keys", "store", "ledger"},
     "cleanroom": {"catalog", "store", "ledger.api", "synth", "vault"},
-    "gateway": {"catalog", "keys", "store", "vault", "ledger", "policy", "cleanroom", "synth"},
+    "gateway": {
+        "catalog",
+        "keys",
+        "store",
+        "vault",
+        "ledger",
+        "policy",
+        "cleanroom",
+        "synth",
+        "egress",
+    },
     # Flows to outside recipients: Cedar decides on each recipient, the clean room's release
     # layer makes aggregate flows, and manifests are DSSE envelopes as releases sign them.
     "egress": {"catalog", "keys", "store", "vault", "ledger", "policy", "cleanroom", "releases"},

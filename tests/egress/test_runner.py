@@ -317,3 +317,21 @@ def manifest_index(rt: Runtime, manifest_id: str | None) -> int:
         if isinstance(event, EgressManifest) and event.manifest_id == manifest_id:
             return i
     raise AssertionError("no manifest entry")
+
+
+def test_serve_runs_a_flow_when_it_is_due_and_not_before(
+    rt: Runtime, egress: Egress, recipient: X25519PrivateKey, clock: FixedClock
+) -> None:
+    from datetime import timedelta
+
+    from bastion.gateway.background import egress_round
+
+    load(egress, parent_flow(recipient))
+    round_ = egress_round(rt)
+    (first,) = round_()  # type: ignore[misc]
+    assert first["status"] == "delivered" and first["rows"] == 36
+    assert round_() == []  # due again in a day, by the runtime's clock
+    ingest(rt, "events", [sample_event(n, 1) for n in range(100, 103)])
+    clock.advance(timedelta(days=1, seconds=1))
+    (second,) = round_()  # type: ignore[misc]
+    assert second["rows"] == 3 and second["cursor"][0] == first["cursor"][1]

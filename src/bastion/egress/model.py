@@ -179,6 +179,36 @@ def transform_name(t: Transform) -> str:
     return next(iter(t.model_dump()))
 
 
+_TRANSFORM_HELP = (
+    "keep, pseudonymize, drop, {generalize: hour|day|month|year|region}, "
+    "{grid_degrees: N} or {truncate: N}"
+)
+_BY_KEY: dict[str, type[_Strict]] = {
+    "keep": Keep,
+    "pseudonymize": Pseudonymize,
+    "drop": Drop,
+    "generalize": Generalize,
+    "grid_degrees": Grid,
+    "truncate": Truncate,
+}
+
+
+def _transform(name: str, t: Any) -> Transform:
+    """One field's transform, by its one key (so an error names the right member)."""
+    if isinstance(t, str) and t in _SHORTHAND:
+        return _SHORTHAND[t]
+    if isinstance(t, Mapping) and len(t) == 1:
+        key = next(iter(t))
+        model = _BY_KEY.get(str(key))
+        if model is not None:
+            try:
+                return model.model_validate(dict(t))  # type: ignore[return-value]
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                raise ValueError(f"{name}: {key} {err['msg'].lower()}") from None
+    raise ValueError(f"{name}: a transform is {_TRANSFORM_HELP}")
+
+
 class Source(_Strict):
     dataset: str = Field(min_length=1)
     mode: Literal["incremental", "full"] = "incremental"
@@ -244,10 +274,10 @@ class Flow(_Strict):
 
     @field_validator("fields", mode="before")
     @classmethod
-    def _shorthand(cls, v: Any) -> Any:
-        if isinstance(v, Mapping):
-            return {k: _SHORTHAND.get(t, t) if isinstance(t, str) else t for k, t in v.items()}
-        return v
+    def _transforms(cls, v: Any) -> Any:
+        if not isinstance(v, Mapping):
+            return v
+        return {name: _transform(name, t) for name, t in v.items()}
 
     @property
     def delivered(self) -> list[str]:
