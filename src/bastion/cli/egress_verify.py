@@ -1,15 +1,19 @@
-"""``bastion egress verify``, ``keygen`` and ``trust-bundle``: the recipient's side.
+"""``bastion egress verify``, ``keygen``, ``receive`` and ``trust-bundle``: the recipient's side.
 
-``verify`` and ``keygen`` run at the recipient, offline, with no Bastion home: they read only
-the delivery, the trust bundle and the recipient's key. ``trust-bundle`` runs at the custodian
-and writes the bundle the recipient is given (from the home's log and manifest signing key).
-The protocol is ``docs/EGRESS-PROTOCOL.md``.
+``verify``, ``keygen``, ``receive nats`` and ``receive-http`` run at the recipient with no
+Bastion home: they read or write only deliveries, the trust bundle and the recipient's key.
+``receive nats`` rebuilds deliveries from a JetStream stream into a directory; ``receive-http``
+serves the endpoint the HTTP destination delivers to. Both write the layout ``verify`` reads,
+and neither checks anything itself: what arrives is checked by ``verify``. ``trust-bundle``
+runs at the custodian and writes the bundle the recipient is given (from the home's log and
+manifest signing key). The protocol is ``docs/EGRESS-PROTOCOL.md``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,10 @@ from bastion.cli.groups import egress_app
 from bastion.errors import InputError
 
 PRIVATE_KEY_FILE = "recipient.x25519.pem"
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+DEFAULT_STREAM = "BASTION_EGRESS"
+DEFAULT_PREFIX = "bastion.egress"
+DEFAULT_RECEIVER_PORT = 8470
 PUBLIC_KEY_FILE = "recipient.x25519.pub"
 
 
@@ -149,12 +157,26 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
 # --- trust-bundle (custodian side) -------------------------------------------------------------
 
 
-def _parse_flow(spec: str) -> tuple[str, list[str]]:
+def _parse_flow(spec: str) -> tuple[str, list[str] | None]:
+    """``NAME=field1,field2``, or ``NAME`` alone: its fields are then the loaded flow's."""
     name, sep, fields = spec.partition("=")
     names = [f.strip() for f in fields.split(",") if f.strip()]
-    if not sep or not name.strip() or not names:
-        raise InputError(f"{spec!r} must be NAME=field1,field2", field="--flow")
-    return name.strip(), names
+    if not name.strip() or (sep and not names):
+        raise InputError(f"{spec!r} must be NAME or NAME=field1,field2", field="--flow")
+    return name.strip(), names if sep else None
+
+
+def _loaded_fields(db: Any, name: str) -> list[str]:
+    """The fields the loaded flow ``name`` delivers, as its recipient receives them."""
+    from bastion.egress.store import EgressStore
+
+    stored = EgressStore(db).stored(name)
+    if stored is None:
+        raise InputError(
+            f"no flow named {name!r} is loaded: load it, or name its fields (NAME=f1,f2)",
+            field="--flow",
+        )
+    return stored.flow.delivered
 
 
 @egress_app.command("trust-bundle")
@@ -163,8 +185,8 @@ def trust_bundle_cmd(
     flow: list[str] = typer.Option(
         ...,
         "--flow",
-        help="A flow the recipient receives and its output fields: NAME=field1,field2 "
-        "(repeat for several flows).",
+        help="A flow the recipient receives: NAME (its fields are read from the loaded flow) "
+        "or NAME=field1,field2 (repeat for several flows).",
     ),
     home: Path | None = HOME_OPTION,
     as_json: bool = JSON_OPTION,
@@ -182,10 +204,13 @@ def trust_bundle_cmd(
         from bastion.releases.files import write_private
         from bastion.wiring import open_store
 
-        flows = dict(_parse_flow(spec) for spec in flow)
+        specs = [_parse_flow(spec) for spec in flow]
         h = Home.load(home)
         db = open_store(h)
         try:
+            # Typed fields win; a bare name reads the declaration in force, so an operator
+            # does not retype (and cannot mistype) what the flow delivers.
+            flows = {n: f if f is not None else _loaded_fields(db, n) for n, f in specs}
             log = open_log(h, db, SystemClock(), background=False)
             try:
                 anchors = log_anchors(log)
@@ -197,6 +222,127 @@ def trust_bundle_cmd(
         bundle = build_trust_bundle(anchors, [("custodian", key.public_key())], flows)
         write_private(out, (json.dumps(bundle.to_json(), indent=2, sort_keys=True) + "\n").encode())
         if as_json:
-            emit_json({"ok": True, "out": str(out), "flows": sorted(flows)})
+            emit_json(
+                {
+                    "ok": True,
+                    "out": str(out),
+                    "flows": sorted(flows),
+                    "fields": {n: list(flows[n]) for n in sorted(flows)},
+                }
+            )
         else:
             console.print(f"Wrote {out} ({len(flows)} flow(s), quorum {anchors.quorum})")
+
+
+# --- receive (recipient side) ------------------------------------------------------------------
+
+receive_app = typer.Typer(
+    name="receive",
+    help="Fetch deliveries from a destination into a directory, for `bastion egress verify`.",
+    no_args_is_help=True,
+)
+egress_app.add_typer(receive_app)
+
+
+@receive_app.command("nats")
+def receive_nats_cmd(
+    flow: str = typer.Option(..., "--flow", help="The flow whose deliveries to fetch."),
+    out: Path = typer.Option(
+        ..., "--out", help="The directory deliveries are written to (<out>/<flow>/<manifest_id>/)."
+    ),
+    url: str = typer.Option(DEFAULT_NATS_URL, "--url", help="The NATS server."),
+    stream: str = typer.Option(DEFAULT_STREAM, "--stream", help="The JetStream stream."),
+    subject_prefix: str = typer.Option(
+        DEFAULT_PREFIX, "--subject-prefix", help="The flow's subject prefix (its destination's)."
+    ),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Rebuild the flow's complete deliveries from a JetStream stream under --out; those
+    already there are skipped, and nothing is removed from the stream (run it again any time).
+    Then check them with `bastion egress verify OUT`."""
+    with reported_errors(as_json):
+        try:
+            from bastion.egress.destinations.nats import receive_nats
+        except ImportError:  # nats-py is the "egress" extra
+            raise InputError(
+                "receiving from NATS needs nats-py: pip install 'bastion[egress]'"
+            ) from None
+
+        written = receive_nats(url, stream, flow, out, subject_prefix=subject_prefix)
+        if as_json:
+            emit_json({"ok": True, "flow": flow, "out": str(out), "received": written})
+        elif written:
+            for manifest_id in written:
+                console.print(f"Received {flow}/{manifest_id} -> {out / flow / manifest_id}")
+        else:
+            console.print(f"Nothing new for {flow} in {stream} at {url}")
+
+
+@egress_app.command("receive-http")
+def receive_http_cmd(
+    root: Path = typer.Option(
+        ..., "--root", help="The directory deliveries are written to (<root>/<flow>/<id>/)."
+    ),
+    host: str = typer.Option("127.0.0.1", "--host", help="The address to listen on."),
+    port: int = typer.Option(DEFAULT_RECEIVER_PORT, "--port", min=1, max=65535),
+    token_env: str | None = typer.Option(
+        None,
+        "--token-env",
+        help="An environment variable holding the bearer token every request must carry "
+        "(the destination's token_env). Without it the endpoint takes any request.",
+    ),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Serve the endpoint the HTTP destination delivers to, until interrupted: each delivery
+    is staged and appears under --root only once complete. Check them with `bastion egress
+    verify ROOT`."""
+    with reported_errors(as_json):
+        from bastion.egress.destinations.http_receiver import run_receiver
+
+        token = _token_from(token_env)
+        if root.exists() and not root.is_dir():
+            raise InputError("is not a directory", file=str(root), field="--root")
+        _check_can_listen(host, port)
+        listening = {
+            "ok": True,
+            "listening": f"http://{host}:{port}",
+            "root": str(root),
+            "token": token is not None,
+        }
+        if as_json:
+            # One line, flushed: what a supervisor reads before the server takes over.
+            sys.stdout.write(json.dumps(listening, sort_keys=True) + "\n")
+            sys.stdout.flush()
+        else:
+            auth = f"bearer token from ${token_env}" if token_env else "[yellow]no token[/]"
+            console.print(f"Receiving deliveries on http://{host}:{port} into {root} ({auth})")
+        try:
+            run_receiver(root, host=host, port=port, token=token)
+        except SystemExit as exc:  # uvicorn exits when it cannot start (a lost bind race)
+            if exc.code not in (0, None):
+                raise InputError(f"cannot listen on {host}:{port}", field="--port") from None
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    """Fail with a clear error, before saying we listen, when the address is taken or bad
+    (uvicorn would log and exit on its own)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise InputError(f"cannot listen on {host}:{port} ({reason})", field="--port") from None
+
+
+def _token_from(env: str | None) -> str | None:
+    if env is None:
+        return None
+    token = os.environ.get(env, "")
+    if not token.strip():
+        raise InputError(f"the environment variable {env} is not set or empty", field="--token-env")
+    return token
