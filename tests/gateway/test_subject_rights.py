@@ -246,6 +246,41 @@ def test_cooling_off_not_yet_over_keeps_the_request_pending(
     assert done.status == "executed" and runtime.vault.pseudonym_of(ME) is None
 
 
+def test_a_request_withdrawn_during_cooling_off_never_executes(
+    runtime: Runtime, connect: Connect, rights: SubjectRights, clock: FixedClock
+) -> None:
+    rights.settings = SubjectsSettings(erasure_cooling_off_seconds=3600)
+    me, other = subject(connect, runtime), subject(connect, runtime, "u00005")
+    rid = me.request("POST", f"/subjects/{ME}/erasure-requests")["request"]["id"]
+    path = f"/subjects/{ME}/erasure-requests/{rid}/withdraw"
+    # Nobody else takes it back: not another subject, not through another subject's path.
+    refused(lambda: other.request("POST", path), 403)
+    refused(lambda: other.request("POST", f"/subjects/u00005/erasure-requests/{rid}/withdraw"), 404)
+    start = runtime.ledger.size()
+    out = me.request("POST", path)
+    assert out["request"]["status"] == "withdrawn"
+    (event,) = [e for _, e in entries(runtime, start)]
+    assert isinstance(event, SubjectErasure) and event.step == "withdrawn"
+    assert ME not in runtime.ledger.entry(runtime.ledger.size() - 1).decode()
+    # The raw id the request kept for its execution is gone with it.
+    (kept,) = runtime.db.query(
+        "SELECT subject_id FROM subject_erasure_requests WHERE id = ?", (rid,)
+    )
+    assert kept[0] == ""
+    clock.advance(timedelta(days=2))
+    assert rights.process_due() == []
+    assert runtime.vault.pseudonym_of(ME) is not None
+    me = subject(connect, runtime)  # a fresh token, two days on
+    refused(lambda: me.request("POST", path), 409)  # withdrawn once
+    # A new request may be opened afterwards, and once executed it cannot be withdrawn.
+    rights.settings = SubjectsSettings(erasure_cooling_off_seconds=0)
+    again = me.request("POST", f"/subjects/{ME}/erasure-requests")["request"]
+    assert again["id"] != rid and again["status"] == "executed"
+    refused(
+        lambda: me.request("POST", f"/subjects/{ME}/erasure-requests/{again['id']}/withdraw"), 409
+    )
+
+
 def test_an_erasure_under_a_legal_hold_waits_until_it_is_released(
     runtime: Runtime, connect: Connect, rights: SubjectRights, clock: FixedClock
 ) -> None:

@@ -122,6 +122,26 @@ def erase_cmd(
             )
 
 
+@subjects_app.command("withdraw-erasure")
+def withdraw_cmd(
+    subject_id: str = typer.Argument(..., help="The data subject's id."),
+    request_id: str = typer.Argument(..., help="The erasure request to take back."),
+    who: str = AS_OPTION,
+    home: Path | None = HOME_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Take back a pending erasure request during its cooling-off period (recorded)."""
+    with reported_errors(as_json):
+        principal = _who(who)
+        with rights_service(home) as rights:
+            request = _call(lambda: rights.withdraw_erasure(principal, subject_id, request_id))
+        body = request.to_json()
+        if as_json:
+            emit_json({"ok": True, "request": body})
+        else:
+            console.print(f"Erasure request {body['id']}: {body['status']}.", highlight=False)
+
+
 @subjects_app.command("hold")
 def hold_cmd(
     subject_id: str = typer.Argument(..., help="The data subject's id."),

@@ -270,7 +270,8 @@ class SubjectErasure(_Event):
     type: Literal["subject.erasure"] = "subject.erasure"
     request_id: str = Field(description="the erasure request's id (random hex)")
     subject_hash: str = Field(description="keyed hash of the subject id, never the id")
-    step: Literal["requested", "refused"]
+    # withdrawn: the subject (or a privacy officer) took the request back during cooling-off.
+    step: Literal["requested", "refused", "withdrawn"]
     due_at: str | None = None
     # True when a legal hold was in place when the request was opened: it waits for release.
     held: bool | None = None

@@ -309,6 +309,13 @@ class GatewayClient:
         )
         return out
 
+    def withdraw_erasure(self, subject_id: str, request_id: str) -> dict[str, Any]:
+        """Take back a pending erasure request (during its cooling-off); recorded."""
+        out: dict[str, Any] = self.request(
+            "POST", f"/subjects/{subject_id}/erasure-requests/{request_id}/withdraw"
+        )
+        return out
+
     def place_legal_hold(self, subject_id: str, reason: str) -> dict[str, Any]:
         out: dict[str, Any] = self.request(
             "POST", f"/subjects/{subject_id}/legal-holds", json={"reason": reason}

@@ -143,7 +143,7 @@ class RightsRefused(Exception):
 class ErasureRequest:
     id: str
     subject_hash: str
-    status: str  # pending | executing | executed
+    status: str  # pending | executing | executed | withdrawn
     requested_at: str
     due_at: str
     request_index: int
@@ -643,10 +643,49 @@ class SubjectRights:
             raise RightsRefused(404, "unknown-request", "no such erasure request", None)
         return found
 
+    def withdraw_erasure(
+        self, principal: PrincipalLike, subject_id: str, request_id: str
+    ) -> ErasureRequest:
+        """Take back a pending erasure request during its cooling-off (or while a legal hold
+        keeps it waiting). Recorded as step ``withdrawn``; the raw subject id the request kept
+        for its execution is cleared in the same commit. Once it executes, nothing undoes it."""
+        found = self.erasure_status(principal, subject_id, request_id)
+        if found.status != "pending":
+            raise RightsRefused(
+                409,
+                "not-pending",
+                f"the request is {found.status}: it can no longer be withdrawn",
+                None,
+            )
+        actor = self._actor(principal)
+
+        def withdraw(cur: Cursor) -> None:
+            moved = cur.execute(
+                "UPDATE subject_erasure_requests SET status = 'withdrawn', subject_id = '' "
+                "WHERE id = ? AND status = 'pending'",
+                (request_id,),
+            ).rowcount
+            if moved != 1:
+                raise RightsRefused(409, "not-pending", "the request started executing", None)
+
+        with self._executing:  # never while the executor runs this very request
+            self._append(
+                SubjectErasure(
+                    actor=actor,
+                    reason="erasure request withdrawn",
+                    at=iso(self.rt.clock.now()),
+                    request_id=request_id,
+                    subject_hash=found.subject_hash,
+                    step="withdrawn",
+                ),
+                withdraw,
+            )
+        return self.get_request(request_id)
+
     def _open_request(self, subject_hash: str) -> ErasureRequest | None:
         rows = self.rt.db.query(
             f"SELECT {_REQUEST_COLUMNS} FROM subject_erasure_requests WHERE subject_hash = ? "
-            "AND status <> 'executed' ORDER BY requested_at LIMIT 1",
+            "AND status NOT IN ('executed', 'withdrawn') ORDER BY requested_at LIMIT 1",
             (subject_hash,),
         )
         return _request(rows[0], self.held(subject_hash)) if rows else None

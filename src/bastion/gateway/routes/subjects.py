@@ -130,6 +130,28 @@ def erasure_status(
 
 
 @router.post(
+    "/subjects/{subject_id}/erasure-requests/{request_id}/withdraw",
+    response_model=ErasureOut,
+    responses=ERROR_RESPONSES,
+)
+def withdraw_erasure(
+    subject_id: SubjectId,
+    request_id: Annotated[str, Path(pattern=HEX_ID)],
+    request: Request,
+    principal: CurrentPrincipal,
+    rt: RuntimeDep,
+) -> ErasureOut:
+    """Take back a pending erasure request during its cooling-off period (or while a legal
+    hold keeps it waiting); recorded. A request that executed cannot be withdrawn (409)."""
+    rights = _rights(request)
+    try:
+        found = rights.withdraw_erasure(principal, subject_id, request_id)
+    except RightsRefused as exc:
+        raise exc.api_error(new_request_id(request)) from None
+    return _erasure_out(rights, found)
+
+
+@router.post(
     "/subjects/{subject_id}/legal-holds",
     response_model=HoldOut,
     status_code=201,
