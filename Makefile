@@ -42,7 +42,7 @@ test: lint typecheck unit
 
 # Every benchmark with its defaults (about an hour; the clean room's Tumult column needs
 # bench/setup_tumult.sh first). Each prints its figures; they are kept in bench/out/.
-BENCHES := vault ledger gateway releases verify cleanroom policy_check cli writes dsar snapshot side_writes
+BENCHES := vault ledger gateway releases verify cleanroom policy_check cli writes dsar snapshot side_writes egress
 bench: $(STAMP) system
 	@mkdir -p bench/out
 	@set -e; for b in $(BENCHES); do \

@@ -30,8 +30,8 @@ from bastion.ledger import storage
 from bastion.ledger.log import Log
 from bastion.ledger.note import NoteSigner
 from bastion.store import open_database
-from bastion.synth import SynthSpec, generate
-from bastion.vault import Vault, ingest_file
+from bastion.vault import Vault
+from synth_events import ingest_events, synth_events
 
 
 def main() -> None:
@@ -44,10 +44,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-snapshot-") as tmp:
         root = Path(tmp)
-        users = max(1_000, args.rows // 20)
-        spec = SynthSpec(seed=11, users=users, videos=max(100, users // 10), events=args.rows)
-        generate(spec, root / "synth", "parquet")
-        source = root / "synth" / "events.parquet"
+        source = synth_events(root / "synth", args.rows)
         if args.pg:
             db = open_database(args.pg, schema=f"bench_snapshot_{int(time.time())}")
         else:
@@ -57,9 +54,7 @@ def main() -> None:
         storage.create_tables(db)
         vault = Vault(db, LocalKeyring.create(root / "keys"), default_catalog(), clock)
         vault.ensure_identity()
-        started = time.perf_counter()
-        ingest_file(vault, "events", source, batch_size=5000)
-        ingest_s = time.perf_counter() - started
+        ingest_s = ingest_events(vault, source)
         log = Log(db, NoteSigner.generate("bench/log"), clock, background=False)
         builder = SnapshotBuilder(vault, log, clock, root / "cleanroom")
         columns = ", ".join(f'"{c}"' for c in builder.fields)
