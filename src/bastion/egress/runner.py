@@ -45,7 +45,7 @@ import pyarrow as pa
 from bastion.catalog import Catalog, DatasetSpec
 from bastion.catalog import SensitiveCategory as Category
 from bastion.clock import Clock, iso
-from bastion.egress import payload
+from bastion.egress import aggregate, payload
 from bastion.egress.checks import BulkContext, Review, review
 from bastion.egress.delivery import Delivery, seal_delivery
 from bastion.egress.destinations.base import Destination
@@ -77,6 +77,7 @@ from bastion.store import Cursor
 from bastion.vault import Vault
 from bastion.vault.changes import last_seq
 from bastion.vault.snapshot import (
+    SnapshotBatch,
     SnapshotGrant,
     count_writes,
     open_snapshot,
@@ -161,14 +162,26 @@ class FlowRunner:
             rv = self._review(stored)
             after, through, mode = self._range(flow, full)
             ds = self.ctx.catalog.dataset(flow.source.dataset)
-            removed = removed_since(self.ctx.vault, ds.name, after, through) if after else []
-            possible = count_writes(self.ctx.vault, ds.name, after, through)
-            if possible == 0 and not removed:
-                self._schedule(flow)
-                return RunResult(
-                    flow.name, "nothing-new", cursor=(after, through), delivered_earlier=finished
+            if flow.kind == "aggregate":
+                # The whole dataset, no tombstones (an aggregate names no one), and a release
+                # every run: whether a run releases must not depend on anyone's records.
+                after, mode = 0, "full"
+                aggregate.ensure_budget(self.ctx.store, flow)
+                built = self._aggregate(stored, ds, through)
+            else:
+                removed = removed_since(self.ctx.vault, ds.name, after, through) if after else []
+                possible = count_writes(self.ctx.vault, ds.name, after, through)
+                if possible == 0 and not removed:
+                    self._schedule(flow)
+                    return RunResult(
+                        flow.name,
+                        "nothing-new",
+                        cursor=(after, through),
+                        delivered_earlier=finished,
+                    )
+                built = self._extract_and_transform(
+                    stored, ds, after, through, mode, possible, removed
                 )
-            built = self._extract_and_transform(stored, ds, after, through, mode, possible, removed)
             run = self._spool_and_record(stored, rv, built, after, through, mode)
             result = self._deliver(stored, run)
             self._schedule(flow)
@@ -267,32 +280,11 @@ class FlowRunner:
     ) -> Built:
         """Steps 5 and 6: record the extract, open its range, build the chunks' rows."""
         flow = stored.flow
-        state = self.ctx.store.state(flow.name)
-        assert state is not None
-        fields = sorted(flow.fields)
-        tokens = FlowTokens(self.ctx.vault.identity.egress_token_key(flow.token_scope))
+        tokens = self._tokens(flow)
         schema = _chunk_schema(flow, ds)
         built = Built(schema)
         if possible:
-            event = EgressExtract(
-                extract_id=secrets.token_hex(16),
-                actor=SYSTEM,
-                reason=_REASON,
-                at=iso(self.ctx.clock.now()),
-                flow=flow.name,
-                flow_version=flow.version,
-                run=state.run + 1,
-                dataset=ds.name,
-                fields=fields,
-                mode=mode,
-                after_seq=after,
-                through_seq=through,
-                records=possible,
-            )
-            entry = encode_event(event)
-            (receipt,) = self.ctx.log.append_entries([entry])
-            grant = SnapshotGrant.bind(receipt, entry, dataset=ds.name, fields=fields)
-            for page in open_snapshot(self.ctx.vault, grant):
+            for page in self._open_extract(stored, ds, after, through, mode, possible):
                 table, kept = build_table(flow, ds, page.record_keys, page.columns, tokens, schema)
                 built.add(table, [s for s, k in zip(page.subjects, kept, strict=True) if k])
                 if after and not all(kept):
@@ -302,6 +294,47 @@ class FlowRunner:
         if removed:
             built.add_tombstones(tombstone_table(tokens.rows(removed), schema))
         return built
+
+    def _aggregate(self, stored: StoredFlow, ds: DatasetSpec, through: int) -> Built:
+        """Steps 5 and 6 of an aggregate flow: a full extract, released by ``aggregate``."""
+        flow = stored.flow
+        possible = count_writes(self.ctx.vault, ds.name, 0, through)
+        pages = self._open_extract(stored, ds, 0, through, "full", possible) if possible else []
+        released = aggregate.build_aggregate(flow, ds, pages, self._tokens(flow))
+        built = Built(released.table.schema)
+        built.add(released.table, [])  # no subject is delivered: nothing to count
+        return built
+
+    def _open_extract(
+        self, stored: StoredFlow, ds: DatasetSpec, after: int, through: int, mode: str, n: int
+    ) -> Iterator[SnapshotBatch]:
+        """Step 5: the ``egress.extract`` entry, and the pages the vault opens for it."""
+        flow = stored.flow
+        state = self.ctx.store.state(flow.name)
+        assert state is not None
+        fields = sorted(flow.fields)
+        event = EgressExtract(
+            extract_id=secrets.token_hex(16),
+            actor=SYSTEM,
+            reason=_REASON,
+            at=iso(self.ctx.clock.now()),
+            flow=flow.name,
+            flow_version=flow.version,
+            run=state.run + 1,
+            dataset=ds.name,
+            fields=fields,
+            mode=mode,
+            after_seq=after,
+            through_seq=through,
+            records=n,
+        )
+        entry = encode_event(event)
+        (receipt,) = self.ctx.log.append_entries([entry])
+        grant = SnapshotGrant.bind(receipt, entry, dataset=ds.name, fields=fields)
+        return open_snapshot(self.ctx.vault, grant)
+
+    def _tokens(self, flow: Flow) -> FlowTokens:
+        return FlowTokens(self.ctx.vault.identity.egress_token_key(flow.token_scope))
 
     def _spool_and_record(
         self,
@@ -351,7 +384,7 @@ class FlowRunner:
             rows=built.rows,
             tombstones=built.tombstones,
             chunks=len(chunks),
-            cursor_after=after if mode == "incremental" else state.cursor,
+            cursor_after=after,  # the signed statement's: the recipient checks they agree
             cursor_through=through,
             envelope=envelope.to_json(),
         )
@@ -377,6 +410,8 @@ class FlowRunner:
         def side_write(cur: Cursor) -> None:
             self.ctx.store.record_run_in(cur, run)
             self._count(cur, flow, built.subjects, rv.categories)
+            if flow.aggregate is not None:
+                aggregate.charge_budget(self.ctx.store, cur, flow)  # spent with the record
 
         try:
             (receipt,) = self.ctx.log.append_entries([entry], side_write=side_write)

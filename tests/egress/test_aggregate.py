@@ -1,0 +1,413 @@
+"""Aggregate flows: DP counts and sums by public dimensions, end to end on both backends (every
+declared group released, verified by the recipient, the flow's own budget charged with the
+manifest), and the privacy mechanics on their own: bounding, clamping, calibration, and an
+empirical audit that catches a planted bug."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from bastion.catalog import default_catalog
+from bastion.cli.home_cmd import init_home
+from bastion.clock import FixedClock
+from bastion.demo.platform import bootstrap, ingest, sample_event, sample_user
+from bastion.egress import aggregate, payload
+from bastion.egress.aggregate import (
+    Accumulator,
+    AggregateBudgetExhausted,
+    AggregatePlan,
+    bound_contributions,
+    delivered_columns,
+    plan_aggregate,
+    release_totals,
+)
+from bastion.egress.model import Flow, parse_flows
+from bastion.egress.tokens import FlowTokens
+from bastion.egress.verify import SqliteReplayState, verify_delivery
+from bastion.egress.wiring import Egress, open_egress
+from bastion.errors import InputError
+from bastion.events import EgressExtract, EgressManifest, decode_event
+from bastion.gateway.runtime import Runtime
+from bastion.store import Database
+from bastion.vault.snapshot import SnapshotBatch
+
+from .test_runner import ADMIN, deliveries, trust_for
+
+FLOW = "engagement-by-region"
+USERS = 12
+REGIONS = ["us-west", "uk", "brazil"]
+TYPES = ["view", "like"]
+CATALOG = default_catalog()
+EVENTS = CATALOG.dataset("events")
+DOMAIN_REGIONS = list(EVENTS.field("region").domain.members())  # type: ignore[union-attr]
+DOMAIN_TYPES = list(EVENTS.field("event_type").domain.members())  # type: ignore[union-attr]
+
+
+def event(n: int, user: int) -> dict[str, Any]:
+    e = sample_event(n, user)
+    e["region"] = REGIONS[n % len(REGIONS)]
+    e["event_type"] = TYPES[n % len(TYPES)]
+    e["watch_time_s"] = None if e["event_type"] == "like" else float(100 * n)  # some > 600
+    return e
+
+
+@pytest.fixture
+def rt(db: Database, tmp_path: Path, clock: FixedClock) -> Iterator[Runtime]:
+    home = init_home(tmp_path / "home")
+    runtime = bootstrap(home, db, clock, publish_interval=0.05)
+    ingest(runtime, "users", [sample_user(n) for n in range(1, USERS + 1)])
+    ingest(runtime, "events", [event(n, 1 + n % USERS) for n in range(1, 37)])
+    yield runtime
+    runtime.close()
+
+
+@pytest.fixture
+def egress(rt: Runtime) -> Egress:
+    return open_egress(rt.home, rt.db, rt.vault, rt.ledger, rt.clock)
+
+
+@pytest.fixture
+def recipient() -> X25519PrivateKey:
+    return X25519PrivateKey.generate()
+
+
+def flow_yaml(
+    key: X25519PrivateKey,
+    *,
+    budget: float = 30,
+    per_run: float = 1.0,
+    region: str = "keep",
+    m: int = 20,
+) -> str:
+    public = payload.public_key_to_b64(key.public_key())
+    return f"""
+flows:
+  - name: {FLOW}
+    version: 1
+    kind: aggregate
+    description: engagement by region, differentially private
+    recipient:
+      id: parent-analytics
+      employer: parent-co
+      employer_country: CN
+      location_country: CN
+      public_key: {public}
+    source:
+      dataset: events
+      mode: full
+    fields:
+      region: {region}
+      event_type: keep
+      watch_time_s: keep
+    aggregate:
+      group_by: [region, event_type]
+      count: true
+      sums: {{watch_time_s: [0, 600]}}
+      max_records_per_subject: {m}
+      epsilon_per_run: {per_run}
+      epsilon_budget: {budget}
+    schedule: {{every: 1d}}
+    destination: {{type: files, path: outbox}}
+"""
+
+
+def the_flow(key: X25519PrivateKey, **kw: Any) -> Flow:
+    (flow,) = parse_flows(flow_yaml(key, **kw))
+    return flow
+
+
+def load(egress: Egress, text: str) -> Any:
+    return egress.loader.load(text, source="flows.yaml", actor=ADMIN, reason="DP engagement")
+
+
+def log_of(rt: Runtime) -> list[Any]:
+    return [decode_event(bytes(rt.ledger.entry(i))) for i in range(rt.ledger.size())]
+
+
+def received(rt: Runtime, key: X25519PrivateKey, delivered: Path, out: Path, state: Path) -> Any:
+    fields = {FLOW: delivered_columns(the_flow(key), EVENTS)}
+    verify_delivery(delivered, trust_for(rt, fields), key, state=SqliteReplayState(state), out=out)
+    return pq.read_table(next(out.rglob("*.parquet")))
+
+
+# ------------------------------------------------------------------ end to end
+
+
+def test_a_run_releases_every_declared_group_the_recipient_verifies_and_it_is_charged(
+    rt: Runtime, egress: Egress, recipient: X25519PrivateKey, tmp_path: Path
+) -> None:
+    assert load(egress, flow_yaml(recipient)).loaded == [FLOW]
+    first = egress.runner.run(FLOW)
+    groups = len(DOMAIN_REGIONS) * len(DOMAIN_TYPES)
+    assert first.status == "delivered" and first.rows == groups == 40 and first.tombstones == 0
+    assert egress.store.spent(FLOW) == pytest.approx(1.0)
+
+    log = log_of(rt)
+    (extract,) = [e for e in log if isinstance(e, EgressExtract)]
+    assert (extract.mode, extract.after_seq) == ("full", 0)
+    assert sorted(extract.fields) == ["event_type", "region", "watch_time_s"]
+    (manifest,) = [e for e in log if isinstance(e, EgressManifest)]
+    assert manifest.manifest_id == first.manifest_id and manifest.rows == 40
+    assert manifest.envelope  # the signed statement says kind aggregate:
+    assert '"kind":"aggregate"' in _statement_text(manifest.envelope)
+
+    state = tmp_path / "state.sqlite"
+    (delivered,) = deliveries(rt, FLOW)
+    table = received(rt, recipient, delivered, tmp_path / "a", state)
+    assert table.column_names == [
+        "_row", "_op", "region", "event_type",
+        "count", "count_ci95", "sum_watch_time_s", "sum_watch_time_s_ci95",
+    ]  # fmt: skip
+    # Every group of the declared domains, the empty ones too, once each, in domain order.
+    keys = list(
+        zip(table.column("region").to_pylist(), table.column("event_type").to_pylist(), strict=True)
+    )
+    assert keys == list(itertools.product(DOMAIN_REGIONS, DOMAIN_TYPES))
+    assert set(table.column("_op").to_pylist()) == {"upsert"}
+    rows = table.column("_row").to_pylist()
+    assert len(set(rows)) == 40 and all(r.startswith("ft_") for r in rows)
+    # The calibration the recipient is told: count L1 = m = 20 at epsilon 1/2 (scale 40).
+    ci = set(table.column("count_ci95").to_pylist())
+    assert len(ci) == 1 and 100 < ci.pop() < 150
+
+    # A second run releases again (every run does), under the same group tokens: upserts.
+    second = egress.runner.run(FLOW)
+    assert second.status == "delivered" and second.run == 2 and second.rows == 40
+    assert egress.store.spent(FLOW) == pytest.approx(2.0)
+    later = next(d for d in deliveries(rt, FLOW) if d.name == second.manifest_id)
+    again = received(rt, recipient, later, tmp_path / "b", state)
+    assert again.column("_row").to_pylist() == rows
+
+
+def _statement_text(envelope: dict[str, Any]) -> str:
+    import base64
+
+    return base64.b64decode(envelope["payload"]).decode().replace(" ", "")
+
+
+def test_an_exhausted_budget_refuses_the_run_and_a_failed_append_spends_nothing(
+    rt: Runtime,
+    egress: Egress,
+    recipient: X25519PrivateKey,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    load(egress, flow_yaml(recipient, budget=2, per_run=1))
+
+    def fail(step: str) -> None:
+        if step == "spooled":
+            raise RuntimeError("the ledger is down")
+
+    # A failed manifest append records nothing and spends nothing.
+    egress.context.fault = fail
+    with pytest.raises(RuntimeError):
+        egress.runner.run(FLOW)
+    assert egress.store.spent(FLOW) == 0.0
+    assert egress.store.state(FLOW).run == 0  # type: ignore[union-attr]
+    assert deliveries(rt, FLOW) == []
+    egress.context.fault = None
+
+    assert egress.runner.run(FLOW).status == "delivered"
+    assert egress.runner.run(FLOW).status == "delivered"
+    assert egress.store.spent(FLOW) == pytest.approx(2.0)
+    size, manifests = rt.ledger.size(), len(deliveries(rt, FLOW))
+
+    # The budget is spent: refused before anything is extracted, recorded or delivered.
+    with pytest.raises(AggregateBudgetExhausted, match="epsilon budget 2"):
+        egress.runner.run(FLOW)
+    assert rt.ledger.size() == size and len(deliveries(rt, FLOW)) == manifests
+
+    # The charge in the manifest's commit is what holds (a run that got past the early check
+    # by a race): the side write refuses, and neither the manifest nor the run is recorded.
+    monkeypatch.setattr(aggregate, "ensure_budget", lambda store, flow: None)
+    with pytest.raises(AggregateBudgetExhausted, match="nothing was released"):
+        egress.runner.run(FLOW)
+    assert not any(isinstance(e, EgressManifest) for e in log_of(rt)[size:])
+    assert egress.store.state(FLOW).run == 2  # type: ignore[union-attr]
+    assert egress.store.spent(FLOW) == pytest.approx(2.0)
+    assert len(deliveries(rt, FLOW)) == manifests
+    assert egress.store.undelivered(FLOW) == []
+
+
+# ------------------------------------------------------------------ the plan
+
+
+def test_the_plan_is_fixed_by_the_declaration_and_the_catalog() -> None:
+    plan = plan_aggregate(the_flow(X25519PrivateKey.generate()), EVENTS)
+    assert plan.groups == 40 and plan.statistics == 2 and plan.epsilon_each == 0.5
+    (s,) = plan.sums
+    # The clean room's fixed point for watch time (0.1 s): one record moves a sum <= 6000.
+    assert (s.unit, s.max_units) == (0.1, 6000)
+    assert plan.count_l1 == 20 and plan.sum_l1(s) == 20 * 6000
+
+
+def test_a_group_by_field_that_is_transformed_is_refused_naming_it() -> None:
+    flow = the_flow(X25519PrivateKey.generate(), region="{truncate: 2}")
+    with pytest.raises(InputError) as err:
+        plan_aggregate(flow, EVENTS)
+    assert err.value.field == "fields.region"
+
+
+# ------------------------------------------------------------------ bounding and clamping
+
+
+def test_bounding_keeps_at_most_the_bound_per_subject_the_same_whatever_the_order() -> None:
+    subjects = ["a"] * 50 + ["b"] * 3 + ["c"]
+    ranks = [f"r{i:03d}" for i in range(54)]
+    kept = bound_contributions(subjects, ranks, 5)
+    assert kept[:50].sum() == 5 and kept[50:53].all() and kept[53]
+    assert list(np.flatnonzero(kept[:50])) == [0, 1, 2, 3, 4]  # the smallest ranks
+    perm = np.random.default_rng(7).permutation(54)
+    again = bound_contributions([subjects[i] for i in perm], [ranks[i] for i in perm], 5)
+    assert sorted(np.asarray(ranks)[perm][again]) == sorted(np.asarray(ranks)[kept])
+
+
+def page(records: list[tuple[str, str, str, str, float | None]]) -> SnapshotBatch:
+    """(key, subject, region, event_type, watch_time_s) records as the vault opens them."""
+    return SnapshotBatch(
+        record_keys=[r[0] for r in records],
+        columns={
+            "region": [r[2] for r in records],
+            "event_type": [r[3] for r in records],
+            "watch_time_s": [r[4] for r in records],
+        },
+        subjects=[r[1] for r in records],
+    )
+
+
+def totals_of(plan: AggregatePlan, flow: Flow, records: list[Any]) -> Any:
+    acc = Accumulator(plan, flow, EVENTS, TOKENS)
+    acc.add(page(records))
+    return acc.totals()
+
+
+TOKENS = FlowTokens(bytes(range(32)))
+BASE = [(f"k{i}", f"s{i % 9}", REGIONS[i % 3], TYPES[i % 2], 30.0) for i in range(60)]
+HEAVY = [(f"h{i}", "heavy", "uk", "view", 1e9) for i in range(500)]
+
+
+def test_a_subject_with_many_records_moves_a_count_and_a_sum_by_at_most_its_bound() -> None:
+    flow = the_flow(X25519PrivateKey.generate())
+    plan = plan_aggregate(flow, EVENTS)
+    without, with_heavy = totals_of(plan, flow, BASE), totals_of(plan, flow, BASE + HEAVY)
+    assert with_heavy.records_kept - without.records_kept == 20
+    assert np.abs(with_heavy.counts - without.counts).sum() == plan.count_l1
+    (s,) = plan.sums
+    moved = np.abs(with_heavy.sums[s.name] - without.sums[s.name]).sum()
+    assert moved == plan.sum_l1(s)  # each value clamped to 600 s: 20 * 6000 units
+
+
+def test_values_are_clamped_missing_ones_add_nothing_and_unknown_groups_are_left_out() -> None:
+    flow = the_flow(X25519PrivateKey.generate())
+    plan = plan_aggregate(flow, EVENTS)
+    records = [
+        ("a", "s1", "uk", "view", -50.0),  # clamped up to 0
+        ("b", "s2", "uk", "view", 1234.5),  # clamped down to 600
+        ("c", "s3", "uk", "view", 12.34),  # 12.3 s in the clean room's 0.1 s units
+        ("d", "s4", "uk", "view", None),  # counted, adds nothing
+        ("e", "s5", "uk", "view", float("nan")),  # the same
+        ("f", "s6", "atlantis", "view", 10.0),  # no such region: in no group
+    ]
+    t = totals_of(plan, flow, records)
+    uk_view = DOMAIN_REGIONS.index("uk") * len(DOMAIN_TYPES) + DOMAIN_TYPES.index("view")
+    assert t.counts[uk_view] == 5 and t.counts.sum() == 5
+    assert t.sums["watch_time_s"][uk_view] == 0 + 6000 + 123
+    assert t.records_read == 6 and t.records_in_groups == 5
+
+
+# ------------------------------------------------------------------ the DP audit
+
+RUNS = 3_000
+CONFIDENCE = 0.999
+
+
+def _noise_variance(scale: float) -> float:
+    """The variance of discrete Laplace noise of this scale."""
+    a = math.exp(-1.0 / scale)
+    return 2 * a / (1 - a) ** 2
+
+
+def test_the_released_counts_noise_matches_the_calibration() -> None:
+    flow = the_flow(X25519PrivateKey.generate())
+    plan = plan_aggregate(flow, EVENTS)
+    t = totals_of(plan, flow, BASE + HEAVY)
+    errors = np.concatenate(
+        [
+            np.asarray(release_totals(plan, t, TOKENS).table.column("count").to_pylist()) - t.counts
+            for _ in range(300)
+        ]
+    )
+    scale = plan.count_l1 / plan.epsilon_each  # 40
+    expected = _noise_variance(scale)
+    # 12,000 draws: the sample variance is within 5% of the calibration (many sigmas wide).
+    assert abs(errors.var() / expected - 1) < 0.05
+    assert abs(errors.mean()) < 4 * math.sqrt(expected / errors.size)
+
+
+def _clopper_pearson(k: int, n: int, alpha: float) -> tuple[float, float]:
+    from scipy.stats import beta
+
+    lo = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k))
+    return lo, hi
+
+
+def empirical_epsilon_lower_bound(a: np.ndarray, b: np.ndarray) -> float:
+    """A high-confidence lower bound on the privacy loss between two answer samples (as in
+    tests/cleanroom/test_cleanroom_privacy.py)."""
+    thresholds = np.unique(np.quantile(np.concatenate([a, b]), np.linspace(0.02, 0.98, 25)))
+    alpha = (1 - CONFIDENCE) / (4 * len(thresholds))
+    best = 0.0
+    for t in thresholds:
+        for p, q in ((a >= t, b >= t), (b >= t, a >= t), (a <= t, b <= t), (b <= t, a <= t)):
+            p_lo, _ = _clopper_pearson(int(p.sum()), len(p), alpha)
+            _, q_hi = _clopper_pearson(int(q.sum()), len(q), alpha)
+            if p_lo > 0:
+                best = max(best, math.log(p_lo / q_hi))
+    return best
+
+
+def _audit(*, bounded: bool) -> float:
+    """The heavy subject's group, released RUNS times with and without the heavy subject."""
+    flow = the_flow(X25519PrivateKey.generate())
+    declared = plan_aggregate(flow, EVENTS)
+    # The count alone, at the count's share of the run's epsilon: the same calibration.
+    plan = AggregatePlan(
+        declared.flow, declared.dimensions, (), True, declared.max_records, declared.epsilon_each
+    )
+    engine_plan = plan
+    if not bounded:
+        # The planted bug: bounding is switched off while the release still calibrates its
+        # noise to the declared bound.
+        engine_plan = AggregatePlan(
+            plan.flow, plan.dimensions, plan.sums, plan.count, 10**6, plan.epsilon
+        )
+    full = totals_of(engine_plan, flow, BASE + HEAVY)
+    near = totals_of(engine_plan, flow, BASE)
+    uk_view = DOMAIN_REGIONS.index("uk") * len(DOMAIN_TYPES) + DOMAIN_TYPES.index("view")
+
+    def answers(t: Any) -> np.ndarray:
+        return np.asarray(
+            [release_totals(plan, t, TOKENS).table.column("count")[uk_view].as_py()
+             for _ in range(RUNS)]
+        )  # fmt: skip
+
+    return empirical_epsilon_lower_bound(answers(full), answers(near))
+
+
+def test_the_dp_audit_finds_the_counts_consistent_with_their_epsilon() -> None:
+    plan = plan_aggregate(the_flow(X25519PrivateKey.generate()), EVENTS)
+    assert _audit(bounded=True) <= plan.epsilon_each
+
+
+def test_the_dp_audit_catches_a_planted_bug_without_bounding() -> None:
+    leaked = _audit(bounded=False)
+    assert leaked > 1.0, f"the audit must catch the unbounded aggregate ({leaked:.2f})"
