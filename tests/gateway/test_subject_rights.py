@@ -409,3 +409,27 @@ def test_an_unknown_subject_cannot_be_erased(runtime: Runtime, connect: Connect)
     assert doc["records"] == 0 and doc["datasets"] == {}
     assert json.dumps(doc)  # still a complete document, with its receipt
     assert doc["receipt"]["index"] >= 0
+
+
+def test_erasure_steps_show_in_the_subjects_own_history_and_holds_do_not(
+    runtime: Runtime, connect: Connect, rights: SubjectRights
+) -> None:
+    rights.settings = SubjectsSettings(erasure_cooling_off_seconds=3600)
+    omar, me = connect("omar"), subject(connect, runtime)
+    omar.request("POST", f"/subjects/{ME}/legal-holds", json={"reason": HOLD_REASON})
+    rid = me.request("POST", f"/subjects/{ME}/erasure-requests")["request"]["id"]
+    me.request("POST", f"/subjects/{ME}/erasure-requests/{rid}/withdraw")
+    # Another subject trying to erase me is in my history too.
+    refused(
+        lambda: subject(connect, runtime, "u00005").request(
+            "POST", f"/subjects/{ME}/erasure-requests"
+        ),
+        403,
+    )
+    history = me.subject_accesses(ME)
+    steps = [e.event["step"] for e in history.entries if e.event["type"] == "subject.erasure"]
+    assert sorted(steps) == ["refused", "requested", "withdrawn"]
+    assert not [e for e in history.entries if e.event["type"] == "legal.hold"]
+    # Another subject's history holds none of it.
+    theirs = subject(connect, runtime, "u00005").subject_accesses("u00005")
+    assert not [e for e in theirs.entries if e.event["type"] == "subject.erasure"]

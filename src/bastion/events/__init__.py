@@ -272,6 +272,9 @@ class SubjectErasure(_Event):
     subject_hash: str = Field(description="keyed hash of the subject id, never the id")
     # withdrawn: the subject (or a privacy officer) took the request back during cooling-off.
     step: Literal["requested", "refused", "withdrawn"]
+    # The subject's keyed ref, as access decisions carry it: the request shows in the
+    # subject's own access history (GET /subjects/{id}/accesses). Absent in older entries.
+    subject_ref: str | None = None
     due_at: str | None = None
     # True when a legal hold was in place when the request was opened: it waits for release.
     held: bool | None = None

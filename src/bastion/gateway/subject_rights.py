@@ -559,6 +559,7 @@ class SubjectRights:
         actor = self._actor(principal)
         now = rt.clock.now()
         request_id = secrets.token_hex(16)
+        ref = rt.subject_ref_for_id(subject_id)
         if not decision.allowed:
             receipt, _ = self._append(
                 SubjectErasure(
@@ -567,6 +568,7 @@ class SubjectRights:
                     at=iso(now),
                     request_id=request_id,
                     subject_hash=subject_hash,
+                    subject_ref=ref,
                     step="refused",
                     policies=list(decision.policy_ids),
                     denied_reason=decision.reason[:1024],
@@ -615,6 +617,7 @@ class SubjectRights:
                 at=at,
                 request_id=request_id,
                 subject_hash=subject_hash,
+                subject_ref=ref,
                 step="requested",
                 due_at=due,
                 held=held or None,
@@ -676,6 +679,7 @@ class SubjectRights:
                     at=iso(self.rt.clock.now()),
                     request_id=request_id,
                     subject_hash=found.subject_hash,
+                    subject_ref=self.rt.subject_ref_for_id(subject_id),
                     step="withdrawn",
                 ),
                 withdraw,

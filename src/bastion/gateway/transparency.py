@@ -2,8 +2,9 @@
 
 The index (subject hash -> leaf index) is derived from the ledger, never written beside it: a
 catch-up pass reads the entries appended since the last pass and indexes each
-``access.decision``, each approval step and each ticket step (a ticket naming the subject was
-opened or closed) by the keyed subject refs it carries. A crash can
+``access.decision``, each approval step, each ticket step (a ticket naming the subject was
+opened or closed), each write and each erasure request step by the keyed subject refs it
+carries. A crash can
 therefore never leave an access unindexed; at worst the next pass reads a few entries again
 (inserts are idempotent).
 
@@ -43,6 +44,7 @@ _MARKERS = (
     b'"type":"approval"',
     b'"type":"ticket"',
     b'"type":"data.write"',
+    b'"type":"subject.erasure"',
 )
 
 
@@ -179,6 +181,10 @@ class SubjectIndex:
             return {str(r.get("subject")) for r in doc.get("records") or [] if r.get("subject")}
         if doc.get("type") == "ticket":
             return {str(s) for s in doc.get("subject_refs") or []}
+        if doc.get("type") == "subject.erasure" and doc.get("subject_ref"):
+            # Erasure requests (and attempts refused) show in the subject's own history. Legal
+            # holds do not: a hold is the custodian's, and telling the subject may defeat it.
+            return {str(doc["subject_ref"])}
         return set()
 
     def accesses(self, subject_hash: str, *, limit: int = 100, before: int | None = None) -> Any:
