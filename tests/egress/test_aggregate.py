@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -411,3 +412,53 @@ def test_the_dp_audit_finds_the_counts_consistent_with_their_epsilon() -> None:
 def test_the_dp_audit_catches_a_planted_bug_without_bounding() -> None:
     leaked = _audit(bounded=False)
     assert leaked > 1.0, f"the audit must catch the unbounded aggregate ({leaked:.2f})"
+
+
+SPREAD = [(f"x{i}", "heavy", DOMAIN_REGIONS[i % 8], "view", 10.0) for i in range(400)]
+
+
+def test_which_records_a_heavy_subject_keeps_is_keyed_by_the_flow_and_stable() -> None:
+    flow = the_flow(X25519PrivateKey.generate())
+    plan = plan_aggregate(flow, EVENTS)
+
+    def counts(key: bytes) -> list[int]:
+        acc = Accumulator(plan, flow, EVENTS, FlowTokens(key))
+        acc.add(page(SPREAD))
+        return [int(c) for c in acc.totals().counts]
+
+    one, other = counts(bytes(32)), counts(bytes([1]) * 32)
+    assert sum(one) == sum(other) == 20
+    assert counts(bytes(32)) == one  # the same sample every run
+    assert one != other  # another flow's key: another sample, no one can steer it
+    # Not the first 20 records of the feed (which would all fall in the first regions' order).
+    first = [0] * plan.groups
+    for _, _, region, kind, _ in SPREAD[:20]:
+        first[DOMAIN_REGIONS.index(region) * len(DOMAIN_TYPES) + DOMAIN_TYPES.index(kind)] += 1
+    assert one != first or other != first
+
+
+def test_a_date_dimension_groups_by_its_declared_days_only() -> None:
+    text = (
+        flow_yaml(X25519PrivateKey.generate())
+        .replace("group_by: [region, event_type]", "group_by: [day]")
+        .replace("      event_type: keep\n", "      event_type: keep\n      day: keep\n")
+    )
+    (flow,) = parse_flows(text)
+    plan = plan_aggregate(flow, EVENTS)
+    assert plan.groups == 28
+    records = SnapshotBatch(
+        record_keys=["a", "b", "c"],
+        columns={
+            "region": ["uk"] * 3,
+            "event_type": ["view"] * 3,
+            "watch_time_s": [1.0] * 3,
+            "day": ["2026-01-03", "2026-01-03", "2025-12-31"],  # the last is outside the domain
+        },
+        subjects=["s1", "s2", "s3"],
+    )
+    acc = Accumulator(plan, flow, EVENTS, TOKENS)
+    acc.add(records)
+    t = acc.totals()
+    assert t.counts[2] == 2 and t.counts.sum() == 2
+    table = release_totals(plan, t, TOKENS).table
+    assert table.column("day").type == pa.date32() and table.num_rows == 28

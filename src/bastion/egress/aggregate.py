@@ -91,8 +91,11 @@ class Dimension:
     spec: FieldSpec
     members: tuple[DomainValue, ...]
 
-    def index(self) -> dict[str, int]:
-        return {_text(v): i for i, v in enumerate(self.members)}
+    def positions(self, column: pa.Array) -> np.ndarray:
+        """Each value's position in the domain; -1 for a value outside it, or null."""
+        members = pa.array(list(self.members), source_type(self.spec))
+        found = pc.index_in(column.cast(members.type), value_set=members)
+        return np.asarray(pc.fill_null(found, -1).to_numpy(zero_copy_only=False), np.int64)
 
 
 @dataclass(frozen=True)
@@ -314,7 +317,7 @@ class Accumulator:
     ds: DatasetSpec
     tokens: FlowTokens
     _subjects: list[str] = field(default_factory=list)
-    _ranks: list[str] = field(default_factory=list)
+    _keys: list[str] = field(default_factory=list)
     _groups: list[np.ndarray] = field(default_factory=list)
     _units: dict[str, list[np.ndarray]] = field(default_factory=dict)
     _read: int = 0
@@ -332,23 +335,15 @@ class Accumulator:
         keep = np.ones(n, dtype=bool) if mask is None else np.asarray(mask.to_pylist(), bool)
         group = np.zeros(n, dtype=np.int64)
         for dim in self.plan.dimensions:
-            lookup = dim.index()
-            found = np.asarray(
-                [
-                    -1 if v is None else lookup.get(_text(v), -1)
-                    for v in typed[dim.name].to_pylist()
-                ],
-                dtype=np.int64,
-            )
-            keep &= found >= 0  # outside the declared domain: in no group
+            found = dim.positions(typed[dim.name])
+            keep &= found >= 0  # outside the declared domain (or null): in no group
             group = group * len(dim.members) + np.maximum(found, 0)
         rows = np.flatnonzero(keep)
         if rows.size == 0:
             return
         take = pa.array(rows)
-        keys = [page.record_keys[i] for i in rows]
+        self._keys += [page.record_keys[i] for i in rows]
         self._subjects += [page.subjects[i] for i in rows]
-        self._ranks += self.tokens.rows(keys)
         self._groups.append(group[rows])
         for s in self.plan.sums:
             col = typed[s.name].take(take)
@@ -359,7 +354,7 @@ class Accumulator:
     def totals(self) -> Totals:
         g = self.plan.groups
         groups = np.concatenate(self._groups) if self._groups else np.zeros(0, np.int64)
-        kept = bound_contributions(self._subjects, self._ranks, self.plan.max_records)
+        kept = self._bounded()
         counts = np.bincount(groups[kept], minlength=g).astype(np.int64)
         sums = {}
         for s in self.plan.sums:
@@ -368,6 +363,23 @@ class Accumulator:
             np.add.at(total, groups[kept], units[kept])  # exact in int64
             sums[s.name] = total
         return Totals(counts, sums, self._read, int(groups.size), int(kept.sum()))
+
+    def _bounded(self) -> np.ndarray:
+        """``bound_contributions`` over the records; only a subject over the bound needs its
+        records ranked (an HMAC each), so only theirs are."""
+        m, n = self.plan.max_records, len(self._subjects)
+        kept = np.ones(n, dtype=bool)
+        if n == 0:
+            return kept
+        _, codes, per = np.unique(
+            np.asarray(self._subjects, dtype=str), return_inverse=True, return_counts=True
+        )
+        over = np.flatnonzero(per[codes] > m)
+        if over.size:
+            subjects = [self._subjects[i] for i in over]
+            ranks = self.tokens.rows(self._keys[i] for i in over)
+            kept[over] = bound_contributions(subjects, ranks, m)
+        return kept
 
 
 def _truncate(col: pa.Array, n: int) -> pa.Array:
