@@ -135,7 +135,7 @@ def log_of(rt: Runtime) -> list[Any]:
 
 
 def received(rt: Runtime, key: X25519PrivateKey, delivered: Path, out: Path, state: Path) -> Any:
-    fields = {FLOW: delivered_columns(the_flow(key), EVENTS)}
+    fields = {FLOW: delivered_columns(the_flow(key))}
     verify_delivery(delivered, trust_for(rt, fields), key, state=SqliteReplayState(state), out=out)
     return pq.read_table(next(out.rglob("*.parquet")))
 
@@ -248,6 +248,11 @@ def test_the_plan_is_fixed_by_the_declaration_and_the_catalog() -> None:
     # The clean room's fixed point for watch time (0.1 s): one record moves a sum <= 6000.
     assert (s.unit, s.max_units) == (0.1, 6000)
     assert plan.count_l1 == 20 and plan.sum_l1(s) == 20 * 6000
+    # What the trust bundle declares is the schema's columns, from the declaration alone.
+    schema = aggregate.aggregate_schema(plan)
+    assert ["_row", "_op", *delivered_columns(the_flow(X25519PrivateKey.generate()))] == (
+        schema.names
+    )
 
 
 def test_a_group_by_field_that_is_transformed_is_refused_naming_it() -> None:

@@ -247,10 +247,17 @@ def value_columns(plan: AggregatePlan) -> list[str]:
     return out
 
 
-def delivered_columns(flow: Flow, ds: DatasetSpec) -> list[str]:
-    """What a recipient's trust bundle declares for an aggregate flow (``_row``/``_op`` aside)."""
-    plan = plan_aggregate(flow, ds)
-    return [d.name for d in plan.dimensions] + value_columns(plan)
+def delivered_columns(flow: Flow) -> list[str]:
+    """The columns an aggregate flow delivers (``_row``/``_op`` aside), from the declaration
+    alone: what the recipient's trust bundle declares for it (a records flow's is
+    ``Flow.delivered``)."""
+    agg = flow.aggregate
+    if agg is None:
+        raise InputError(f"flow {flow.name!r} is not an aggregate flow", field="kind")
+    out = list(agg.group_by) + ([COUNT, COUNT + CI_SUFFIX] if agg.count else [])
+    for name in sorted(agg.sums):
+        out += [f"sum_{name}", f"sum_{name}{CI_SUFFIX}"]
+    return out
 
 
 def aggregate_schema(plan: AggregatePlan) -> pa.Schema:
