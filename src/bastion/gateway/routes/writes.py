@@ -93,7 +93,8 @@ def _request(
         records=records,
         request_id=new_request_id(request),
         endpoint=endpoint_of(request),
-        body_sha256=body_digest(request.method, request.url.path, body),
+        # Only a retry with the same key compares it: without one, no digest is worth its cost.
+        body_sha256=body_digest(request.method, request.url.path, body) if key else "",
         record_id=record_id,
         if_match=parse_if_match(if_match),
         idempotency_key=key,
