@@ -403,6 +403,14 @@ def cleanroom_story(ctx: DemoContext) -> None:
     )
 
 
+def egress_story(ctx: DemoContext) -> None:
+    from bastion.demo.egress import run_demo as run_egress
+
+    ctx.report["egress"] = run_egress(
+        home=ctx.home, db=ctx.db, ledger=ctx.log, clock=ctx.clock, console=ctx.console
+    )
+
+
 def extra_steps() -> list[tuple[str, Step]]:
     """Scenarios of the parts above the vault and ledger, in the order the story needs them."""
     return [
@@ -412,5 +420,6 @@ def extra_steps() -> list[tuple[str, Step]]:
             live_vault_story,
         ),
         ("Clean room: the ad partner gets differentially private aggregates only", cleanroom_story),
+        ("Egress: declared flows to the parent company, logged before they leave", egress_story),
         ("Release assurance: only reviewed code ships, and a phone can check it", releases_story),
     ]
