@@ -276,6 +276,27 @@ flows:
       day: drop
     schedule: {{every: 1d}}
     destination: {{type: files, path: outbox}}
+  - name: engagement-by-region
+    version: 1
+    kind: aggregate
+    recipient:
+      id: parent-analytics
+      employer: parent-co
+      employer_country: CN
+      location_country: CN
+      public_key: {key}
+    source: {{dataset: events, mode: full}}
+    fields:
+      region: keep
+      watch_time_s: keep
+    aggregate:
+      group_by: [region]
+      sums: {{watch_time_s: [0, 600]}}
+      max_records_per_subject: 20
+      epsilon_per_run: 1.0
+      epsilon_budget: 30
+    schedule: {{every: 1d}}
+    destination: {{type: files, path: outbox}}
 """
 
 
@@ -296,13 +317,22 @@ def test_trust_bundle_reads_a_loaded_flows_fields(custodian: Custodian, tmp_path
         "--flow",
         "engagement-parent",
         "--flow",
+        "engagement-by-region",
+        "--flow",
         "typed=a,b",
     )
-    # The delivered fields: the drop is read for nothing here, and never delivered.
+    # The delivered fields: the drop is read for nothing here, and never delivered; an
+    # aggregate delivers its groups and statistics, not the fields it reads.
     delivered = ["event_type", "region", "video_id", "watch_time_s"]
-    assert done["fields"] == {"engagement-parent": delivered, "typed": ["a", "b"]}
+    released = ["region", "count", "count_ci95", "sum_watch_time_s", "sum_watch_time_s_ci95"]
+    assert done["fields"] == {
+        "engagement-by-region": released,
+        "engagement-parent": delivered,
+        "typed": ["a", "b"],
+    }
     trust = parse_trust_bundle(out.read_bytes())
     assert trust.flow_fields("engagement-parent") == set(delivered)
+    assert trust.flow_fields("engagement-by-region") == set(released)
     missing = run(
         "egress",
         "trust-bundle",

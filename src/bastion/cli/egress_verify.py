@@ -167,7 +167,9 @@ def _parse_flow(spec: str) -> tuple[str, list[str] | None]:
 
 
 def _loaded_fields(db: Any, name: str) -> list[str]:
-    """The fields the loaded flow ``name`` delivers, as its recipient receives them."""
+    """The columns the loaded flow ``name`` delivers, as its recipient receives them: a records
+    flow's delivered fields, an aggregate flow's groups and statistics."""
+    from bastion.egress.aggregate import delivered_columns
     from bastion.egress.store import EgressStore
 
     stored = EgressStore(db).stored(name)
@@ -176,7 +178,8 @@ def _loaded_fields(db: Any, name: str) -> list[str]:
             f"no flow named {name!r} is loaded: load it, or name its fields (NAME=f1,f2)",
             field="--flow",
         )
-    return stored.flow.delivered
+    flow = stored.flow
+    return delivered_columns(flow) if flow.kind == "aggregate" else flow.delivered
 
 
 @egress_app.command("trust-bundle")
