@@ -11,12 +11,15 @@ How one run is made private (neighbouring datasets differ by one subject, all th
 1. **filter**: the flow's row filter; a record whose group value is outside its declared
    domain (or null) falls in no group and is left out. Both depend on the record alone.
 2. **bound**: each subject keeps at most ``max_records_per_subject`` (m) records. Which ones
-   is deterministic but unpredictable: the m with the smallest *row token* (the flow-keyed
-   HMAC of the record key, ``FlowTokens.row``). Not "first seen": the change feed's order is
-   time, and the first m would always be a heavy user's oldest records (their recent groups
-   would never count). A keyed hash is a uniform sample of the subject's records that no one
-   without the flow's key can predict or steer, and it is the same sample in every run, so
-   rerunning a flow does not sample a heavy subject anew.
+   is deterministic but unpredictable: the m of smallest *rank*, a keyed BLAKE2b (hashlib)
+   of the record key under a key of the flow's token scope (``rank_key``: the flow's own
+   token of a fixed label). Not "first seen": the change feed's order is time, and the first
+   m would always be a heavy user's oldest records (their recent groups would never count).
+   A keyed hash is a uniform sample of the subject's records that no one without the flow's
+   key can predict or steer, and it is the same sample in every run, so rerunning a flow
+   does not sample a heavy subject anew. (BLAKE2b rather than the HMAC-SHA256 of
+   ``FlowTokens.row``: it is a keyed PRF too, and three times cheaper; only records of
+   subjects over the bound are ranked, which at 20 records a subject is most of them.)
 3. **clamp**: each summed value is clamped to its declared ``[lo, hi]`` and rounded to a
    fixed-point unit (the clean room's declared unit for that measure when it has one, so
    both give the same integers; else about five significant digits of the bound). A missing
@@ -45,6 +48,7 @@ are unbiased: a count may be negative; clip at 0 for display, not before adding 
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -74,6 +78,7 @@ COUNT = "count"
 CI_SUFFIX = "_ci95"
 CONFIDENCE = 0.95
 MAX_GROUPS = 100_000  # the cross product of the domains: one row each, every run
+_RANK_LABEL = "bastion/egress-aggregate-rank/v1"
 _SIGNIFICANT = 5  # fixed-point digits of a sum's bound when the clean room declares no unit
 
 
@@ -273,9 +278,11 @@ def aggregate_schema(plan: AggregatePlan) -> pa.Schema:
 # ---------------------------------------------------------------------- bounding (pure)
 
 
-def bound_contributions(subjects: Sequence[str], ranks: Sequence[str], limit: int) -> np.ndarray:
-    """Which records are kept: per subject, the ``limit`` records of smallest rank (ties by
-    position). Pure; the order of the input does not matter."""
+def bound_contributions(
+    subjects: Sequence[str] | np.ndarray, ranks: Sequence[str] | np.ndarray, limit: int
+) -> np.ndarray:
+    """Which records are kept: per subject (a name or an integer code), the ``limit`` records
+    of smallest rank (ties by position). Pure; the order of the input does not matter."""
     n = len(subjects)
     if len(ranks) != n:
         raise ValueError("one rank per record")
@@ -284,8 +291,9 @@ def bound_contributions(subjects: Sequence[str], ranks: Sequence[str], limit: in
     keep = np.zeros(n, dtype=bool)
     if n == 0:
         return keep
-    _, codes = np.unique(np.asarray(subjects, dtype=object).astype(str), return_inverse=True)
-    order = np.lexsort((np.arange(n), np.asarray(ranks, dtype=str), codes))
+    given = np.asarray(subjects)
+    _, codes = np.unique(given.astype(str) if given.dtype == object else given, return_inverse=True)
+    order = np.lexsort((np.arange(n), np.asarray(ranks), codes))
     sorted_codes = codes[order]
     starts = np.ones(n, dtype=bool)
     starts[1:] = sorted_codes[1:] != sorted_codes[:-1]
@@ -323,8 +331,10 @@ class Accumulator:
     flow: Flow
     ds: DatasetSpec
     tokens: FlowTokens
-    _subjects: list[str] = field(default_factory=list)
-    _keys: list[str] = field(default_factory=list)
+    # Compact per record: subjects and record keys in Arrow arrays (tens of bytes a record,
+    # not Python strings); a key is ranked only if its subject is over the bound.
+    _subjects: list[pa.Array] = field(default_factory=list)
+    _keys: list[pa.Array] = field(default_factory=list)
     _groups: list[np.ndarray] = field(default_factory=list)
     _units: dict[str, list[np.ndarray]] = field(default_factory=dict)
     _read: int = 0
@@ -349,8 +359,8 @@ class Accumulator:
         if rows.size == 0:
             return
         take = pa.array(rows)
-        self._keys += [page.record_keys[i] for i in rows]
-        self._subjects += [page.subjects[i] for i in rows]
+        self._keys.append(pa.array(page.record_keys, pa.string()).take(take))
+        self._subjects.append(pa.array(page.subjects, pa.string()).take(take))
         self._groups.append(group[rows])
         for s in self.plan.sums:
             col = typed[s.name].take(take)
@@ -374,19 +384,30 @@ class Accumulator:
     def _bounded(self) -> np.ndarray:
         """``bound_contributions`` over the records; only a subject over the bound needs its
         records ranked (an HMAC each), so only theirs are."""
-        m, n = self.plan.max_records, len(self._subjects)
-        kept = np.ones(n, dtype=bool)
-        if n == 0:
-            return kept
-        _, codes, per = np.unique(
-            np.asarray(self._subjects, dtype=str), return_inverse=True, return_counts=True
-        )
-        over = np.flatnonzero(per[codes] > m)
+        m = self.plan.max_records
+        if not self._subjects:
+            return np.zeros(0, dtype=bool)
+        codes = pc.dictionary_encode(pa.concat_arrays(self._subjects)).indices
+        subjects = np.asarray(codes.to_numpy(zero_copy_only=False), np.int64)
+        kept = np.ones(subjects.size, dtype=bool)
+        over = np.flatnonzero(np.bincount(subjects)[subjects] > m)
         if over.size:
-            subjects = [self._subjects[i] for i in over]
-            ranks = self.tokens.rows(self._keys[i] for i in over)
-            kept[over] = bound_contributions(subjects, ranks, m)
+            keys = pa.concat_arrays(self._keys).take(pa.array(over)).to_pylist()
+            ranks = record_ranks(keys, rank_key(self.tokens))
+            kept[over] = bound_contributions(subjects[over], ranks, m)
         return kept
+
+
+def rank_key(tokens: FlowTokens) -> bytes:
+    """The key that ranks a subject's records: secret to the flow's token scope."""
+    return tokens.row(_RANK_LABEL).encode()
+
+
+def record_ranks(record_keys: Sequence[str], key: bytes) -> np.ndarray:
+    """Each record's rank: the first 8 bytes of BLAKE2b keyed with ``key``, as an integer."""
+    digest = hashlib.blake2b
+    raw = b"".join(digest(k.encode(), key=key, digest_size=8).digest() for k in record_keys)
+    return np.frombuffer(raw, dtype=">u8").astype(np.uint64)
 
 
 def _truncate(col: pa.Array, n: int) -> pa.Array:
