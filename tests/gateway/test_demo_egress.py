@@ -32,9 +32,27 @@ def test_egress_scenes(demo_scene: DemoScene) -> None:
     )
     first_manifest = events.index(manifests[0])
     assert events.index(extracts[0]) < first_manifest
-    # The parent verified both, in order, and refused the replay and the tampered chunk.
-    assert [v["run"] for v in report["verified"]] == [1, 2]
-    assert [v["manifest_id"] for v in report["verified"]] == [m["manifest_id"] for m in manifests]
+    # The aggregate: one full extract, one release of every declared region, no tombstones.
+    (released,) = [
+        e for e in events if e["type"] == "egress.manifest" and e["flow"] == AGGREGATE_FLOW
+    ]
+    assert released["rows"] == 8 and released["tombstones"] == 0
+    (agg_extract,) = [
+        e for e in events if e["type"] == "egress.extract" and e["flow"] == AGGREGATE_FLOW
+    ]
+    assert agg_extract["mode"] == "full" and agg_extract["fields"] == ["region", "watch_time_s"]
+    assert report["aggregate_run"]["manifest_id"] == released["manifest_id"]
+    # The parent verified every delivery, flow by flow in run order, and refused the replay
+    # and the tampered chunk.
+    assert [(v["flow"], v["run"]) for v in report["verified"]] == [
+        (AGGREGATE_FLOW, 1),
+        (VIDEO_FLOW, 1),
+        (VIDEO_FLOW, 2),
+    ]
+    assert [v["manifest_id"] for v in report["verified"]] == [
+        released["manifest_id"],
+        *(m["manifest_id"] for m in manifests),
+    ]
     assert report["refusals"] == {"replay": "egress.replay", "tampered": "egress.chunk.tampered"}
 
 

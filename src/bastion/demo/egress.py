@@ -3,7 +3,8 @@
 1. the parent makes its key pair (``bastion egress keygen``); the custodian loads a daily flow
    of pseudonymized video statistics carrying the parent's public key, and runs it: the
    extract and the signed manifest are in the log before the sealed chunks are delivered;
-2. a differentially private aggregate flow of engagement by region;
+2. a differentially private aggregate flow of engagement by region: loaded, run once (every
+   region of the declared domain released, the run's epsilon charged to the flow's budget);
 3. a flow that tries to carry users' email addresses is refused at load, and the refusal is
    in the log;
 4. a creator is shredded, and the next run of the video flow carries their videos as
@@ -292,8 +293,20 @@ class _Scene:
             f"person; ε={agg.epsilon_per_run:g} a run out of the flow's own budget of "
             f"{agg.epsilon_budget:g}"
         )
-        self.out.print("    [yellow]aggregate runs are not in this build yet: loaded only[/]")
-        return {"loaded_index": index, "ran": False}
+        result = self.egress.runner.run(AGGREGATE_FLOW)
+        groups = len(agg_domain(self.vault, agg.group_by[0]))
+        _expect(result.status == "delivered", "the aggregate run delivers")
+        _expect(result.rows == groups and result.tombstones == 0, "one row per declared group")
+        spent = self.egress.store.spent(AGGREGATE_FLOW)
+        _expect(abs(spent - agg.epsilon_per_run) < 1e-9, "the run is charged to the flow's budget")
+        self.out.print(
+            f"    run {result.run}: {result.rows} groups released (every region of the declared "
+            f"domain, empty ones too), manifest {str(result.manifest_id)[:12]}… at index "
+            f"{result.ledger_index}; ε spent {spent:g} of {agg.epsilon_budget:g}, charged in "
+            "the manifest's own commit"
+        )
+        self.facts["aggregate_run"] = result.to_json()
+        return {"loaded_index": index, "ran": True, "groups": result.rows, "epsilon_spent": spent}
 
     def refused(self) -> dict[str, Any]:
         start = self.log.size()
@@ -350,6 +363,7 @@ class _Scene:
     def verify(self) -> dict[str, Any]:
         import json
 
+        from bastion.egress.aggregate import delivered_columns
         from bastion.egress.manifest import SIGNING_KEY_NAME
         from bastion.egress.payload import private_key_from_pem
         from bastion.egress.replay import SqliteReplayState
@@ -361,18 +375,22 @@ class _Scene:
         # At the custodian (`bastion egress trust-bundle --flow video-stats-daily`): the log's
         # key, its witnesses and quorum, the manifest key, and the fields of each flow.
         stored = self.egress.store.stored(VIDEO_FLOW)
-        assert stored is not None
+        aggregated = self.egress.store.stored(AGGREGATE_FLOW)
+        assert stored is not None and aggregated is not None
         signing = load_or_create_signing_key(self.home.keyring_dir, SIGNING_KEY_NAME)
         bundle = build_trust_bundle(
             log_anchors(self.log),
             [("custodian", signing.public_key())],
-            {VIDEO_FLOW: stored.flow.delivered},
+            {
+                VIDEO_FLOW: stored.flow.delivered,
+                AGGREGATE_FLOW: delivered_columns(aggregated.flow),
+            },
         )
         (self.parent / "trust.json").write_text(json.dumps(bundle.to_json(), indent=2))
         anchors = bundle.to_json()
         self.out.print(
             f"    trust bundle: log {anchors['log']['origin']}, {len(anchors['witnesses'])} "
-            f"witness(es), quorum {anchors['quorum']}, 1 custodian key, fields of {VIDEO_FLOW}"
+            f"witness(es), quorum {anchors['quorum']}, 1 custodian key, the columns of 2 flows"
         )
         # At the parent, offline: only the bundle, its key and what arrived.
         trust = parse_trust_bundle((self.parent / "trust.json").read_bytes())
@@ -385,9 +403,15 @@ class _Scene:
             self.out.print(_checks_table(verified))
             inclusion = next(c.detail for c in verified[-1].checks if c.step == "inclusion")
             self.out.print(f"    inclusion of run {verified[-1].run}: {inclusion}")
-            runs = [v.run for v in verified]
-            _expect(runs == [1, 2], "both deliveries verify, in run order")
-            first, second = verified
+            runs = [(v.flow, v.run) for v in verified]
+            _expect(
+                runs == [(AGGREGATE_FLOW, 1), (VIDEO_FLOW, 1), (VIDEO_FLOW, 2)],
+                "every delivery verifies, flow by flow in run order",
+            )
+            released, first, second = verified
+            self.out.print(
+                _release_table(_received(received / AGGREGATE_FLOW / released.manifest_id))
+            )
             upserts = _received(received / VIDEO_FLOW / first.manifest_id).column("_row")
             tombs = _received(received / VIDEO_FLOW / second.manifest_id)
             ops = set(tombs.column("_op").to_pylist())
@@ -416,7 +440,7 @@ class _Scene:
         self.out.print(f"    a copy with one byte of a chunk flipped → refused: [bold]{code}[/]")
         self.facts["verified"] = [v.to_json() for v in verified]
         self.facts["refusals"] = {"replay": replay, "tampered": code}
-        return {"runs": runs, "replay": replay, "tampered": code}
+        return {"runs": [list(r) for r in runs], "replay": replay, "tampered": code}
 
 
 def _refusal(verify: Callable[[], object]) -> str:
@@ -439,10 +463,33 @@ def _checks_table(verified: list[Any]) -> Table:
     """One row per delivery, one column per check it passed (in the order they ran)."""
     steps = [c.step for c in verified[0].checks] if verified else []
     table = Table(title="The parent's checks (bastion egress verify), in run order")
-    for col in ("run", "manifest", "rows", "tombstones", *steps):
+    for col in ("flow", "run", "rows", "tombstones", *steps):
         table.add_column(col)
     for v in verified:
         passed = {c.step for c in v.checks}
         marks = ["[green]✓[/]" if s in passed else "[red]✗[/]" for s in steps]
-        table.add_row(str(v.run), v.manifest_id[:12] + "…", str(v.rows), str(v.tombstones), *marks)
+        table.add_row(v.flow, str(v.run), str(v.rows), str(v.tombstones), *marks)
     return table
+
+
+def _release_table(table: Any) -> Table:
+    """What the parent reads from the aggregate: noisy values and their 95% half-widths."""
+    out = Table(title="engagement by region, as the parent receives it (ε=1, DP)")
+    for col in ("region", "events", "± 95%", "watch time (h)", "± 95%"):
+        out.add_column(col, justify="left" if col == "region" else "right")
+    rows = table.to_pylist()
+    for r in rows:
+        out.add_row(
+            str(r["region"]),
+            f"{max(int(r['count']), 0):,}",  # clipped for display only
+            f"{r['count_ci95']:,.0f}",
+            f"{max(r['sum_watch_time_s'], 0.0) / 3600:,.1f}",
+            f"{r['sum_watch_time_s_ci95'] / 3600:,.1f}",
+        )
+    return out
+
+
+def agg_domain(vault: Vault, field: str) -> list[Any]:
+    """The declared domain of an events field: the groups an aggregate by it releases."""
+    domain = vault.catalog.dataset("events").field(field).domain
+    return domain.members() if domain is not None else []
