@@ -5,6 +5,7 @@ empirical audit that catches a planted bug."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Iterator
@@ -384,28 +385,36 @@ def empirical_epsilon_lower_bound(a: np.ndarray, b: np.ndarray) -> float:
     return best
 
 
-def _audit(*, bounded: bool) -> float:
-    """The heavy subject's group, released RUNS times with and without the heavy subject."""
+def _audit(*, bounded: bool = True, clamped: bool = True) -> float:
+    """The heavy subject's group, released RUNS times with and without the heavy subject: its
+    count, or (``clamped`` False) its sum."""
     flow = the_flow(X25519PrivateKey.generate())
     declared = plan_aggregate(flow, EVENTS)
-    # The count alone, at the count's share of the run's epsilon: the same calibration.
+    # One statistic alone, at its share of the run's epsilon: the same calibration.
+    sums = () if clamped else declared.sums
     plan = AggregatePlan(
-        declared.flow, declared.dimensions, (), True, declared.max_records, declared.epsilon_each
-    )
+        declared.flow, declared.dimensions, sums, clamped, declared.max_records,
+        declared.epsilon_each,
+    )  # fmt: skip
     engine_plan = plan
     if not bounded:
         # The planted bug: bounding is switched off while the release still calibrates its
         # noise to the declared bound.
-        engine_plan = AggregatePlan(
-            plan.flow, plan.dimensions, plan.sums, plan.count, 10**6, plan.epsilon
+        engine_plan = dataclasses.replace(plan, max_records=10**6)
+    if not clamped:
+        # The planted bug: values are not clamped to the declared bounds, while the release
+        # still calibrates its noise to them.
+        engine_plan = dataclasses.replace(
+            plan, sums=tuple(dataclasses.replace(s, high=1e12) for s in plan.sums)
         )
     full = totals_of(engine_plan, flow, BASE + HEAVY)
     near = totals_of(engine_plan, flow, BASE)
     uk_view = DOMAIN_REGIONS.index("uk") * len(DOMAIN_TYPES) + DOMAIN_TYPES.index("view")
+    column = "count" if clamped else plan.sums[0].column
 
     def answers(t: Any) -> np.ndarray:
         return np.asarray(
-            [release_totals(plan, t, TOKENS).table.column("count")[uk_view].as_py()
+            [release_totals(plan, t, TOKENS).table.column(column)[uk_view].as_py()
              for _ in range(RUNS)]
         )  # fmt: skip
 
@@ -420,6 +429,11 @@ def test_the_dp_audit_finds_the_counts_consistent_with_their_epsilon() -> None:
 def test_the_dp_audit_catches_a_planted_bug_without_bounding() -> None:
     leaked = _audit(bounded=False)
     assert leaked > 1.0, f"the audit must catch the unbounded aggregate ({leaked:.2f})"
+
+
+def test_the_dp_audit_catches_a_planted_bug_without_clamping() -> None:
+    leaked = _audit(clamped=False)
+    assert leaked > 1.0, f"the audit must catch the unclamped sum ({leaked:.2f})"
 
 
 SPREAD = [(f"x{i}", "heavy", DOMAIN_REGIONS[i % 8], "view", 10.0) for i in range(400)]
