@@ -16,7 +16,7 @@ Keys come from the vault's identity secret (``VaultIdentity.egress_token_key``).
 
 from __future__ import annotations
 
-import base64
+import binascii
 import hmac
 from collections.abc import Iterable
 
@@ -24,6 +24,8 @@ PREFIX = "ft_"
 _LABEL = b"bastion/egress-token/v1\x00"
 _ROW_LABEL = b"bastion/egress-row/v1\x00"
 _BYTES = 16  # 128 bits: collisions are out of reach for any dataset size
+_CHARS = (4 * _BYTES + 2) // 3  # unpadded base64url of _BYTES
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 
 class FlowTokens:
@@ -52,8 +54,22 @@ class FlowTokens:
         return self._mac(_ROW_LABEL, record_key)
 
     def rows(self, record_keys: Iterable[str]) -> list[str]:
-        return [self.row(k) for k in record_keys]
+        """``row`` of every key: one per record of a run (never repeated, so not memoized),
+        the run's largest HMAC count, in one loop with the calls bound once."""
+        key, label, mac, b64, table = self._key, _ROW_LABEL, hmac.digest, _b64, _URLSAFE
+        return [
+            PREFIX
+            + b64(mac(key, label + k.encode(), "sha256")[:_BYTES], newline=False)[:_CHARS]
+            .translate(table)
+            .decode()
+            for k in record_keys
+        ]
 
     def _mac(self, label: bytes, value: str) -> str:
         digest = hmac.digest(self._key, label + value.encode(), "sha256")[:_BYTES]
-        return PREFIX + base64.urlsafe_b64encode(digest).decode().rstrip("=")
+        # base64url without padding (binascii and a translate table: the same text as
+        # base64.urlsafe_b64encode(...).rstrip("="), in fewer steps).
+        return PREFIX + _b64(digest, newline=False)[:_CHARS].translate(_URLSAFE).decode()
+
+
+_b64 = binascii.b2a_base64

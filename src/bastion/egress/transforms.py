@@ -161,14 +161,19 @@ def transform_column(
 
 
 def _pseudonymize(spec: FieldSpec, col: pa.Array, tokens: FlowTokens) -> pa.Array:
-    values = col.to_pylist()
     if spec.type is FieldType.STRING_LIST:
         # Tokens hold no comma, so the list survives as one string column every reader has.
         return pa.array(
-            [None if v is None else ",".join(tokens.token(t) for t in v) for v in values],
+            [None if v is None else ",".join(tokens.token(t) for t in v) for v in col.to_pylist()],
             pa.string(),
         )
-    return pa.array(tokens.tokens(values), pa.string())
+    # One token per distinct value, spread back by the dictionary's indices: a page holds
+    # each user and device many times, and the Python work is per distinct value only.
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    encoded = pc.dictionary_encode(col)  # nulls stay null indices
+    distinct = pa.array(tokens.tokens(encoded.dictionary.to_pylist()), pa.string())
+    return pc.take(distinct, encoded.indices)
 
 
 def _truncate(col: pa.Array, n: int) -> pa.Array:
@@ -232,15 +237,17 @@ def build_table(
     """One opened page as the rows the recipient receives (filtered, then transformed), and
     for each record of the page whether the filter kept it."""
     typed = {name: to_column(ds.field(name), columns[name]) for name in flow.fields}
-    keys = pa.array(record_keys, pa.string())
     mask = row_mask(flow.source.filter, typed)
-    kept = [True] * len(keys) if mask is None else [bool(m) for m in mask.to_pylist()]
-    if mask is not None:
-        keys = pc.filter(keys, mask)
+    keys: Sequence[str] = record_keys
+    if mask is None:
+        kept = [True] * len(record_keys)
+    else:
+        kept = [bool(m) for m in mask.to_pylist()]
+        keys = [key for key, k in zip(record_keys, kept, strict=True) if k]
         typed = {name: pc.filter(col, mask) for name, col in typed.items()}
     n = len(keys)
     arrays = [
-        pa.array(tokens.rows(keys.to_pylist()), pa.string()),
+        pa.array(tokens.rows(keys), pa.string()),
         pa.array([UPSERT] * n, pa.string()),
     ]
     for name in flow.delivered:
