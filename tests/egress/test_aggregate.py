@@ -495,3 +495,16 @@ def test_an_empty_extract_still_releases_every_group() -> None:
         "discrete_laplace(count, scale=40)",
         "discrete_laplace(sum_watch_time_s, scale=24000)",
     )
+
+
+def test_a_declaration_the_release_cannot_plan_fails_before_any_extract(
+    rt: Runtime, egress: Egress, recipient: X25519PrivateKey
+) -> None:
+    # A group_by field generalized away from its domain passes the load-time checks, but
+    # the release groups only by the catalog's own values: the run refuses, naming the field.
+    load(egress, flow_yaml(recipient, region="{truncate: 2}"))
+    size = rt.ledger.size()
+    with pytest.raises(InputError, match="group_by field") as err:
+        egress.runner.run(FLOW)
+    assert err.value.field == "fields.region"
+    assert rt.ledger.size() == size and egress.store.spent(FLOW) == 0.0

@@ -298,6 +298,7 @@ class FlowRunner:
     def _aggregate(self, stored: StoredFlow, ds: DatasetSpec, through: int) -> Built:
         """Steps 5 and 6 of an aggregate flow: a full extract, released by ``aggregate``."""
         flow = stored.flow
+        aggregate.plan_aggregate(flow, ds)  # a declaration it cannot release: before any extract
         possible = count_writes(self.ctx.vault, ds.name, 0, through)
         pages = self._open_extract(stored, ds, 0, through, "full", possible) if possible else []
         released = aggregate.build_aggregate(flow, ds, pages, self._tokens(flow))
