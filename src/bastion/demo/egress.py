@@ -419,8 +419,9 @@ class _Scene:
             _expect(ops == {"delete"}, "the second delivery holds tombstones only")
             _expect(gone <= set(upserts.to_pylist()), "each tombstone names a row run 1 carried")
             self.out.print(
-                f"    run 1: {first.rows} rows; run 2: {second.tombstones} tombstones, each the "
-                f"_row token of a row of run 1 (e.g. {sorted(gone)[0]}): the parent deletes them"
+                f"    {VIDEO_FLOW} run 1: {first.rows} rows; run 2: {second.tombstones} "
+                f"tombstones, each the _row token of a row of run 1 (e.g. {sorted(gone)[0]}): "
+                "the parent deletes them"
             )
             replay = _refusal(
                 lambda: verify_delivery(
@@ -460,15 +461,17 @@ def _received(folder: Path) -> Any:
 
 
 def _checks_table(verified: list[Any]) -> Table:
-    """One row per delivery, one column per check it passed (in the order they ran)."""
+    """One column per delivery (in the order verified), one row per check it passed."""
     steps = [c.step for c in verified[0].checks] if verified else []
     table = Table(title="The parent's checks (bastion egress verify), in run order")
-    for col in ("flow", "run", "rows", "tombstones", *steps):
-        table.add_column(col)
+    table.add_column("")
     for v in verified:
-        passed = {c.step for c in v.checks}
-        marks = ["[green]✓[/]" if s in passed else "[red]✗[/]" for s in steps]
-        table.add_row(v.flow, str(v.run), str(v.rows), str(v.tombstones), *marks)
+        table.add_column(f"{v.flow}\nrun {v.run}", justify="center")
+    table.add_row("rows", *(str(v.rows) for v in verified))
+    table.add_row("tombstones", *(str(v.tombstones) for v in verified))
+    for step in steps:
+        passed = [step in {c.step for c in v.checks} for v in verified]
+        table.add_row(step, *("[green]✓[/]" if ok else "[red]✗[/]" for ok in passed))
     return table
 
 
