@@ -169,7 +169,6 @@ def _parse_flow(spec: str) -> tuple[str, list[str] | None]:
 def _loaded_fields(db: Any, name: str) -> list[str]:
     """The columns the loaded flow ``name`` delivers, as its recipient receives them: a records
     flow's delivered fields, an aggregate flow's groups and statistics."""
-    from bastion.egress.aggregate import delivered_columns
     from bastion.egress.store import EgressStore
 
     stored = EgressStore(db).stored(name)
@@ -179,7 +178,11 @@ def _loaded_fields(db: Any, name: str) -> list[str]:
             field="--flow",
         )
     flow = stored.flow
-    return delivered_columns(flow) if flow.kind == "aggregate" else flow.delivered
+    if flow.kind != "aggregate":
+        return flow.delivered
+    from bastion.egress.aggregate import delivered_columns  # OpenDP: only for an aggregate
+
+    return delivered_columns(flow)
 
 
 @egress_app.command("trust-bundle")
