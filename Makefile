@@ -35,8 +35,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy src
 
+# The suite in parallel, one worker per core of a 2-core CI machine (pytest-xdist). Tests that
+# must not run beside each other are grouped in tests/conftest.py (SERIAL_GROUPS);
+# docs/TESTING.md says which and why. PYTEST_WORKERS=0 runs everything in one process.
+# --durations: the slowest tests end the log, so a CI run that grows shows where.
+PYTEST_WORKERS ?= 2
 unit: $(STAMP) system
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=25
 
 test: lint typecheck unit
 
