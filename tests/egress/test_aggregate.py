@@ -497,14 +497,15 @@ def test_an_empty_extract_still_releases_every_group() -> None:
     )
 
 
-def test_a_declaration_the_release_cannot_plan_fails_before_any_extract(
+def test_a_declaration_the_release_cannot_plan_is_refused_at_load(
     rt: Runtime, egress: Egress, recipient: X25519PrivateKey
 ) -> None:
-    # A group_by field generalized away from its domain passes the load-time checks, but
-    # the release groups only by the catalog's own values: the run refuses, naming the field.
-    load(egress, flow_yaml(recipient, region="{truncate: 2}"))
-    size = rt.ledger.size()
-    with pytest.raises(InputError, match="group_by field") as err:
-        egress.runner.run(FLOW)
-    assert err.value.field == "fields.region"
-    assert rt.ledger.size() == size and egress.store.spent(FLOW) == 0.0
+    # A group_by field generalized away from its domain: the release groups only by the
+    # catalog's own values, so the load refuses it (recorded), naming the field.
+    from bastion.egress.loading import FlowRefused
+
+    with pytest.raises(FlowRefused) as err:
+        load(egress, flow_yaml(recipient, region="{truncate: 2}"))
+    (refusal,) = err.value.refused[FLOW].refusals
+    assert refusal.code == "aggregate.plan" and refusal.field == "fields.region"
+    assert egress.store.stored(FLOW) is None and egress.store.spent(FLOW) == 0.0

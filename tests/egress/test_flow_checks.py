@@ -227,6 +227,22 @@ def test_an_aggregate_without_bounds_or_public_groups_is_refused(engine: PolicyE
     assert "aggregate.bounds" in codes(inverted, engine)
 
 
+def test_an_aggregate_the_release_cannot_plan_is_refused_at_load(engine: PolicyEngine) -> None:
+    agg = {
+        "group_by": ["region"],
+        "sums": {"watch_time_s": [0, 600]},
+        "max_records_per_subject": 5,
+        "epsilon_per_run": 1.0,
+        "epsilon_budget": 10,
+    }
+    ok = one(kind="aggregate", aggregate=agg, fields={"region": "keep", "watch_time_s": "keep"})
+    assert codes(ok, engine) == []
+    cut = one(
+        kind="aggregate", aggregate=agg, fields={"region": {"truncate": 3}, "watch_time_s": "keep"}
+    )
+    assert codes(cut, engine) == ["aggregate.plan"]
+
+
 def test_the_bulk_estimate_refuses_a_flow_that_could_cross_the_threshold(
     engine: PolicyEngine,
 ) -> None:

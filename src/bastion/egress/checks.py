@@ -224,6 +224,16 @@ def _aggregate(flow: Flow, ds: DatasetSpec) -> list[Refusal]:
         )
     if agg.epsilon_per_run > agg.epsilon_budget:
         out.append(Refusal("aggregate.budget", "one run costs more than the budget", "aggregate"))
+    if not out:
+        # What only the release layer knows (a group field not kept as is, a sum field
+        # generalized, too many groups, two outputs of one name): refused now, not at a run.
+        # Imported here: the release layer brings OpenDP, which a records flow never needs.
+        from bastion.egress.aggregate import plan_aggregate
+
+        try:
+            plan_aggregate(flow, ds)
+        except InputError as exc:
+            out.append(Refusal("aggregate.plan", exc.reason, exc.field))
     return out
 
 
