@@ -1,15 +1,17 @@
 """A snapshot read over many pages: the subject keys derived on one page and reused on later
 ones never open what a later page must not (a subject shredded between pages, a lost erasure
-secret), and a key rotation between pages changes nothing the reader sees."""
+secret), a key rotation between pages changes nothing the reader sees, and the garbage
+collector paused while a page is opened is running again whenever a page is given out."""
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import pytest
 from vault_rows import event, numbered, user
 
-from bastion.errors import KeyUnavailable
+from bastion.errors import IntegrityError, KeyUnavailable
 from bastion.events import SYSTEM, Actor, CleanroomSnapshot, encode_event
 from bastion.ledger.api import Receipt
 from bastion.vault import Vault
@@ -24,13 +26,13 @@ EVENTS = 12  # event n belongs to user 1 + n % 3: every page of 2 meets two user
 _index = iter(range(1, 1_000_000))
 
 
-def grant_for(vault: Vault) -> SnapshotGrant:
+def grant_for(vault: Vault, records: int = EVENTS) -> SnapshotGrant:
     n = next(_index)
     entry = encode_event(
         CleanroomSnapshot(
             actor=SYSTEM, reason="test", at="2026-01-01T00:00:00Z", snapshot_id=f"{n:032x}",
             dataset="events", fields=FIELDS, mode="full", after_seq=0,
-            through_seq=last_seq(vault.db), records=EVENTS,
+            through_seq=last_seq(vault.db), records=records,
         )
     )  # fmt: skip
     receipt = Receipt(n, leaf_hash(entry))
@@ -95,3 +97,22 @@ def test_a_key_rotation_between_pages_changes_nothing_opened(events_vault: Vault
     first = next(pages)
     events_vault.rotate(ADMIN, "yearly rotation")
     assert rows_of([first, *pages]) == whole
+
+
+def test_the_collector_runs_again_whenever_a_page_is_given_out(events_vault: Vault) -> None:
+    assert gc.isenabled()
+    for _batch in open_snapshot(events_vault, grant_for(events_vault), page=2):
+        assert gc.isenabled()  # paused only inside the read of a page
+    assert gc.isenabled()
+    # A caller that turned it off keeps it off.
+    gc.disable()
+    try:
+        list(open_snapshot(events_vault, grant_for(events_vault), page=2))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    # A page that fails (more records than the entry recorded) leaves it on too.
+    too_few = grant_for(events_vault, records=3)
+    with pytest.raises(IntegrityError, match="more records"):
+        list(open_snapshot(events_vault, too_few, page=2))
+    assert gc.isenabled()
