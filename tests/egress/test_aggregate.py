@@ -19,9 +19,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from bastion.catalog import default_catalog
-from bastion.cli.home_cmd import init_home
 from bastion.clock import FixedClock
-from bastion.demo.platform import bootstrap, ingest, sample_event, sample_user
+from bastion.demo.platform import sample_event
 from bastion.egress import aggregate, payload
 from bastion.egress.aggregate import (
     Accumulator,
@@ -35,17 +34,16 @@ from bastion.egress.aggregate import (
 from bastion.egress.model import Flow, parse_flows
 from bastion.egress.tokens import FlowTokens
 from bastion.egress.verify import SqliteReplayState, verify_delivery
-from bastion.egress.wiring import Egress, open_egress
+from bastion.egress.wiring import Egress
 from bastion.errors import InputError
 from bastion.events import EgressExtract, EgressManifest, decode_event
 from bastion.gateway.runtime import Runtime
 from bastion.store import Database
 from bastion.vault.snapshot import SnapshotBatch
 
-from .test_runner import ADMIN, deliveries, trust_for
+from .flows_support import ADMIN, USERS, deliveries, egress_on, home_with_events, trust_for
 
 FLOW = "engagement-by-region"
-USERS = 12
 REGIONS = ["us-west", "uk", "brazil"]
 TYPES = ["view", "like"]
 CATALOG = default_catalog()
@@ -64,17 +62,14 @@ def event(n: int, user: int) -> dict[str, Any]:
 
 @pytest.fixture
 def rt(db: Database, tmp_path: Path, clock: FixedClock) -> Iterator[Runtime]:
-    home = init_home(tmp_path / "home")
-    runtime = bootstrap(home, db, clock, publish_interval=0.05)
-    ingest(runtime, "users", [sample_user(n) for n in range(1, USERS + 1)])
-    ingest(runtime, "events", [event(n, 1 + n % USERS) for n in range(1, 37)])
-    yield runtime
-    runtime.close()
+    events = [event(n, 1 + n % USERS) for n in range(1, 37)]
+    with home_with_events(db, tmp_path, clock, events) as runtime:
+        yield runtime
 
 
 @pytest.fixture
 def egress(rt: Runtime) -> Egress:
-    return open_egress(rt.home, rt.db, rt.vault, rt.ledger, rt.clock)
+    return egress_on(rt)
 
 
 @pytest.fixture

@@ -13,20 +13,16 @@ import pyarrow.parquet as pq
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from bastion.cli.home_cmd import init_home
 from bastion.clock import FixedClock
-from bastion.demo.platform import bootstrap, ingest, sample_event, sample_user
+from bastion.demo.platform import ingest, sample_event, sample_user
 from bastion.egress import payload
 from bastion.egress.errors import EgressRejected
 from bastion.egress.loading import FlowRefused
-from bastion.egress.manifest import SIGNING_KEY_NAME
 from bastion.egress.runner import FlowNotRunnable
-from bastion.egress.trust import build_trust_bundle
 from bastion.egress.verify import SqliteReplayState, verify_delivery
-from bastion.egress.wiring import Egress, open_egress
+from bastion.egress.wiring import Egress
 from bastion.errors import IntegrityError
 from bastion.events import (
-    Actor,
     EgressExtract,
     EgressFlowChange,
     EgressManifest,
@@ -34,22 +30,25 @@ from bastion.events import (
     decode_event,
 )
 from bastion.gateway.runtime import Runtime
-from bastion.keys.signing import load_or_create_signing_key
-from bastion.ledger.anchors import log_anchors
 from bastion.store import Database
 
-ADMIN = Actor(id="ops-lena", kind="operator")
-USERS = 12
+from .flows_support import (
+    ADMIN,
+    USERS,
+    deliveries,
+    egress_on,
+    entries,
+    home_with_events,
+    trust_for,
+)
 
 
 @pytest.fixture
 def rt(db: Database, tmp_path: Path, clock: FixedClock) -> Iterator[Runtime]:
-    home = init_home(tmp_path / "home")
-    runtime = bootstrap(home, db, clock, publish_interval=0.05)
-    ingest(runtime, "users", [sample_user(n) for n in range(1, USERS + 1)])
-    ingest(runtime, "events", [sample_event(n, 1 + n % USERS) for n in range(1, 37)])
-    yield runtime
-    runtime.close()
+    with home_with_events(
+        db, tmp_path, clock, [sample_event(n, 1 + n % USERS) for n in range(1, 37)]
+    ) as runtime:
+        yield runtime
 
 
 @pytest.fixture
@@ -59,7 +58,7 @@ def recipient() -> X25519PrivateKey:
 
 @pytest.fixture
 def egress(rt: Runtime) -> Egress:
-    return open_egress(rt.home, rt.db, rt.vault, rt.ledger, rt.clock)
+    return egress_on(rt)
 
 
 PARENT_FIELDS_YAML = """\
@@ -104,21 +103,7 @@ def load(egress: Egress, text: str) -> Any:
     return egress.loader.load(text, source="flows.yaml", actor=ADMIN, reason="daily statistics")
 
 
-def entries(rt: Runtime) -> list[Any]:
-    return [decode_event(bytes(rt.ledger.entry(i))) for i in range(rt.ledger.size())]
-
-
-def trust_for(rt: Runtime, fields: dict[str, list[str]]) -> Any:
-    key = load_or_create_signing_key(rt.home.keyring_dir, SIGNING_KEY_NAME)
-    return build_trust_bundle(log_anchors(rt.ledger), [("custodian", key.public_key())], fields)
-
-
 PARENT_FIELDS = {"engagement-parent": ["video_id", "event_type", "region", "day", "watch_time_s"]}
-
-
-def deliveries(rt: Runtime, flow: str) -> list[Path]:
-    root = rt.home.path / "outbox" / flow
-    return sorted(p for p in root.iterdir() if not p.name.startswith(".")) if root.exists() else []
 
 
 def test_a_loaded_flow_runs_manifest_first_and_the_recipient_verifies_it(
