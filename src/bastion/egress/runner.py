@@ -53,6 +53,7 @@ from bastion.egress.loading import flow_event
 from bastion.egress.manifest import (
     build_statement,
     envelope_bytes,
+    manifest_event,
     new_manifest_id,
     sign_manifest,
 )
@@ -65,7 +66,6 @@ from bastion.events import (
     SYSTEM,
     EgressExtract,
     EgressFlowChange,
-    EgressManifest,
     decode_event,
     encode_event,
 )
@@ -373,22 +373,8 @@ class FlowRunner:
             created_at=now,
         )
         envelope = sign_manifest(statement, self.ctx.signing_key)
-        event = EgressManifest(
-            actor=SYSTEM,
-            reason=_REASON,
-            at=now,
-            flow=flow.name,
-            flow_version=flow.version,
-            manifest_id=manifest_id,
-            recipient=flow.recipient.id,
-            run=state.run + 1,
-            rows=built.rows,
-            tombstones=built.tombstones,
-            chunks=len(chunks),
-            cursor_after=after,  # the signed statement's: the recipient checks they agree
-            cursor_through=through,
-            envelope=envelope.to_json(),
-        )
+        # The entry's figures come from the signed predicate, so the two cannot disagree.
+        event = manifest_event(envelope, actor=SYSTEM, reason=_REASON, at=now)
         entry = encode_event(event)
         spool = self._spool(manifest_id, envelope_bytes(envelope), entry, chunks)
         self._fault("spooled")
