@@ -8,7 +8,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "bastion"
 
-FOUNDATION = {"clock", "errors", "home", "settings", "extras", "logs", "events"}
+FOUNDATION = {"clock", "errors", "home", "settings", "extras", "logs", "events", "durable"}
 
 # part -> parts it may import (besides the foundation and itself)
 ALLOWED: dict[str, set[str]] = {

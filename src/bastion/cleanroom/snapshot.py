@@ -38,6 +38,7 @@ from typing import Any
 from bastion.catalog import Catalog, DatasetSpec, FieldType
 from bastion.cleanroom.config import CleanRoomConfig
 from bastion.clock import Clock, iso
+from bastion.durable import fsync_dir
 from bastion.errors import ConfigError, IntegrityError
 from bastion.events import SYSTEM, CleanroomSnapshot, encode_event
 from bastion.ledger.api import LedgerWriter
@@ -147,20 +148,12 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _publish(tmp: Path, final: Path) -> None:
     """Make ``tmp`` durable, rename it to ``final`` and make the rename durable."""
     with tmp.open("rb+") as f:
         os.fsync(f.fileno())
     os.replace(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
 
 
 def _write_manifest(data_dir: Path, manifest: Manifest) -> None:

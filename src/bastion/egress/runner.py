@@ -45,6 +45,7 @@ import pyarrow as pa
 from bastion.catalog import Catalog, DatasetSpec
 from bastion.catalog import SensitiveCategory as Category
 from bastion.clock import Clock, iso
+from bastion.durable import fsync_dir
 from bastion.egress import aggregate, payload
 from bastion.egress.checks import BulkContext, Review, review
 from bastion.egress.delivery import Delivery, seal_delivery
@@ -477,7 +478,7 @@ class FlowRunner:
                 os.fsync(fh.fileno())
         final = root / manifest_id
         os.rename(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
         return final
 
     def _schedule(self, flow: Flow) -> None:
@@ -502,14 +503,6 @@ class FlowRunner:
 
 def payload_name(index: int) -> str:
     return f"chunk-{index:05d}.parquet"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _chunk_schema(flow: Flow, ds: DatasetSpec) -> pa.Schema:

@@ -37,6 +37,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from bastion.durable import fsync_dir
 from bastion.egress.delivery import (
     ENTRY_FILE,
     MANIFEST_FILE,
@@ -218,14 +219,6 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _publisher(staging: Path, final: Path) -> Callable[[], None]:
     def publish() -> None:
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -236,7 +229,7 @@ def _publisher(staging: Path, final: Path) -> Callable[[], None]:
             os.replace(final, trash / final.name)
             shutil.rmtree(trash)
         os.replace(staging, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
 
     return publish
 

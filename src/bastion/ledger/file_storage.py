@@ -34,6 +34,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from bastion.durable import fsync_dir
 from bastion.errors import IntegrityError, StoreUnavailable
 from bastion.ledger.log_storage import BundleParts, StoredCheckpoint, Writes
 from bastion.ledger.tiles import (
@@ -133,7 +134,7 @@ class FileLogStorage:
                     os.replace(tmp, path)
                 directories.add(path.parent)
             for directory in directories:
-                _fsync_dir(directory)
+                fsync_dir(directory)
         except OSError as exc:
             raise StoreUnavailable(
                 f"{self.description}: write failed ({type(exc).__name__}: {exc.strerror})"
@@ -323,11 +324,3 @@ def _new_parents(directory: Path, root: Path) -> list[Path]:
         if parent == root:
             break
     return parents
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bastion.durable import fsync_dir
 from bastion.egress.destinations.common import (
     COMPLETE,
     DestinationUnavailable,
@@ -48,14 +49,6 @@ def staging_dir(root: Path, flow: str, manifest_id: str) -> Path:
 
 def is_complete(root: Path, flow: str, manifest_id: str) -> bool:
     return (final_dir(root, flow, manifest_id) / COMPLETE).is_file()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_file(path: Path, data: bytes) -> None:
@@ -91,11 +84,11 @@ def commit(root: Path, flow: str, manifest_id: str) -> None:
     final = final_dir(root, flow, manifest_id)
     for torn in staging.glob(".*"):  # a temporary file a killed writer left: not a file of it
         torn.unlink()
-    _fsync_dir(staging)
+    fsync_dir(staging)
     final.parent.mkdir(parents=True, exist_ok=True)
     os.rename(staging, final)
-    _fsync_dir(final.parent)
-    _fsync_dir(staging.parent)
+    fsync_dir(final.parent)
+    fsync_dir(staging.parent)
 
 
 def write_layout(
