@@ -71,21 +71,13 @@ def load_cmd(
 ) -> None:
     """Check every flow of a file and load them all, recorded in the ledger; a flow that
     fails a check is refused (and the refusal recorded), and then none is loaded."""
-    from bastion.egress.loading import FlowRefused
     from bastion.events import Actor
 
     with reported_errors(as_json):
         text = read_input_file(file, "flow file")
-        try:
-            with _egress(home, public_text=True) as egress:
-                result = egress.loader.load(
-                    text, source=str(file), actor=Actor(id=actor, kind="operator"), reason=reason
-                )
-        except FlowRefused as refused:
-            if as_json:
-                emit_json({"ok": False, "error": str(refused), "refused": refused.to_json()})
-                raise typer.Exit(refused.exit_code) from None
-            raise
+        with _egress(home, public_text=True) as egress:
+            who = Actor(id=actor, kind="operator")
+            result = egress.loader.load(text, source=str(file), actor=who, reason=reason)
         if as_json:
             emit_json({"ok": True, **result.to_json()})
             return
@@ -151,11 +143,17 @@ def show_cmd(
             "ledger_index": stored.ledger_index,
             "runs": runs,
         }
+        agg = stored.flow.aggregate
+        if agg is not None:
+            out["epsilon"] = {"spent": egress.store.spent(name), "budget": agg.epsilon_budget}
     if as_json:
         emit_json({"ok": True, **out})
         return
     console.print(f"[bold]{name}[/] v{stored.flow.version} {stored.sha256[:12]}")
     console.print(f"loaded {stored.loaded_at} by {stored.actor_id}, entry {stored.ledger_index}")
+    if "epsilon" in out:
+        eps = out["epsilon"]
+        console.print(f"epsilon spent {eps['spent']:g} of {eps['budget']:g}")
     table = Table(title="Runs")
     for col in ("run", "manifest", "rows", "tombstones", "chunks", "cursor", "delivered"):
         table.add_column(col)

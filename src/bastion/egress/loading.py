@@ -46,7 +46,8 @@ class FlowRefused(InputError):
         ]
         super().__init__("refused: " + " | ".join(parts))
 
-    def to_json(self) -> dict[str, Any]:
+    def detail_json(self) -> dict[str, Any]:
+        """Each refused flow's refusals (code, field, message): the CLI's ``--json`` detail."""
         return {
             name: [r.to_json() for r in rv.refusals] for name, rv in sorted(self.refused.items())
         }
