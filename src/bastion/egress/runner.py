@@ -48,11 +48,12 @@ from bastion.clock import Clock, iso
 from bastion.durable import fsync_dir
 from bastion.egress import aggregate, payload
 from bastion.egress.checks import BulkContext, Review, review
-from bastion.egress.delivery import Delivery, seal_delivery
+from bastion.egress.delivery import ENTRY_FILE, MANIFEST_FILE, Delivery, seal_delivery
 from bastion.egress.destinations.base import Destination
 from bastion.egress.loading import flow_event
 from bastion.egress.manifest import (
     build_statement,
+    chunk_subject_name,
     envelope_bytes,
     manifest_event,
     new_manifest_id,
@@ -85,8 +86,6 @@ from bastion.vault.snapshot import (
     removed_since,
 )
 
-MANIFEST_FILE = "manifest.dsse.json"
-ENTRY_FILE = "entry.json"
 _REASON = "egress run"
 
 
@@ -431,17 +430,19 @@ class FlowRunner:
             self._delivered(run)
             return "delivered"
         spool = Path(run.spool)
-        index = run.ledger_index
-        if index < 0:
-            index = self._find_index(run)
+        if run.ledger_index < 0:
+            raise FlowNotRunnable(
+                f"run {run.manifest_id} was recorded but its ledger index was not stored; "
+                "find it with `bastion ledger` and deliver it again"
+            )
         self.ctx.log.publish()
-        proof = self.ctx.log.proof_bundle(index)
+        proof = self.ctx.log.proof_bundle(run.ledger_index)
         envelope = parse_envelope((spool / MANIFEST_FILE).read_bytes())
         delivery: Delivery = seal_delivery(
             envelope=envelope,
             entry=(spool / ENTRY_FILE).read_bytes(),
             proof=proof,
-            plaintexts=((spool / payload_name(i)).read_bytes() for i in range(run.chunks)),
+            plaintexts=((spool / chunk_subject_name(i)).read_bytes() for i in range(run.chunks)),
             recipient=payload.public_key_from_b64(flow.recipient.public_key),
         )
         self._fault("sealed")
@@ -457,19 +458,13 @@ class FlowRunner:
         # The recipient has it: the custodian keeps no extra copy (a legacy copy in waiting).
         shutil.rmtree(run.spool, ignore_errors=True)
 
-    def _find_index(self, run: RunRow) -> int:
-        raise FlowNotRunnable(
-            f"run {run.manifest_id} was recorded but its ledger index was not stored; "
-            "find it with `bastion ledger` and deliver it again"
-        )
-
     def _spool(self, manifest_id: str, envelope: bytes, entry: bytes, chunks: list[bytes]) -> Path:
         root = self.ctx.spool_root
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = root / f".{manifest_id}.tmp"
         tmp.mkdir(mode=0o700)
         files = [(MANIFEST_FILE, envelope), (ENTRY_FILE, entry)]
-        files += [(payload_name(i), c) for i, c in enumerate(chunks)]
+        files += [(chunk_subject_name(i), c) for i, c in enumerate(chunks)]
         for name, data in files:
             fd = os.open(tmp / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as fh:
@@ -499,10 +494,6 @@ class FlowRunner:
             except BlockingIOError:
                 raise FlowNotRunnable(f"flow {name!r} is already running") from None
             yield
-
-
-def payload_name(index: int) -> str:
-    return f"chunk-{index:05d}.parquet"
 
 
 def _chunk_schema(flow: Flow, ds: DatasetSpec) -> pa.Schema:

@@ -249,10 +249,6 @@ class EgressStore:
     def runs(self, flow: str, limit: int = 50) -> list[RunRow]:
         return self._runs("WHERE flow = ? ORDER BY run DESC LIMIT ?", (flow, limit))
 
-    def run(self, manifest_id: str) -> RunRow | None:
-        found = self._runs("WHERE manifest_id = ?", (manifest_id,))
-        return found[0] if found else None
-
     def _runs(self, where: str, params: tuple[Any, ...]) -> list[RunRow]:
         rows = self.db.query(
             "SELECT manifest_id, flow, version, run, cursor_after, cursor_through, rows_out, "
