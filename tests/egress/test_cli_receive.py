@@ -17,12 +17,10 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import nats
 import nats.js.errors
 import pytest
-from typer.testing import CliRunner
 
 from bastion.cli import egress_verify
 from bastion.cli.main import app
@@ -35,17 +33,10 @@ from bastion.egress.verify import verify_delivery
 from bastion.errors import ConfigError
 
 from .builders import FLOW, Custodian, rows
+from .cli_support import run, runner
 
 URL = "nats://127.0.0.1:4222"
 TOKEN = "parent-side-token-for-the-test"
-runner = CliRunner()
-
-
-def run(*args: str, code: int = 0) -> dict[str, Any]:
-    result = runner.invoke(app, [*args, "--json"])
-    assert result.exit_code == code, result.output
-    parsed: dict[str, Any] = json.loads(result.stdout)
-    return parsed
 
 
 def free_port() -> int:

@@ -6,24 +6,13 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
-from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from typer.testing import CliRunner
 
-from bastion.cli.main import app
 from bastion.demo.platform import sample_event, sample_user
 from bastion.egress.payload import public_key_to_b64
 
-runner = CliRunner()
-
-
-def run(*args: str, code: int = 0) -> dict[str, Any]:
-    result = runner.invoke(app, [*args, "--json"])
-    assert result.exit_code == code, result.output
-    parsed: dict[str, Any] = json.loads(result.stdout)
-    return parsed
-
+from .cli_support import run
 
 FLOW = """
 flows:

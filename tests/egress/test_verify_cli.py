@@ -8,27 +8,16 @@ import re
 import stat
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
-from bastion.cli.main import app
 from bastion.egress.payload import private_key_from_pem, private_key_to_pem, public_key_from_b64
 from bastion.egress.trust import parse_trust_bundle
 from bastion.ledger.note import NoteVerifier
 from witnessed_log import RunningWitness
 
 from .builders import FLOW, Custodian, rows, write
-
-runner = CliRunner()
-
-
-def run(*args: str, code: int = 0) -> dict[str, Any]:
-    result = runner.invoke(app, [*args, "--json"])
-    assert result.exit_code == code, result.output
-    parsed: dict[str, Any] = json.loads(result.stdout)
-    return parsed
+from .cli_support import run
 
 
 def test_keygen_writes_a_private_key_only_the_owner_reads(tmp_path: Path) -> None:
