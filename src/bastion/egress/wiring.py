@@ -84,7 +84,6 @@ def open_egress(
         store=store,
         catalog=catalog,
         engine=engine,
-        bulk=bulk,
         counter=counter,
         signing_key=load_or_create_signing_key(home.keyring_dir, SIGNING_KEY_NAME),
         destination=destination or destination_of,
